@@ -1,0 +1,58 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "kvscrubd",
+    products: [
+        // The engine links this one: it must stay free of daemon, socket and systemd code.
+        .library(name: "KVCFormat", targets: ["KVCFormat"]),
+        .executable(name: "kvscrubd", targets: ["kvscrubd"]),
+        .executable(name: "kvc-engine-sim", targets: ["kvc-engine-sim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CISAL",
+            pkgConfig: "libisal",
+            providers: [.apt(["libisal-dev"])]
+        ),
+        .target(
+            name: "KVCFormat",
+            dependencies: [
+                "CISAL",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "kvscrubd",
+            dependencies: [
+                "KVCFormat",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "kvc-engine-sim",
+            dependencies: [
+                "KVCFormat",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "KVCFormatTests",
+            dependencies: ["KVCFormat", "CReferenceScore"],
+            resources: [.copy("Golden")]
+        ),
+        // The engine's own eviction score, compiled from its C source, so parity is
+        // checked against the real formula and not against our reading of it.
+        .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["KVCFormat"]
+        ),
+    ]
+)

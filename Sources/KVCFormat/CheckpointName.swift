@@ -1,0 +1,30 @@
+/// File names in a cache directory. Only `<40 hex>.kv` is a checkpoint; the
+/// engine accepts hex in either case and names the file after the SHA-1 of
+/// the text in lower case (`ds4_kvstore_sha_hex_name`).
+public enum CheckpointName {
+    public static let suffix = ".kv"
+
+    /// The lower-case SHA-1 a checkpoint's name carries, or nil when the name is not a checkpoint's.
+    public static func sha(of name: String) -> String? {
+        let u = Array(name.utf8)
+        guard u.count == 43, name.hasSuffix(suffix) else { return nil }
+        for c in u[0..<40] where !isHex(c) { return nil }
+        return String(decoding: u[0..<40], as: UTF8.self).lowercased()
+    }
+
+    public static func isCheckpoint(_ name: String) -> Bool { sha(of: name) != nil }
+
+    /// `<sha>.kv.tmp.<pid>`: a store in progress, never ours to read or remove.
+    public static func isTemporary(_ name: String) -> Bool {
+        guard let r = name.range(of: ".kv.tmp.") else { return false }
+        return sha(of: String(name[..<r.lowerBound]) + suffix) != nil
+    }
+
+    public static func fileName(sha: String) -> String { sha + suffix }
+
+    public static func temporaryName(sha: String, pid: Int32) -> String { "\(sha)\(suffix).tmp.\(pid)" }
+
+    private static func isHex(_ c: UInt8) -> Bool {
+        (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)
+    }
+}

@@ -1,0 +1,338 @@
+import SystemPackage
+
+/// Classifies a file as ok / corrupt / incompatible / ignored, exactly as
+/// kvc-format.md's "What a checker concludes" says, listing every problem.
+///
+/// How it reads: the prologue first, then the text (always: its SHA-1 must be
+/// the file name), then the payload (whole for v2, for its CRC; only the
+/// 52-byte prefix for v1, which has no CRC to check), then the trailer. All of
+/// it streamed through one reusable buffer, so memory does not grow with the
+/// file, and lengths from the header are bounded by the file's real size
+/// before anything is read, so a damaged length field costs nothing.
+///
+/// Why a second look: the engine rewrites the header (touch) and the trailer
+/// (tool map) in place, under an exclusive `flock`. A read that races such a
+/// write can see a header CRC that does not match or a half-written trailer.
+/// Text and payload are never modified in place, so what was computed over
+/// them stands; but a mismatch in the header or trailer is only reported as
+/// confirmed after it was seen again holding a shared `flock`, which excludes
+/// the writers. The unlocked first pass keeps the common case from ever
+/// delaying the engine.
+public struct Verifier: Sendable {
+    public struct Options: Sendable {
+        /// Bytes per read. 1 MiB keeps syscalls few and the buffer in L2-ish reach.
+        public var chunkSize: Int = 1 << 20
+        /// Re-check header/trailer mismatches under a shared lock.
+        public var confirmUnderLock = true
+        /// How long to wait for a writer to let go before reporting unconfirmed.
+        public var lockTimeout: Duration = .seconds(10)
+        public init() {}
+    }
+
+    public var options: Options
+    /// Told about every chunk read, in order, so a scrubber can pace itself and
+    /// drop pages it pulled into the cache. Not called for the prologue.
+    public var observer: (any ReadObserver)?
+
+    public init(options: Options = Options(), observer: (any ReadObserver)? = nil) {
+        self.options = options
+        self.observer = observer
+    }
+
+    /// Verifies the file at `path`. Paths that are not checkpoints (other
+    /// names, temporary files, links, directories) come back `ignored` without
+    /// being opened. Throws `KVCError` only when the file cannot be read.
+    public func verify(path: String) throws -> VerifyReport {
+        let name = String(path.split(separator: "/", omittingEmptySubsequences: true).last ?? "")
+        let st = try FileStatus.of(path: path)
+        if let reason = Verifier.ignoreReason(name: name, status: st) {
+            return Verifier.ignored(path: path, name: name, size: st.size, note: reason)
+        }
+        let file = try CheckpointFile.open(path, .readOnly)
+        return try verify(file, name: name)
+    }
+
+    /// Verifies a file already opened (relative to its directory, by the daemon).
+    public func verify(fd: FileDescriptor, name: String, path: String) throws -> VerifyReport {
+        let file = CheckpointFile(adopting: try fd.duplicate(), path: path)
+        return try verify(file, name: name)
+    }
+
+    /// Why a directory entry is not a checkpoint, or nil when it is one.
+    public static func ignoreReason(name: String, status: FileStatus) -> String? {
+        if status.isSymlink { return "symbolic link: never followed" }
+        if status.isDirectory { return "directory" }
+        if !status.isRegular { return "not a regular file" }
+        if CheckpointName.isTemporary(name) { return "store in progress (temporary file)" }
+        if !CheckpointName.isCheckpoint(name) { return "name is not <40 hex digits>.kv" }
+        return nil
+    }
+
+    static func ignored(path: String, name: String, size: UInt64, note: String) -> VerifyReport {
+        VerifyReport(path: path, name: name, verdict: .ignored, version: nil, checksums: .none, problems: [],
+                     header: nil, fileSize: size, identity: nil, note: note, confirmedUnderLock: false, bytesRead: 0)
+    }
+
+    func verify(_ file: borrowing CheckpointFile, name: String) throws -> VerifyReport {
+        var scan = Scan(options: options, observer: observer)
+        var exam = try scan.examine(file, name: name)
+        var confirmed = false
+        let racy = exam.problems.contains { $0.severity == .corrupt && ($0.region == .header || $0.region == .trailer) }
+        if racy && options.confirmUnderLock {
+            // Text and payload digests are reused: those bytes are never rewritten in place.
+            do {
+                try file.lock(exclusive: false, timeout: options.lockTimeout)
+                defer { file.unlock() }
+                exam = try scan.examine(file, name: name)
+                confirmed = true
+            } catch let e as KVCError where e.kind == .lockTimeout {
+                confirmed = false
+            }
+        }
+        let st = try file.status()
+        return VerifyReport(
+            path: file.path, name: name, verdict: exam.verdict, version: exam.header?.version ?? exam.versionByte,
+            checksums: exam.header?.version == 2 ? .crc32c : .none, problems: exam.problems, header: exam.header,
+            fileSize: st.size, identity: FileIdentity(device: st.device, inode: st.inode), note: nil,
+            confirmedUnderLock: confirmed, bytesRead: scan.bytesRead)
+    }
+}
+
+/// Receives each chunk a checker or loader read: the scrubber's rate limit
+/// and page-cache hygiene hang off this.
+public protocol ReadObserver: Sendable {
+    /// `fd` is the file read, `offset` and `count` the span just read.
+    func didRead(fd: FileDescriptor, offset: UInt64, count: Int)
+}
+
+/// One verification's working state: the read buffer, and the digests of the
+/// immutable regions (text, payload) so a confirming second look does not read
+/// them again.
+struct Scan {
+    struct Examination {
+        var header: KVCHeader?
+        var versionByte: UInt8?
+        var problems: [Problem]
+        var verdict: Verdict {
+            if problems.contains(where: { $0.severity == .corrupt }) { return .corrupt }
+            if problems.contains(where: { $0.severity == .incompatible }) { return .incompatible }
+            return .ok
+        }
+    }
+
+    /// What the immutable regions hashed to, keyed by the layout that located them.
+    struct BodyDigest {
+        var key: [UInt64]
+        var textSHA1: String?
+        var textCRC: UInt32?
+        var payloadCRC: UInt32?
+        var prefix: PayloadPrefix?
+    }
+
+    let options: Verifier.Options
+    let observer: (any ReadObserver)?
+    var body: BodyDigest?
+    var bytesRead: UInt64 = 0
+    /// When set, payload bytes are read into this buffer (a verified load) rather than a scratch one.
+    var payloadDestination: UnsafeMutableRawBufferPointer?
+    private var scratch: ReadBuffer?
+
+    init(options: Verifier.Options, observer: (any ReadObserver)?) {
+        self.options = options
+        self.observer = observer
+    }
+
+    mutating func examine(_ file: borrowing CheckpointFile, name: String) throws -> Examination {
+        let size = try file.size
+        guard size > 0 else { return Examination(problems: [Problem(.size, .corrupt, "empty file")]) }
+        let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
+        let h: KVCHeader
+        switch KVCHeader.probe(head) {
+        case .short(let have, let need):
+            let what = need == 4 ? "a KVC header" : "its v\(head[3]) prologue (\(need) bytes)"
+            return Examination(versionByte: have >= 4 ? head[3] : nil, problems: [
+                Problem(.size, .corrupt, "file is \(size) bytes, too short for \(what)")])
+        case .badMagic(let m):
+            return Examination(problems: [Problem(.header, .corrupt,
+                "magic is \(m.map { hex8($0) }.joined(separator: " ")), expected 4b 56 43 (KVC)")])
+        case .unknownVersion(let v):
+            if v == 0 { return Examination(versionByte: v, problems: [Problem(.header, .corrupt, "version byte is 0")]) }
+            return Examination(versionByte: v, problems: [Problem(.header, .incompatible,
+                "version \(v) is newer than this checker reads (1 and 2); not checked further")])
+        case .header(let parsed):
+            h = parsed
+        }
+
+        var problems: [Problem] = []
+        let v2 = h.version == 2
+        var headerTrusted = true
+        if v2 {
+            let actual = h.computedHeaderCRC
+            if actual != h.headerCRC {
+                headerTrusted = false
+                problems.append(Problem(.header, .corrupt, "header CRC mismatch", expectedCRC: h.headerCRC, actualCRC: actual))
+            }
+        }
+        if headerTrusted {
+            if h.tokens == 0 { problems.append(Problem(.header, .corrupt, "token count is 0")) }
+            if h.quantBits != 2 && h.quantBits != 4 {
+                problems.append(Problem(.header, .corrupt, "quant_bits is \(h.quantBits), expected 2 or 4"))
+            }
+            if h.payloadABI != KVCHeader.currentPayloadABI {
+                problems.append(Problem(.header, .incompatible,
+                    "payload ABI is \(h.payloadABI); this engine generation reads \(KVCHeader.currentPayloadABI)"))
+            }
+        }
+        guard let end = h.bodyEnd else {
+            problems.append(Problem(.size, .corrupt, "text and payload lengths overflow a 64-bit file size"))
+            return Examination(header: h, problems: problems)
+        }
+        if size < end {
+            problems.append(Problem(.size, .corrupt,
+                "file is \(size) bytes; prologue + text + payload need \(end) (text \(h.textBytes), payload \(h.payloadBytes))"))
+        }
+
+        let digest = try digestBody(file, header: h, size: size)
+        if let sha = digest.textSHA1, let named = CheckpointName.sha(of: name), sha != named {
+            problems.append(Problem(.name, .corrupt, "SHA-1 of the text is \(sha); the file is named \(named)"))
+        }
+        if v2, let actual = digest.textCRC, actual != h.textCRC {
+            problems.append(Problem(.text, .corrupt, "text CRC mismatch", expectedCRC: h.textCRC, actualCRC: actual))
+        }
+        if v2, let actual = digest.payloadCRC, actual != h.payloadCRC {
+            problems.append(Problem(.payload, .corrupt, "payload CRC mismatch", expectedCRC: h.payloadCRC, actualCRC: actual))
+        }
+        // The prefix is only meaningful for the payload ABI we know.
+        if let p = digest.prefix, h.payloadABI == KVCHeader.currentPayloadABI {
+            if p.magic != PayloadPrefix.magicValue {
+                problems.append(Problem(.payload, .corrupt, "payload magic is \(hex32(p.magic)), expected \(hex32(PayloadPrefix.magicValue)) (DSV4)"))
+            } else {
+                if p.version != PayloadPrefix.currentVersion {
+                    problems.append(Problem(.payload, .corrupt, "payload version is \(p.version), expected \(PayloadPrefix.currentVersion)"))
+                }
+                if p.tokenCount != h.tokens {
+                    problems.append(Problem(.payload, .corrupt, "payload holds \(p.tokenCount) tokens; the header says \(h.tokens)"))
+                }
+                if p.minimumPayloadBytes > h.payloadBytes {
+                    problems.append(Problem(.payload, .corrupt,
+                        "payload prefix claims at least \(p.minimumPayloadBytes) bytes (\(p.tokenCount) tokens, vocabulary \(p.vocabSize)); the payload is \(h.payloadBytes)"))
+                }
+            }
+        }
+
+        if size >= end {
+            let trailerLength = size - end
+            if h.hasToolMap {
+                let failure = try ToolMap.walk(length: trailerLength) { off, count in
+                    let b = try file.read(at: end + off, count: count)
+                    return b.count == count ? b : nil
+                }
+                if let failure { problems.append(Problem(.trailer, .corrupt, failure)) }
+            } else if trailerLength > 0 && !v2 {
+                problems.append(Problem(.trailer, .warning,
+                    "\(trailerLength) bytes after the payload and no tool-map flag (an interrupted trailer rewrite leaves this; the engine ignores them)"))
+            }
+            if v2 {
+                var crc = CRC32C()
+                try stream(file, from: end, length: trailerLength) { crc.update($0) }
+                if crc.value != h.trailerCRC {
+                    problems.append(Problem(.trailer, .corrupt, "trailer CRC mismatch (\(trailerLength) bytes after the payload)",
+                                            expectedCRC: h.trailerCRC, actualCRC: crc.value))
+                }
+            }
+        }
+        return Examination(header: h, problems: problems)
+    }
+
+    /// Hashes text and payload, once per layout. Regions cut short by the end
+    /// of the file are left undigested: the size problem already says so.
+    private mutating func digestBody(_ file: borrowing CheckpointFile, header h: KVCHeader, size: UInt64) throws -> BodyDigest {
+        let textStart = UInt64(h.prologueSize)
+        let payloadStart = textStart + UInt64(h.textBytes)
+        let key = [UInt64(h.version), UInt64(h.textBytes), h.payloadBytes, min(size, h.bodyEnd ?? 0)]
+        if let body, body.key == key { return body }
+        var d = BodyDigest(key: key)
+        if payloadStart <= size {
+            var sha = TextDigest()
+            var crc = CRC32C()
+            try stream(file, from: textStart, length: UInt64(h.textBytes)) { chunk in
+                sha.update(chunk)
+                crc.update(chunk)
+            }
+            d.textSHA1 = sha.hex()
+            d.textCRC = crc.value
+        }
+        let payloadPresent = payloadStart <= size ? min(h.payloadBytes, size - payloadStart) : 0
+        if h.payloadBytes >= UInt64(PayloadPrefix.size) && payloadPresent >= UInt64(PayloadPrefix.size) {
+            let b = try file.read(at: payloadStart, count: PayloadPrefix.size)
+            if b.count == PayloadPrefix.size { d.prefix = b.withUnsafeBytes { PayloadPrefix(decoding: $0) } }
+        }
+        if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil) {
+            var crc = CRC32C()
+            if let dest = payloadDestination {
+                precondition(UInt64(dest.count) >= h.payloadBytes)
+                try streamInto(file, from: payloadStart, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) {
+                    crc.update($0)
+                }
+            } else {
+                try stream(file, from: payloadStart, length: h.payloadBytes) { crc.update($0) }
+            }
+            d.payloadCRC = crc.value
+        }
+        body = d
+        return d
+    }
+
+    /// Feeds `length` bytes from `offset` to `body` chunk by chunk through the scratch buffer.
+    mutating func stream(_ file: borrowing CheckpointFile, from offset: UInt64, length: UInt64,
+                         _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard length > 0 else { return }
+        let chunk = options.chunkSize
+        let buf: UnsafeMutableRawBufferPointer
+        if let scratch { buf = scratch.bytes } else {
+            let fresh = ReadBuffer(count: chunk)
+            scratch = fresh
+            buf = fresh.bytes
+        }
+        var done: UInt64 = 0
+        while done < length {
+            let want = Int(min(UInt64(chunk), length - done))
+            let n = try file.read(at: offset + done, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<want]))
+            guard n > 0 else { throw KVCError(.io, path: file.path, "file ended while reading at \(offset + done)") }
+            observer?.didRead(fd: file.fd, offset: offset + done, count: n)
+            try body(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+            done += UInt64(n)
+            bytesRead += UInt64(n)
+        }
+    }
+
+    /// Reads straight into `destination`, handing each chunk to `body` while it is still hot in cache.
+    mutating func streamInto(_ file: borrowing CheckpointFile, from offset: UInt64,
+                             destination: UnsafeMutableRawBufferPointer,
+                             _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var done = 0
+        while done < destination.count {
+            let want = min(options.chunkSize, destination.count - done)
+            let slice = UnsafeMutableRawBufferPointer(rebasing: destination[done..<done + want])
+            let n = try file.read(at: offset + UInt64(done), into: slice)
+            guard n > 0 else { throw KVCError(.io, path: file.path, "file ended while reading at \(offset + UInt64(done))") }
+            observer?.didRead(fd: file.fd, offset: offset + UInt64(done), count: n)
+            try body(UnsafeRawBufferPointer(rebasing: slice[0..<n]))
+            done += n
+            bytesRead += UInt64(n)
+        }
+    }
+}
+
+func hex8(_ v: UInt8) -> String {
+    let s = String(v, radix: 16)
+    return s.count == 1 ? "0" + s : s
+}
+
+/// The scan's one read buffer, page-aligned, freed with the scan. A class so
+/// the buffer can be lent out while the scan's own counters are updated.
+final class ReadBuffer {
+    let bytes: UnsafeMutableRawBufferPointer
+    init(count: Int) { bytes = .allocate(byteCount: count, alignment: 4096) }
+    deinit { bytes.deallocate() }
+}
