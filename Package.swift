@@ -35,16 +35,23 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // What the engine simulator, the tests and the benchmarks share: synthetic
+        // DSV4 payloads and a seeded engine workload, built on the format module only.
+        .target(
+            name: "KVCSimulation",
+            dependencies: ["KVCFormat"]
+        ),
         .executableTarget(
             name: "kvc-engine-sim",
             dependencies: [
                 "KVCFormat",
+                "KVCSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(
             name: "KVCFormatTests",
-            dependencies: ["KVCFormat", "CReferenceScore"],
+            dependencies: ["KVCFormat", "KVCSimulation", "CReferenceScore"],
             resources: [.copy("Golden")]
         ),
         // The engine's own eviction score, compiled from its C source, so parity is
@@ -52,7 +59,7 @@ let package = Package(
         .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["KVCFormat"]
+            dependencies: ["KVCFormat", "KVCSimulation"]
         ),
     ]
 )

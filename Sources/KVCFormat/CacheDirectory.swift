@@ -1,0 +1,134 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A cache directory held open by descriptor. Every file operation is made
+/// relative to that descriptor (`openat`, `fstatat`, `unlinkat`), so nothing
+/// here can reach outside the directory: names with a `/` are refused, and
+/// links are never followed.
+public final class CacheDirectory {
+    public let path: String
+    public let fd: FileDescriptor
+
+    public init(path: String) throws {
+        self.path = path
+        let raw = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard raw >= 0 else { throw KVCError.io(Errno(rawValue: errno), path: path, "cannot open cache directory") }
+        fd = FileDescriptor(rawValue: raw)
+    }
+
+    deinit { try? fd.close() }
+
+    public func pathOf(_ name: String) -> String { path.hasSuffix("/") ? path + name : path + "/" + name }
+
+    /// The names in the directory, sorted, without `.` and `..`.
+    public func names() throws -> [String] {
+        let dupFD = dup(fd.rawValue)
+        guard dupFD >= 0, let dir = fdopendir(dupFD) else {
+            throw KVCError.io(Errno(rawValue: errno), path: path, "cannot list directory")
+        }
+        defer { closedir(dir) }
+        rewinddir(dir)
+        var out: [String] = []
+        while let ent = readdir(dir) {
+            let name = withUnsafePointer(to: ent.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out.sorted()
+    }
+
+    public struct Scan: Sendable {
+        public var entries: [CacheEntry] = []
+        /// Directory entries that are not checkpoints, with the reason.
+        public var ignored: [(name: String, reason: String)] = []
+        /// Checkpoints that could not be read (permission, I/O), with the error.
+        public var errors: [KVCError] = []
+    }
+
+    /// Reads every checkpoint's prologue: the start-up scan. Text and payload
+    /// are not touched.
+    public func scan() throws -> Scan {
+        var s = Scan()
+        for name in try names() {
+            do {
+                if let entry = try entry(named: name) { s.entries.append(entry) } else {
+                    let st = try FileStatus.of(name: name, in: fd, dirPath: path)
+                    s.ignored.append((name, Verifier.ignoreReason(name: name, status: st) ?? "not a checkpoint"))
+                }
+            } catch let e as KVCError {
+                if e.errno == .noSuchFileOrDirectory { continue } // removed while we listed: not an error
+                s.errors.append(e)
+            }
+        }
+        return s
+    }
+
+    /// The index entry for one name, or nil when the name or file type is not a checkpoint's.
+    public func entry(named name: String) throws -> CacheEntry? {
+        guard !name.contains("/"), let sha = CheckpointName.sha(of: name) else { return nil }
+        let st = try FileStatus.of(name: name, in: fd, dirPath: path)
+        guard st.isRegular else { return nil }
+        let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
+        return try CacheEntry.read(file, sha: sha)
+    }
+
+    /// Verifies one name in this directory.
+    public func verify(name: String, with verifier: Verifier) throws -> VerifyReport {
+        let p = pathOf(name)
+        guard !name.contains("/") else { return Verifier.ignored(path: p, name: name, size: 0, note: "not a plain name") }
+        let st = try FileStatus.of(name: name, in: fd, dirPath: path)
+        if let reason = Verifier.ignoreReason(name: name, status: st) {
+            return Verifier.ignored(path: p, name: name, size: st.size, note: reason)
+        }
+        let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
+        return try verifier.verify(file, name: name)
+    }
+
+    public enum RemovalOutcome: Sendable, Equatable {
+        case removed
+        /// The name is gone already.
+        case vanished
+        /// The name now names another inode (the engine replaced it): left alone.
+        case replaced
+    }
+
+    /// Removes `name` only if it still names the inode `identity` says.
+    ///
+    /// There is no "unlink if inode" system call, so a replacement can still
+    /// slip in between the check and the unlink; callers that must exclude
+    /// that (removing a corrupt file) hold the file's `flock`, which the
+    /// engine's writers take, and the engine's stores rename a new inode in,
+    /// which this check sees.
+    public func remove(name: String, identity: FileIdentity) throws -> RemovalOutcome {
+        guard !name.contains("/"), name != ".", name != ".." else {
+            throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a plain file name")
+        }
+        let st: FileStatus
+        do { st = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+            return .vanished
+        }
+        guard st.isRegular, st.device == identity.device, st.inode == identity.inode else { return .replaced }
+        guard unlinkat(fd.rawValue, name, 0) == 0 else {
+            let e = Errno(rawValue: errno)
+            if e == .noSuchFileOrDirectory { return .vanished }
+            throw KVCError.io(e, path: pathOf(name), "cannot remove")
+        }
+        return .removed
+    }
+
+    /// Moves `name` into `quarantine` (same file system) if it still names `identity`.
+    public func quarantine(name: String, identity: FileIdentity, into quarantine: FileDescriptor, quarantinePath: String) throws -> RemovalOutcome {
+        let st: FileStatus
+        do { st = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+            return .vanished
+        }
+        guard st.isRegular, st.device == identity.device, st.inode == identity.inode else { return .replaced }
+        guard renameat(fd.rawValue, name, quarantine.rawValue, name) == 0 else {
+            throw KVCError.io(Errno(rawValue: errno), path: pathOf(name), "cannot move into quarantine \(quarantinePath)")
+        }
+        return .removed
+    }
+}

@@ -1,0 +1,125 @@
+/// Loads checkpoints for the engine: finds the longest stored text prefix of
+/// a prompt and reads it back, verified.
+///
+/// Verification happens while the bytes arrive: the payload is read straight
+/// into the caller's buffer and each chunk is CRC'd while still in cache, so
+/// a verified load costs little more than the read itself. Nothing is handed
+/// over until every check passed: a corrupt v2 file is refused whole. A v1
+/// file has no CRC and loads after the structural checks, as the engine does.
+public struct CheckpointLoader: Sendable {
+    public struct Loaded: Sendable {
+        public var path: String
+        public var header: KVCHeader
+        public var text: [UInt8]
+        public var payload: [UInt8]
+        public var toolMap: ToolMap?
+        /// The verifier's report; nil for an unverified load.
+        public var checksums: Checksums
+        public var warnings: [Problem]
+    }
+
+    public var verifierOptions = Verifier.Options()
+    /// Checkpoints larger than this are refused rather than allocated (a damaged length must not cost RAM).
+    public var maxPayloadBytes: UInt64 = 1 << 40
+
+    public init() {}
+
+    /// Reads the checkpoint at `path`. With `verify`, throws `.corrupt` (with
+    /// every problem in the message) or `.incompatible` instead of returning damaged bytes.
+    public func load(path: String, verify: Bool = true) throws -> Loaded {
+        let file = try CheckpointFile.open(path, .readOnly)
+        // Shared lock: a touch or trailer rewrite in progress finishes first, so what we read is whole.
+        try file.lock(exclusive: false, timeout: verifierOptions.lockTimeout)
+        defer { file.unlock() }
+        let name = String(path.split(separator: "/").last ?? "")
+        let size = try file.size
+        let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
+        guard case .header(let h) = KVCHeader.probe(head) else {
+            if verify { return try refuse(file, name: name) }
+            throw KVCError(.notACheckpoint, path: path, "no readable v1 or v2 KVC header")
+        }
+        guard let end = h.bodyEnd, end <= size, h.payloadBytes <= maxPayloadBytes else {
+            if verify { return try refuse(file, name: name) }
+            throw KVCError(.corrupt, path: path, "file is \(size) bytes, shorter than its header says")
+        }
+        var payload = [UInt8](repeating: 0, count: Int(h.payloadBytes))
+        var checksums = Checksums.none
+        var warnings: [Problem] = []
+        if verify {
+            var options = verifierOptions
+            options.confirmUnderLock = false // we already hold the shared lock
+            var scan = Scan(options: options, observer: nil)
+            let exam = try payload.withUnsafeMutableBytes { dest -> Scan.Examination in
+                scan.payloadDestination = dest
+                return try scan.examine(file, name: name)
+            }
+            switch exam.verdict {
+            case .corrupt:
+                throw KVCError(.corrupt, path: path, "refusing to load: " +
+                               exam.problems.filter { $0.severity == .corrupt }.map(\.description).joined(separator: "; "))
+            case .incompatible:
+                throw KVCError(.incompatible, path: path, "refusing to load: " +
+                               exam.problems.filter { $0.severity == .incompatible }.map(\.description).joined(separator: "; "))
+            case .ok, .ignored:
+                break
+            }
+            checksums = h.version == 2 ? .crc32c : .none
+            warnings = exam.problems.filter { $0.severity == .warning }
+        } else {
+            _ = try payload.withUnsafeMutableBytes { try file.read(at: UInt64(h.prologueSize) + UInt64(h.textBytes), into: $0) }
+        }
+        let text = try file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes))
+        var toolMap: ToolMap? = nil
+        if h.hasToolMap {
+            toolMap = ToolMap.decode(try file.read(at: end, count: Int(size - end)))
+        }
+        return Loaded(path: path, header: h, text: text, payload: payload, toolMap: toolMap,
+                      checksums: checksums, warnings: warnings)
+    }
+
+    private func refuse(_ file: borrowing CheckpointFile, name: String) throws -> Loaded {
+        var scan = Scan(options: verifierOptions, observer: nil)
+        let exam = try scan.examine(file, name: name)
+        let kind: KVCError.Kind = exam.verdict == .incompatible ? .incompatible : .corrupt
+        throw KVCError(kind, path: file.path, "refusing to load: " + exam.problems.map(\.description).joined(separator: "; "))
+    }
+
+    /// What the engine requires of a checkpoint it would restore into its session.
+    public struct Compatibility: Sendable {
+        public var modelID: UInt8
+        public var quantBits: UInt8
+        public var ctxSize: UInt32
+        public var rejectDifferentQuant: Bool
+        public init(modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, rejectDifferentQuant: Bool = false) {
+            self.modelID = modelID
+            self.quantBits = quantBits
+            self.ctxSize = ctxSize
+            self.rejectDifferentQuant = rejectDifferentQuant
+        }
+    }
+
+    /// The longest stored checkpoint whose text is a prefix of `prompt` and
+    /// that the engine could restore (same model, quantization when it
+    /// matters, context no larger than ours), as `ds4_kvstore_find_text_prefix`
+    /// looks it up: by the SHA-1 of each candidate length's prefix, then a
+    /// byte comparison of the stored text.
+    public func findTextPrefix(in directory: String, prompt: [UInt8], compatibility c: Compatibility) throws -> CacheEntry? {
+        let dir = try CacheDirectory(path: directory)
+        let candidates = try dir.scan().entries.filter { e in
+            guard let h = e.header, e.unusable == nil else { return false }
+            return Int(h.textBytes) <= prompt.count && h.textBytes > 0 && h.modelID == c.modelID &&
+                (!c.rejectDifferentQuant || h.quantBits == c.quantBits) && h.ctxSize <= c.ctxSize
+        }.sorted { ($0.header!.textBytes, $0.sha) > ($1.header!.textBytes, $1.sha) }
+        var hashed: [UInt32: String] = [:]
+        for e in candidates {
+            let len = e.header!.textBytes
+            let sha = hashed[len] ?? TextDigest.sha1Hex(prompt[0..<Int(len)])
+            hashed[len] = sha
+            guard sha == e.sha else { continue }
+            let file = try CheckpointFile.open(dir.pathOf(e.fileName), .readOnly)
+            let stored = try file.read(at: UInt64(e.header!.prologueSize), count: Int(len))
+            if stored.elementsEqual(prompt[0..<Int(len)]) { return e }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,60 @@
+import Foundation
+import KVCFormat
+
+/// Printing helpers shared by the subcommands.
+enum Output {
+    static func json<T: Encodable>(_ value: T) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
+        guard let data = try? enc.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data(("kvscrubd: " + message + "\n").utf8))
+    }
+
+    /// 1536 -> "1.5 KiB": sizes a person reads at a glance.
+    static func bytes(_ n: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    }
+
+    static func pad(_ s: String, _ width: Int) -> String {
+        s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+    }
+
+    static func crc(_ v: UInt32) -> String { String(format: "0x%08x", v) }
+
+    static func now() -> UInt64 { UInt64(Date().timeIntervalSince1970) }
+}
+
+/// Expands the command line's paths: files as given, directories one level
+/// deep (every entry, so non-checkpoints show up as ignored), in name order.
+enum PathExpansion {
+    struct Item {
+        var path: String
+        /// Set when the path itself could not be examined.
+        var error: String?
+    }
+
+    static func expand(_ paths: [String]) -> [Item] {
+        var out: [Item] = []
+        for p in paths {
+            let st: FileStatus
+            do { st = try FileStatus.of(path: p) } catch { out.append(Item(path: p, error: "\(error)")); continue }
+            if st.isDirectory {
+                do {
+                    let dir = try CacheDirectory(path: p)
+                    for name in try dir.names() { out.append(Item(path: dir.pathOf(name))) }
+                } catch { out.append(Item(path: p, error: "\(error)")) }
+            } else {
+                out.append(Item(path: p))
+            }
+        }
+        return out
+    }
+}

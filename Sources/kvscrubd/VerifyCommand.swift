@@ -1,0 +1,125 @@
+import ArgumentParser
+import Foundation
+import KVCFormat
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check checkpoint files and report ok / corrupt / incompatible / ignored. Never modifies anything.",
+        discussion: """
+            PATH is a file or a directory (its entries, not recursive). v2 files have all four CRC32C fields
+            recomputed; v1 files carry no checksum, so only their structure is checked ("checksums: none (v1)").
+            A header or trailer mismatch is re-checked holding a shared flock, so an engine update caught half
+            done is not reported as damage.
+            Exit status: 0 nothing corrupt; 1 at least one file corrupt; 2 usage or I/O error (and nothing corrupt).
+            """)
+
+    @Flag(name: .long, help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @Argument(help: "Checkpoint files or cache directories.")
+    var paths: [String]
+
+    func run() throws {
+        let verifier = Verifier()
+        var files: [FileJSON] = []
+        var errors: [ErrorJSON] = []
+        var summary = SummaryJSON()
+        for item in PathExpansion.expand(paths) {
+            if let e = item.error { errors.append(ErrorJSON(path: item.path, error: e)); continue }
+            do {
+                let r = try verifier.verify(path: item.path)
+                summary.add(r.verdict)
+                files.append(FileJSON(r))
+                if !json { printHuman(r) }
+            } catch {
+                errors.append(ErrorJSON(path: item.path, error: "\(error)"))
+            }
+        }
+        if json {
+            print(Output.json(ReportJSON(files: files, summary: summary, errors: errors)))
+        } else {
+            for e in errors { Output.error(e.error) }
+            print("\(files.count) files: \(summary.ok) ok, \(summary.corrupt) corrupt, \(summary.incompatible) incompatible, \(summary.ignored) ignored" +
+                  (errors.isEmpty ? "" : ", \(errors.count) unreadable"))
+        }
+        if summary.corrupt > 0 { throw ExitCode(1) }
+        if !errors.isEmpty { throw ExitCode(2) }
+    }
+
+    private func printHuman(_ r: VerifyReport) {
+        let version = r.version.map { "v\($0)" } ?? "-"
+        let sums = r.verdict == .ignored ? "-" : (r.checksums == .crc32c ? "crc32c" : "none (v\(r.version ?? 1))")
+        var line = Output.pad(r.verdict.rawValue, 13) + Output.pad(version, 5) + Output.pad(sums, 12) +
+            Output.pad(r.verdict == .ignored ? "-" : Output.bytes(r.fileSize), 11) + r.path
+        if let note = r.note { line += "  (\(note))" }
+        print(line)
+        for p in r.problems {
+            var s = "    \(p.severity == .warning ? "warning" : p.severity.rawValue) in \(p.region.rawValue): \(p.detail)"
+            if let e = p.expectedCRC, let a = p.actualCRC { s += " (expected \(Output.crc(e)), actual \(Output.crc(a)))" }
+            print(s)
+        }
+        if r.verdict == .corrupt && !r.confirmedUnderLock &&
+            r.problems.contains(where: { $0.region == .header || $0.region == .trailer }) {
+            print("    note: not confirmed with writers excluded (a writer held the lock)")
+        }
+    }
+
+    struct ProblemJSON: Encodable {
+        var region: String
+        var severity: String
+        var detail: String
+        var expected_crc: String?
+        var actual_crc: String?
+    }
+
+    struct FileJSON: Encodable {
+        var path: String
+        var name: String
+        var verdict: String
+        var version: UInt8?
+        var checksums: String
+        var problems: [ProblemJSON]
+        var size: UInt64
+        var note: String?
+        var confirmed_under_lock: Bool
+
+        init(_ r: VerifyReport) {
+            path = r.path
+            name = r.name
+            verdict = r.verdict.rawValue
+            version = r.version
+            checksums = r.checksums.rawValue
+            problems = r.problems.map {
+                ProblemJSON(region: $0.region.rawValue, severity: $0.severity.rawValue, detail: $0.detail,
+                            expected_crc: $0.expectedCRC.map(Output.crc), actual_crc: $0.actualCRC.map(Output.crc))
+            }
+            size = r.fileSize
+            note = r.note
+            confirmed_under_lock = r.confirmedUnderLock
+        }
+    }
+
+    struct SummaryJSON: Encodable {
+        var ok = 0, corrupt = 0, incompatible = 0, ignored = 0
+        mutating func add(_ v: Verdict) {
+            switch v {
+            case .ok: ok += 1
+            case .corrupt: corrupt += 1
+            case .incompatible: incompatible += 1
+            case .ignored: ignored += 1
+            }
+        }
+    }
+
+    struct ErrorJSON: Encodable {
+        var path: String
+        var error: String
+    }
+
+    struct ReportJSON: Encodable {
+        var files: [FileJSON]
+        var summary: SummaryJSON
+        var errors: [ErrorJSON]
+    }
+}
