@@ -32,10 +32,11 @@ struct CheckpointFile: ~Copyable {
 
     /// Opens `name` relative to an open directory, so the file is the one in
     /// that directory even if the directory's path is replaced meanwhile.
+    /// A created file gets 0666 less the umask, as the engine's `fopen` gives it.
     static func open(in dir: FileDescriptor, name: String, dirPath: String, flags: Int32) throws -> CheckpointFile {
         let path = dirPath.hasSuffix("/") ? dirPath + name : dirPath + "/" + name
         while true {
-            let fd = openat(dir.rawValue, name, flags | O_CLOEXEC | O_NOFOLLOW)
+            let fd = openat(dir.rawValue, name, flags | O_CLOEXEC | O_NOFOLLOW, 0o666)
             if fd >= 0 { return CheckpointFile(adopting: FileDescriptor(rawValue: fd), path: path) }
             let e = Errno(rawValue: errno)
             if e == .interrupted { continue }
