@@ -234,8 +234,11 @@ struct Scan {
             }
             if v2 {
                 var crc = CRC32C()
-                try stream(file, from: end, length: trailerLength) { crc.update($0) }
-                if crc.value != h.trailerCRC {
+                let got = try stream(file, from: end, length: trailerLength) { crc.update($0) }
+                if got < trailerLength {
+                    // Only an in-place trailer rewrite truncates here: the locked second look settles it.
+                    problems.append(Problem(.trailer, .corrupt, "file ended \(trailerLength - got) bytes early while the trailer was read"))
+                } else if crc.value != h.trailerCRC {
                     problems.append(Problem(.trailer, .corrupt, "trailer CRC mismatch (\(trailerLength) bytes after the payload)",
                                             expectedCRC: h.trailerCRC, actualCRC: crc.value))
                 }
@@ -255,12 +258,14 @@ struct Scan {
         if payloadStart <= size {
             var sha = TextDigest()
             var crc = CRC32C()
-            try stream(file, from: textStart, length: UInt64(h.textBytes)) { chunk in
+            let got = try stream(file, from: textStart, length: UInt64(h.textBytes)) { chunk in
                 sha.update(chunk)
                 crc.update(chunk)
             }
-            d.textSHA1 = sha.hex()
-            d.textCRC = crc.value
+            if got == UInt64(h.textBytes) {
+                d.textSHA1 = sha.hex()
+                d.textCRC = crc.value
+            }
         }
         let payloadPresent = payloadStart <= size ? min(h.payloadBytes, size - payloadStart) : 0
         if h.payloadBytes >= UInt64(PayloadPrefix.size) && payloadPresent >= UInt64(PayloadPrefix.size) {
@@ -274,19 +279,22 @@ struct Scan {
                 try streamInto(file, from: payloadStart, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) {
                     crc.update($0)
                 }
-            } else {
-                try stream(file, from: payloadStart, length: h.payloadBytes) { crc.update($0) }
+                d.payloadCRC = crc.value
+            } else if try stream(file, from: payloadStart, length: h.payloadBytes, { crc.update($0) }) == h.payloadBytes {
+                d.payloadCRC = crc.value
             }
-            d.payloadCRC = crc.value
         }
         body = d
         return d
     }
 
-    /// Feeds `length` bytes from `offset` to `body` chunk by chunk through the scratch buffer.
+    /// Feeds `length` bytes from `offset` to `body` chunk by chunk through the
+    /// scratch buffer. Returns how many bytes there were: fewer than `length`
+    /// when the file ended first (it can shrink while we read).
+    @discardableResult
     mutating func stream(_ file: borrowing CheckpointFile, from offset: UInt64, length: UInt64,
-                         _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        guard length > 0 else { return }
+                         _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> UInt64 {
+        guard length > 0 else { return 0 }
         let chunk = options.chunkSize
         let buf: UnsafeMutableRawBufferPointer
         if let scratch { buf = scratch.bytes } else {
@@ -298,12 +306,13 @@ struct Scan {
         while done < length {
             let want = Int(min(UInt64(chunk), length - done))
             let n = try file.read(at: offset + done, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<want]))
-            guard n > 0 else { throw KVCError(.io, path: file.path, "file ended while reading at \(offset + done)") }
+            guard n > 0 else { break }
             observer?.didRead(fd: file.fd, offset: offset + done, count: n)
             try body(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
             done += UInt64(n)
             bytesRead += UInt64(n)
         }
+        return done
     }
 
     /// Reads straight into `destination`, handing each chunk to `body` while it is still hot in cache.
