@@ -59,7 +59,9 @@ let package = Package(
         .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["KVCFormat", "KVCSimulation"]
+            // The executables are dependencies so `swift test` builds them; the
+            // tests run them as real processes and never import them.
+            dependencies: ["KVCFormat", "KVCSimulation", "kvscrubd", "kvc-engine-sim"]
         ),
     ]
 )

@@ -1,0 +1,64 @@
+import Foundation
+
+/// Runs the built executables as real processes and captures what they print.
+enum Tool {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var json: Any? { try? JSONSerialization.jsonObject(with: Data(stdout.utf8)) }
+    }
+
+    /// The build products sit next to the test bundle.
+    static var binDir: String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().path
+    }
+
+    static func run(_ name: String, _ args: [String], stdin: Data? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binDir + "/" + name)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        // Drain both pipes while the process runs so a large output cannot block it.
+        let o = Mutexed(Data()), e = Mutexed(Data())
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { o.set(out.fileHandleForReading.readDataToEndOfFile()); group.leave() }
+        group.enter()
+        DispatchQueue.global().async { e.set(err.fileHandleForReading.readDataToEndOfFile()); group.leave() }
+        p.waitUntilExit()
+        group.wait()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o.get(), as: UTF8.self),
+                      stderr: String(decoding: e.get(), as: UTF8.self))
+    }
+}
+
+import Synchronization
+
+final class Mutexed<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ v: T) { m = Mutex(v) }
+    func set(_ v: T) { m.withLock { $0 = v } }
+    func get() -> T { m.withLock { $0 } }
+}
+
+final class TempDir {
+    let path: String
+    init() {
+        path = NSTemporaryDirectory() + "kvc-e2e-" + UUID().uuidString
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+    func file(_ name: String) -> String { path + "/" + name }
+}
+
+func flipByte(_ path: String, at offset: Int) {
+    var b = Array(FileManager.default.contents(atPath: path)!)
+    b[offset] ^= 0xFF
+    try! Data(b).write(to: URL(fileURLWithPath: path))
+}
