@@ -66,7 +66,11 @@ public struct CheckpointLoader: Sendable {
             checksums = h.version == 2 ? .crc32c : .none
             warnings = exam.problems.filter { $0.severity == .warning }
         } else {
-            _ = try payload.withUnsafeMutableBytes { try file.read(at: UInt64(h.prologueSize) + UInt64(h.textBytes), into: $0) }
+            // The same chunked reads as the verified path, minus the checks: what today's engine does.
+            var scan = Scan(options: verifierOptions, observer: nil)
+            try payload.withUnsafeMutableBytes {
+                try scan.streamInto(file, from: UInt64(h.prologueSize) + UInt64(h.textBytes), destination: $0) { _ in }
+            }
         }
         let text = try file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes))
         var toolMap: ToolMap? = nil
