@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+
+/// The man pages must match `--help`: every flag a subcommand accepts is
+/// documented, and mandoc finds nothing to complain about.
+@Suite struct ManPageTests {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+    static func manText(_ page: String) throws -> String {
+        // Unescape roff hyphens so "\-\-budget\-mb" reads as "--budget-mb".
+        try String(contentsOfFile: repo + "/man/" + page, encoding: .utf8).replacingOccurrences(of: "\\-", with: "-")
+    }
+
+    static func flags(in help: String) -> Set<String> {
+        let regex = try! NSRegularExpression(pattern: "--[a-z][a-z0-9-]*")
+        let ns = help as NSString
+        return Set(regex.matches(in: help, range: NSRange(location: 0, length: ns.length)).map { ns.substring(with: $0.range) })
+    }
+
+    static func subcommands() throws -> [String] {
+        let help = try Tool.run("kvscrubd", ["--help"]).stdout
+        guard let r = help.range(of: "SUBCOMMANDS:") else { return [] }
+        return help[r.upperBound...].split(separator: "\n").compactMap { line in
+            let t = line.trimmingCharacters(in: .whitespaces)
+            guard line.hasPrefix("  "), !line.hasPrefix("   "), let w = t.split(separator: " ").first else { return nil }
+            return String(w)
+        }.filter { $0 != "help" && !$0.hasPrefix("See") }
+    }
+
+    @Test func everyFlagInHelp_isInTheManPage() throws {
+        let man = try Self.manText("kvscrubd.8")
+        let subs = try Self.subcommands()
+        #expect(subs.contains("verify") && subs.contains("evict"))
+        for sub in subs {
+            let help = try Tool.run("kvscrubd", [sub, "--help"])
+            #expect(help.status == 0)
+            #expect(man.contains("kvscrubd \(sub)") || man.contains(".SS \(sub)"), "subcommand \(sub) missing from kvscrubd(8) (subcommands: \(subs))")
+            for flag in Self.flags(in: help.stdout) {
+                #expect(man.contains(flag), "\(sub) \(flag) is in --help but not in kvscrubd(8)")
+            }
+        }
+    }
+
+    @Test(arguments: ["kvscrubd.8", "kvc.5"])
+    func mandocLint_isClean(page: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/mandoc")
+        p.arguments = ["-T", "lint", "-W", "warning", Self.repo + "/man/" + page]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(text)")
+        #expect(text.isEmpty, "\(text)")
+    }
+
+    @Test func formatDoc_andManPage_agreeOnTheLayoutOffsets() throws {
+        let doc = try String(contentsOfFile: Self.repo + "/docs/FORMAT.md", encoding: .utf8)
+        let man = try Self.manText("kvc.5")
+        for (offset, field) in [(52, "text_crc"), (56, "payload_crc"), (60, "trailer_crc"), (64, "header_crc"), (48, "text_bytes")] {
+            #expect(doc.contains("| \(offset) | 4 | \(field) |"))
+            #expect(man.contains("\(offset)|4|\(field)|"))
+        }
+    }
+}
