@@ -7,7 +7,7 @@ import Glibc
 /// relative to that descriptor (`openat`, `fstatat`, `unlinkat`), so nothing
 /// here can reach outside the directory: names with a `/` are refused, and
 /// links are never followed.
-public final class CacheDirectory {
+public final class CacheDirectory: Sendable {
     public let path: String
     public let fd: FileDescriptor
 
@@ -130,5 +130,16 @@ public final class CacheDirectory {
             throw KVCError.io(Errno(rawValue: errno), path: pathOf(name), "cannot move into quarantine \(quarantinePath)")
         }
         return .removed
+    }
+}
+
+extension CacheDirectory {
+    /// The stored text of a checkpoint, read only when its length is at most
+    /// `limit` (a damaged length must not cost memory). nil when unreadable or too long.
+    public func text(named name: String, limit: Int = 64 << 20) -> [UInt8]? {
+        guard let entry = try? entry(named: name), let h = entry.header, Int(h.textBytes) <= limit else { return nil }
+        guard let file = try? CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY) else { return nil }
+        guard let t = try? file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes)), t.count == Int(h.textBytes) else { return nil }
+        return t
     }
 }

@@ -101,8 +101,14 @@ public struct Verifier: Sendable {
 /// Receives each chunk a checker or loader read: the scrubber's rate limit
 /// and page-cache hygiene hang off this.
 public protocol ReadObserver: Sendable {
-    /// `fd` is the file read, `offset` and `count` the span just read.
-    func didRead(fd: FileDescriptor, offset: UInt64, count: Int)
+    /// About to read `count` bytes at `offset` of `fd`.
+    func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
+    /// Just read that span. Throwing abandons the verification (the error propagates).
+    func didRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
+}
+
+extension ReadObserver {
+    public func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {}
 }
 
 /// One verification's working state: the read buffer, and the digests of the
@@ -305,9 +311,10 @@ struct Scan {
         var done: UInt64 = 0
         while done < length {
             let want = Int(min(UInt64(chunk), length - done))
+            try observer?.willRead(fd: file.fd, offset: offset + done, count: want)
             let n = try file.read(at: offset + done, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<want]))
             guard n > 0 else { break }
-            observer?.didRead(fd: file.fd, offset: offset + done, count: n)
+            try observer?.didRead(fd: file.fd, offset: offset + done, count: n)
             try body(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
             done += UInt64(n)
             bytesRead += UInt64(n)
@@ -323,9 +330,10 @@ struct Scan {
         while done < destination.count {
             let want = min(options.chunkSize, destination.count - done)
             let slice = UnsafeMutableRawBufferPointer(rebasing: destination[done..<done + want])
+            try observer?.willRead(fd: file.fd, offset: offset + UInt64(done), count: want)
             let n = try file.read(at: offset + UInt64(done), into: slice)
             guard n > 0 else { throw KVCError(.io, path: file.path, "file ended while reading at \(offset + UInt64(done))") }
-            observer?.didRead(fd: file.fd, offset: offset + UInt64(done), count: n)
+            try observer?.didRead(fd: file.fd, offset: offset + UInt64(done), count: n)
             try body(UnsafeRawBufferPointer(rebasing: slice[0..<n]))
             done += n
             bytesRead += UInt64(n)

@@ -1,0 +1,161 @@
+import Foundation
+import Yams
+
+/// Every setting of the daemon, with its default. The config file and the
+/// command line fill the same fields; flags override the file, and a reload
+/// (SIGHUP) re-reads the file under the same flags.
+public struct DaemonConfig: Sendable, Equatable {
+    public var cacheDir = "/var/cache/ds4/kv"
+    /// Byte budget in MiB, as ds4's --kv-disk-space-mb (default 4096). 0: no budget.
+    public var budgetMB: UInt64 = 4096
+    /// Start culling when the file system has less than this share free (percent); nil: off.
+    public var freeSpaceStartPercent: Double?
+    /// ...and stop once this share is free again (must be above the start).
+    public var freeSpaceStopPercent: Double?
+    /// How often scores are re-evaluated without any event (hit decay moves them).
+    public var evictIntervalSeconds: Double = 60
+    /// Decide and log, remove nothing (neither evictions nor corrupt files).
+    public var dryRun = false
+    /// Every file is re-verified at least this often.
+    public var scrubIntervalHours: Double = 24
+    /// Scrub read rate limit, MB/s (10^6 bytes). 0: unlimited.
+    public var scrubRateMBps: Double = 50
+    /// A new file is verified this long after it arrives (still in page cache, and the engine is done with it).
+    public var scrubNewFileDelaySeconds: Double = 2
+    /// Move corrupt files here (same file system) instead of removing them.
+    public var quarantineDir: String?
+    public var socketPath = "/run/kvscrubd/kvscrubd.sock"
+    /// Octal permission bits of the control socket.
+    public var socketMode: UInt32 = 0o660
+    public var socketGroup: String?
+    /// Where the scrub progress and counters persist (never inside the cache directory).
+    public var stateDir = "/var/lib/kvscrubd"
+    public var logLevel = "info"
+
+    public init() {}
+
+    /// The settings a reload may change; the rest need a restart.
+    static let reloadable: Set<String> = [
+        "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
+        "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
+    ]
+
+    /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
+    public mutating func apply(_ pairs: [(String, String)], source: String) throws(ConfigError) {
+        for (key, value) in pairs { try apply(key: key, value: value, source: source) }
+        try validate(source: source)
+    }
+
+    mutating func apply(key: String, value: String, source: String) throws(ConfigError) {
+        func number(_ v: String) throws(ConfigError) -> Double {
+            guard let d = Double(v), d.isFinite, d >= 0 else { throw ConfigError(source, key, "expected a non-negative number, got '\(v)'") }
+            return d
+        }
+        func bool(_ v: String) throws(ConfigError) -> Bool {
+            switch v.lowercased() {
+            case "true", "yes", "on", "1": return true
+            case "false", "no", "off", "0": return false
+            default: throw ConfigError(source, key, "expected true or false, got '\(v)'")
+            }
+        }
+        func path(_ v: String) throws(ConfigError) -> String {
+            guard v.hasPrefix("/") else { throw ConfigError(source, key, "expected an absolute path, got '\(v)'") }
+            return v
+        }
+        switch key {
+        case "cache_dir": cacheDir = try path(value)
+        case "budget_mb":
+            guard let n = UInt64(value), n <= UInt64.max >> 20 else { throw ConfigError(source, key, "expected a whole number of MiB, got '\(value)'") }
+            budgetMB = n
+        case "free_space_start_percent": freeSpaceStartPercent = value.isEmpty ? nil : try number(value)
+        case "free_space_stop_percent": freeSpaceStopPercent = value.isEmpty ? nil : try number(value)
+        case "evict_interval_seconds": evictIntervalSeconds = try number(value)
+        case "dry_run": dryRun = try bool(value)
+        case "scrub_interval_hours": scrubIntervalHours = try number(value)
+        case "scrub_rate_mb_per_s": scrubRateMBps = try number(value)
+        case "scrub_new_file_delay_seconds": scrubNewFileDelaySeconds = try number(value)
+        case "quarantine_dir": quarantineDir = value.isEmpty ? nil : try path(value)
+        case "socket_path": socketPath = try path(value)
+        case "socket_mode":
+            guard let m = UInt32(value, radix: 8), m <= 0o777 else { throw ConfigError(source, key, "expected octal permissions like 0660, got '\(value)'") }
+            socketMode = m
+        case "socket_group": socketGroup = value.isEmpty ? nil : value
+        case "state_dir": stateDir = try path(value)
+        case "log_level":
+            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
+                throw ConfigError(source, key, "expected trace, debug, info, notice, warning, error or critical, got '\(value)'")
+            }
+            logLevel = value
+        default:
+            throw ConfigError(source, key, "unknown setting")
+        }
+    }
+
+    func validate(source: String) throws(ConfigError) {
+        if let start = freeSpaceStartPercent {
+            guard start < 100 else { throw ConfigError(source, "free_space_start_percent", "must be below 100") }
+            guard let stop = freeSpaceStopPercent, stop > start, stop <= 100 else {
+                throw ConfigError(source, "free_space_stop_percent", "must be set, above free_space_start_percent and at most 100 when culling by free space")
+            }
+        }
+        guard evictIntervalSeconds >= 1 else { throw ConfigError(source, "evict_interval_seconds", "must be at least 1") }
+        guard scrubIntervalHours > 0 else { throw ConfigError(source, "scrub_interval_hours", "must be above 0") }
+        if let q = quarantineDir, q == cacheDir {
+            throw ConfigError(source, "quarantine_dir", "must not be the cache directory")
+        }
+        if stateDir == cacheDir { throw ConfigError(source, "state_dir", "must not be the cache directory") }
+    }
+
+    /// Reads a config file: YAML, a flat mapping of the keys above. Unknown keys are errors, so a typo is not silently ignored.
+    public static func pairs(fromFile path: String) throws(ConfigError) -> [(String, String)] {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigError(path, nil, "cannot read: \(error.localizedDescription)")
+        }
+        let node: Any?
+        do { node = try Yams.load(yaml: text) } catch {
+            throw ConfigError(path, nil, "not valid YAML: \(error)")
+        }
+        guard let node else { return [] }
+        guard let map = node as? [String: Any] else { throw ConfigError(path, nil, "expected a mapping of settings") }
+        return map.keys.sorted().map { k in
+            let v = map[k]
+            if v == nil || v is NSNull { return (k, "") }
+            if let b = v as? Bool { return (k, b ? "true" : "false") }
+            return (k, "\(v!)")
+        }
+    }
+
+    /// The file's settings over the defaults, then the flags over both.
+    public static func resolve(file: String?, flags: [(String, String)]) throws(ConfigError) -> DaemonConfig {
+        var c = DaemonConfig()
+        if let file { try c.apply(try pairs(fromFile: file), source: file) }
+        try c.apply(flags, source: "command line")
+        return c
+    }
+
+    /// Keys whose new value a reload cannot take (the daemon keeps the old value and says so).
+    public func restartOnlyChanges(to new: DaemonConfig) -> [String] {
+        var keys: [String] = []
+        if new.cacheDir != cacheDir { keys.append("cache_dir") }
+        if new.socketPath != socketPath { keys.append("socket_path") }
+        if new.socketMode != socketMode { keys.append("socket_mode") }
+        if new.socketGroup != socketGroup { keys.append("socket_group") }
+        if new.stateDir != stateDir { keys.append("state_dir") }
+        return keys
+    }
+
+    public var budgetBytes: UInt64 { budgetMB << 20 }
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public let source: String
+    public let key: String?
+    public let detail: String
+    init(_ source: String, _ key: String?, _ detail: String) {
+        self.source = source
+        self.key = key
+        self.detail = detail
+    }
+    public var description: String { "\(source): " + (key.map { "\($0): " } ?? "") + detail }
+}

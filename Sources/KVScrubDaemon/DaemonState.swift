@@ -1,0 +1,102 @@
+import Foundation
+import KVCFormat
+import Synchronization
+
+/// What every part of the daemon shares: the index, the counters, the scrub
+/// progress and the settings in force. One lock guards it all; every holder
+/// does only in-memory work under it (no I/O), so the control socket's
+/// readers never wait behind a disk.
+public final class DaemonState: Sendable {
+    public struct Counters: Codable, Sendable, Equatable {
+        // Persisted across restarts.
+        public var corruptFound: UInt64 = 0
+        public var corruptRemoved: UInt64 = 0
+        public var evictedBudget: UInt64 = 0
+        public var evictedFreeSpace: UInt64 = 0
+        public var evictedIncompatible: UInt64 = 0
+        public var evictedBytes: UInt64 = 0
+        public var passesCompleted: UInt64 = 0
+        public var scrubBytes: UInt64 = 0
+        // This run only.
+        public var inotifyEvents: UInt64 = 0
+        public var rescans: UInt64 = 0
+        public var errors: UInt64 = 0
+    }
+
+    public struct PassSummary: Codable, Sendable, Equatable {
+        public var startedAt: Double
+        public var endedAt: Double
+        public var files: Int
+        public var bytes: UInt64
+        public var corruptFound: Int
+        public var removed: Int
+    }
+
+    /// The scrub pass in progress, persisted so a restart resumes it.
+    public struct ScrubProgress: Codable, Sendable, Equatable {
+        public var passStartedAt: Double?
+        /// The last file name the pass finished; the pass goes on in name order after it.
+        public var cursor: String?
+        public var filesDone = 0
+        public var bytesDone: UInt64 = 0
+        public var corruptFound = 0
+        public var removed = 0
+        public var lastPass: PassSummary?
+    }
+
+    public struct Inner: Sendable {
+        public var config: DaemonConfig
+        public var index: [String: CacheEntry] = [:]
+        public var totalBytes: UInt64 = 0
+        public var phase = "starting"
+        public var counters = Counters()
+        public var scrub = ScrubProgress()
+        /// Bytes per second over the last few seconds of scrubbing.
+        public var scrubRate: Double = 0
+        public var scrubbing: String?
+        public var lastErrors: [String] = []
+        public var freeBytes: UInt64?
+        public var fsBytes: UInt64?
+        public var startedAt = Date().timeIntervalSince1970
+
+        mutating func insert(_ e: CacheEntry) {
+            if let old = index[e.fileName] { totalBytes -= old.fileSize }
+            index[e.fileName] = e
+            totalBytes += e.fileSize
+        }
+
+        @discardableResult
+        mutating func remove(_ name: String) -> CacheEntry? {
+            guard let old = index.removeValue(forKey: name) else { return nil }
+            totalBytes -= old.fileSize
+            return old
+        }
+
+        mutating func replaceIndex(_ entries: [CacheEntry]) {
+            index = Dictionary(entries.map { ($0.fileName, $0) }, uniquingKeysWith: { a, _ in a })
+            totalBytes = index.values.reduce(0) { $0 + $1.fileSize }
+        }
+
+        mutating func noteError(_ message: String) {
+            counters.errors += 1
+            lastErrors.append("\(Int(Date().timeIntervalSince1970)) \(message)")
+            if lastErrors.count > 10 { lastErrors.removeFirst(lastErrors.count - 10) }
+        }
+    }
+
+    private let inner: Mutex<Inner>
+
+    public init(config: DaemonConfig) { inner = Mutex(Inner(config: config)) }
+
+    public func with<T>(_ body: (inout Inner) -> T) -> T { inner.withLock { body(&$0) } }
+
+    public var config: DaemonConfig { with { $0.config } }
+}
+
+/// Set once, when the daemon is asked to stop; read by every loop.
+public final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    public init() {}
+    public var isSet: Bool { flag.load(ordering: .acquiring) }
+    public func set() { flag.store(true, ordering: .releasing) }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import KVCFormat
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Keeps the cache under its byte budget and, optionally, the file system
+/// above a free-space floor, deciding from the in-memory index alone.
+///
+/// The order is ds4's (`EvictionPlan`): lowest score first, incompatible and
+/// unreadable files (score 0) before anything the engine can use. Two causes:
+///
+/// - budget: total bytes above `budget_mb`. Checked on every arrival and on a
+///   timer, since hit decay moves scores even when nothing happens. When a
+///   checkpoint has just arrived, the pass is the engine's pre-store pass:
+///   the newcomer is not a candidate, its size is the room to make, and a
+///   continued waypoint it supersedes is scored down as ds4 does.
+/// - free space, cachefilesd-style: below `free_space_start_percent` free,
+///   cull until `free_space_stop_percent` is free again; the gap between the
+///   two is the hysteresis that keeps it from flapping at the threshold.
+///
+/// A victim that cannot be removed (permissions, busy, already gone) is logged
+/// and skipped; the pass goes on with the next one, so one stuck file never
+/// stalls eviction. Removal checks the inode first (`CacheDirectory.remove`).
+public final class Evictor: Sendable {
+    let state: DaemonState
+    let logger: Logger
+    /// Holds `culling` (free-space hysteresis) between passes.
+    private let culling = MutexBox(false)
+
+    public init(state: DaemonState, logger: Logger) {
+        self.state = state
+        self.logger = logger
+    }
+
+    public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible }
+
+    /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
+    public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
+        let (config, entries, total) = state.with { ($0.config, Array($0.index.values), $0.totalBytes) }
+        var incoming: IncomingCheckpoint? = nil
+        var extra: UInt64 = 0
+        var candidates = entries
+        if let arrived, let newcomer = entries.first(where: { $0.fileName == arrived }) {
+            candidates.removeAll { $0.fileName == arrived }
+            extra = newcomer.fileSize
+            if let h = newcomer.header, let text = directory.text(named: arrived) {
+                incoming = IncomingCheckpoint(text: text, modelID: h.modelID, quantBits: h.quantBits, ctxSize: h.ctxSize,
+                                              rejectDifferentQuant: false)
+            }
+        }
+        // Bytes to free for the budget.
+        var needBudget: UInt64 = 0
+        if config.budgetMB > 0 && total > config.budgetBytes {
+            needBudget = total - config.budgetBytes
+        }
+        // Bytes to free for the free-space floor.
+        var needSpace: UInt64 = 0
+        if let start = config.freeSpaceStartPercent, let stop = config.freeSpaceStopPercent,
+           let (free, size) = Evictor.freeSpace(directory: directory), size > 0 {
+            state.with { $0.freeBytes = free; $0.fsBytes = size }
+            let pct = Double(free) * 100 / Double(size)
+            let active = culling.withLock { c -> Bool in
+                if pct < start { c = true } else if pct >= stop { c = false }
+                return c
+            }
+            let target = UInt64((stop / 100 * Double(size)).rounded(.up))
+            if active && target > free { needSpace = target - free }
+        } else if let (free, size) = Evictor.freeSpace(directory: directory) {
+            state.with { $0.freeBytes = free; $0.fsBytes = size }
+        }
+        guard needBudget > 0 || needSpace > 0 else { return }
+        if needBudget > 0 {
+            logger.notice("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
+                                                    "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"])
+        }
+        let order = EvictionPlan.order(entries: candidates, now: now, incoming: incoming)
+        var freed: UInt64 = 0
+        for v in order {
+            guard freed < max(needBudget, needSpace) else { break }
+            let e = v.entry
+            let cause: Cause = e.unusable != nil ? .incompatible : (freed < needBudget ? .budget : .freeSpace)
+            let meta: Logger.Metadata = [
+                "event": config.dryRun ? "would-evict" : "evicted", "file": "\(e.fileName)", "cause": "\(cause.rawValue)",
+                "score": "\(v.score)", "bytes": "\(e.fileSize)", "tokens": "\(e.header?.tokens ?? 0)", "hits": "\(e.header?.hits ?? 0)",
+            ]
+            if config.dryRun {
+                logger.notice("would evict (dry run)", metadata: meta)
+                freed += e.fileSize
+                continue
+            }
+            do {
+                switch try directory.remove(name: e.fileName, identity: e.identity) {
+                case .removed:
+                    freed += e.fileSize
+                    state.with { s in
+                        s.remove(e.fileName)
+                        s.counters.evictedBytes += e.fileSize
+                        switch cause {
+                        case .budget: s.counters.evictedBudget += 1
+                        case .freeSpace: s.counters.evictedFreeSpace += 1
+                        case .incompatible: s.counters.evictedIncompatible += 1
+                        }
+                    }
+                    logger.notice("evicted", metadata: meta)
+                case .vanished:
+                    state.with { _ = $0.remove(e.fileName) }
+                    freed += e.fileSize
+                case .replaced:
+                    logger.info("eviction skipped: the file was replaced since it was scored", metadata: ["file": "\(e.fileName)"])
+                }
+            } catch {
+                state.with { $0.noteError("evict \(e.fileName): \(error)") }
+                logger.error("cannot evict; skipping it", metadata: ["event": "evict-failed", "file": "\(e.fileName)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Free and total bytes of the file system holding the directory.
+    static func freeSpace(directory: CacheDirectory) -> (UInt64, UInt64)? {
+        var s = statvfs()
+        guard fstatvfs(directory.fd.rawValue, &s) == 0 else { return nil }
+        return (UInt64(s.f_bavail) * UInt64(s.f_frsize), UInt64(s.f_blocks) * UInt64(s.f_frsize))
+    }
+}
+
+import Synchronization
+
+/// A small lock-protected value for state a part keeps between calls.
+final class MutexBox<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ v: T) { m = Mutex(v) }
+    func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
+}

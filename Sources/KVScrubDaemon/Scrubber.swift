@@ -1,0 +1,236 @@
+import CLinux
+import Foundation
+import KVCFormat
+import Logging
+import Synchronization
+
+/// Re-verifies every checkpoint at least once per scrub interval, and every
+/// new one soon after it arrives, and removes the ones proven corrupt.
+///
+/// Scheduling: a pass walks the index in file-name order, one file at a
+/// time, and records the last name it finished (the cursor) in the state
+/// file; after a restart it goes on after that name instead of starting over.
+/// A pass starts one interval after the previous one started, so every file
+/// is seen at least once per interval (if a pass is slower than the interval,
+/// the status says so). Files that arrive are verified `scrub_new_file_delay`
+/// seconds later, ahead of the pass, while still in page cache.
+///
+/// Cost: the scrub thread is in the idle I/O class (`ioprio_set`), its reads
+/// are paced and leave no page-cache footprint (`ScrubThrottle`), and between
+/// files it sleeps on a semaphore: no timer fires while there is nothing to do.
+///
+/// Removal goes through `CacheDirectory.removeIfCorrupt`: verified again with
+/// the engine's writers excluded, on the same inode, or nothing happens.
+public final class Scrubber: Sendable {
+    let state: DaemonState
+    let logger: Logger
+    let store: StateStore
+    let stopping: StopFlag
+    let throttle: ScrubThrottle
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let newFiles = MutexBox<[String: Double]>([:])
+    private let directory = MutexBox<CacheDirectory?>(nil)
+    private let lastPersist = MutexBox(0.0)
+
+    public init(state: DaemonState, store: StateStore, stopping: StopFlag, logger: Logger) {
+        self.state = state
+        self.store = store
+        self.stopping = stopping
+        self.logger = logger
+        throttle = ScrubThrottle(state: state, stopping: stopping)
+    }
+
+    /// Points the scrubber at a (re)opened cache directory.
+    public func use(directory dir: CacheDirectory?) {
+        directory.withLock { $0 = dir }
+        wake()
+    }
+
+    /// A checkpoint arrived or changed content: verify it soon.
+    public func fileArrived(_ name: String) {
+        let due = Date().timeIntervalSince1970 + state.config.scrubNewFileDelaySeconds
+        newFiles.withLock { $0[name] = due }
+        wake()
+    }
+
+    public func wake() { wakeup.signal() }
+
+    /// Verifies the named files now, outside any pass; used by `scrub now`.
+    public func verifyNow(_ names: [String]) -> [VerifyReport] {
+        guard let dir = directory.withLock({ $0 }) else { return [] }
+        return names.compactMap { try? dir.verify(name: $0, with: Verifier()) }
+    }
+
+    /// The scrub thread's body; returns once `stopping` is set.
+    public func run() {
+        let rc = kvs_ioprio_set_idle_self()
+        if rc != 0 { logger.warning("cannot enter the idle I/O class; scrubbing at normal priority", metadata: ["errno": "\(-rc)"]) }
+        while !stopping.isSet {
+            let now = Date().timeIntervalSince1970
+            let dir = directory.withLock { $0 }
+            guard let dir else { _ = wakeup.wait(timeout: .now() + 1); continue }
+            if let name = nextDueNewFile(now: now) {
+                scrub(name, in: dir, partOfPass: false)
+                continue
+            }
+            let (passActive, cursor, lastStart) = state.with { ($0.scrub.passStartedAt != nil, $0.scrub.cursor, $0.scrub.lastPass?.startedAt) }
+            if passActive {
+                if let next = state.with({ s in s.index.keys.filter { cursor == nil || $0 > cursor! }.min() }) {
+                    scrub(next, in: dir, partOfPass: true)
+                } else {
+                    finishPass(now: now)
+                }
+                continue
+            }
+            let interval = state.config.scrubIntervalHours * 3600
+            let nextStart = (lastStart ?? 0) + interval
+            if now >= nextStart {
+                startPass(now: now)
+                continue
+            }
+            let nextNew = newFiles.withLock { $0.values.min() }
+            let until = min(nextStart, nextNew ?? .infinity) - now
+            _ = wakeup.wait(timeout: .now() + max(0.01, min(until, 3600)))
+        }
+        persist(force: true)
+    }
+
+    private func nextDueNewFile(now: Double) -> String? {
+        newFiles.withLock { q in
+            guard let (name, _) = q.filter({ $0.value <= now }).min(by: { $0.value < $1.value }) else { return nil }
+            q.removeValue(forKey: name)
+            return name
+        }
+    }
+
+    private func startPass(now: Double) {
+        state.with { s in
+            s.scrub.passStartedAt = now
+            s.scrub.cursor = nil
+            s.scrub.filesDone = 0
+            s.scrub.bytesDone = 0
+            s.scrub.corruptFound = 0
+            s.scrub.removed = 0
+        }
+        logger.info("scrub pass started", metadata: ["event": "scrub-pass-started", "files": "\(state.with { $0.index.count })"])
+        persist(force: true)
+    }
+
+    private func finishPass(now: Double) {
+        let summary = state.with { s -> DaemonState.PassSummary in
+            let p = DaemonState.PassSummary(startedAt: s.scrub.passStartedAt ?? now, endedAt: now, files: s.scrub.filesDone,
+                                            bytes: s.scrub.bytesDone, corruptFound: s.scrub.corruptFound, removed: s.scrub.removed)
+            s.scrub.lastPass = p
+            s.scrub.passStartedAt = nil
+            s.scrub.cursor = nil
+            s.counters.passesCompleted += 1
+            return p
+        }
+        let took = summary.endedAt - summary.startedAt
+        logger.notice("scrub pass finished", metadata: [
+            "event": "scrub-pass-finished", "files": "\(summary.files)", "bytes": "\(summary.bytes)",
+            "seconds": "\(Int(took))", "corrupt": "\(summary.corruptFound)", "removed": "\(summary.removed)"])
+        if took > state.config.scrubIntervalHours * 3600 {
+            logger.warning("the scrub pass took longer than the scrub interval: raise scrub_rate_mb_per_s or the interval",
+                           metadata: ["seconds": "\(Int(took))"])
+        }
+        persist(force: true)
+    }
+
+    private func scrub(_ name: String, in dir: CacheDirectory, partOfPass: Bool) {
+        state.with { $0.scrubbing = name }
+        defer { state.with { $0.scrubbing = nil } }
+        var bytes: UInt64 = 0
+        do {
+            let report = try dir.verify(name: name, with: Verifier(observer: throttle))
+            bytes = report.bytesRead
+            if report.verdict == .corrupt { handleCorrupt(report, in: dir, partOfPass: partOfPass) }
+        } catch is ScrubThrottle.ScrubStopped {
+            return // abandoned for shutdown: the cursor stays before this file
+        } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+            state.with { _ = $0.remove(name) }
+        } catch {
+            state.with { $0.noteError("scrub \(name): \(error)") }
+            logger.error("cannot verify", metadata: ["event": "scrub-error", "file": "\(name)", "error": "\(error)"])
+        }
+        if partOfPass {
+            state.with { s in
+                s.scrub.cursor = name
+                s.scrub.filesDone += 1
+                s.scrub.bytesDone += bytes
+            }
+            persist(force: false)
+        }
+    }
+
+    private func handleCorrupt(_ report: VerifyReport, in dir: CacheDirectory, partOfPass: Bool) {
+        let config = state.config
+        let first = report.corruptProblems.first
+        var meta: Logger.Metadata = ["file": "\(report.name)", "region": "\(first?.region.rawValue ?? "?")",
+                                     "detail": "\(first?.detail ?? "")", "bytes": "\(report.fileSize)"]
+        if let e = first?.expectedCRC, let a = first?.actualCRC {
+            meta["expected_crc"] = "\(String(format: "0x%08x", e))"
+            meta["actual_crc"] = "\(String(format: "0x%08x", a))"
+        }
+        meta["event"] = "corrupt-found"
+        logger.warning("corrupt file found", metadata: meta)
+        if config.dryRun {
+            state.with { s in
+                s.counters.corruptFound += 1
+                if partOfPass { s.scrub.corruptFound += 1 }
+            }
+            logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
+            return
+        }
+        guard let identity = report.identity else { return }
+        do {
+            var quarantine: CacheDirectory.Quarantine? = nil
+            var qdir: CacheDirectory? = nil
+            if let q = config.quarantineDir {
+                try FileManager.default.createDirectory(atPath: q, withIntermediateDirectories: true)
+                qdir = try CacheDirectory(path: q)
+                quarantine = CacheDirectory.Quarantine(fd: qdir!.fd, path: q)
+            }
+            let outcome = try dir.removeIfCorrupt(name: report.name, identity: identity, verifier: Verifier(), quarantine: quarantine)
+            withExtendedLifetime(qdir) {}
+            switch outcome {
+            case .removed(let r), .quarantined(let r, _):
+                let p = r.corruptProblems.first
+                var m = meta
+                m["event"] = "corrupt-removed"
+                m["region"] = "\(p?.region.rawValue ?? "?")"
+                if case .quarantined(_, let to) = outcome { m["quarantined_to"] = "\(to)" }
+                state.with { s in
+                    s.remove(report.name)
+                    s.counters.corruptFound += 1
+                    s.counters.corruptRemoved += 1
+                    if partOfPass { s.scrub.corruptFound += 1; s.scrub.removed += 1 }
+                }
+                logger.warning(quarantine == nil ? "corrupt file removed" : "corrupt file moved to quarantine", metadata: m)
+            case .notCorrupt(let r):
+                logger.notice("not corrupt on a second look with writers excluded; kept",
+                              metadata: ["event": "corrupt-unconfirmed", "file": "\(report.name)", "verdict": "\(r.verdict.rawValue)"])
+            case .replaced, .vanished:
+                logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(report.name)"])
+            }
+        } catch {
+            state.with { $0.noteError("remove corrupt \(report.name): \(error)") }
+            logger.error("cannot remove corrupt file", metadata: meta.merging(["event": "remove-failed", "error": "\(error)"]) { $1 })
+        }
+    }
+
+    /// Writes the state file at most every 2 s unless forced.
+    func persist(force: Bool) {
+        let now = Date().timeIntervalSince1970
+        let due = lastPersist.withLock { last -> Bool in
+            if force || now - last >= 2 { last = now; return true }
+            return false
+        }
+        guard due else { return }
+        let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters) }
+        do { try store.save(record) } catch {
+            state.with { $0.noteError("save state \(store.path): \(error)") }
+            logger.error("cannot save state", metadata: ["path": "\(store.path)", "error": "\(error)"])
+        }
+    }
+}
