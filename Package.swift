@@ -83,7 +83,7 @@ let package = Package(
             name: "EndToEndTests",
             // The executables are dependencies so `swift test` builds them; the
             // tests run them as real processes and never import them.
-            dependencies: ["KVCFormat", "KVCSimulation", "kvscrubd", "kvc-engine-sim"]
+            dependencies: ["KVCFormat", "KVCSimulation", "KVScrubDaemon", "kvscrubd", "kvc-engine-sim"]
         ),
     ]
 )

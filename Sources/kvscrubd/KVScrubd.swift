@@ -12,7 +12,7 @@ struct KVScrubd: AsyncParsableCommand {
             Exit status: 0 success; 1 something was found corrupt (verify); 2 usage or I/O error.
             """,
         version: KVScrubdVersion.string,
-        subcommands: [VerifyCommand.self, InspectCommand.self, EvictCommand.self]
+        subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
     )
 }
 

@@ -62,3 +62,15 @@ func flipByte(_ path: String, at offset: Int) {
     b[offset] ^= 0xFF
     try! Data(b).write(to: URL(fileURLWithPath: path))
 }
+
+extension Tool {
+    /// Runs a system command; returns its exit status.
+    static func runSystem(_ path: String, _ args: [String]) throws -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        try p.run()
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+}

@@ -1,0 +1,116 @@
+import ArgumentParser
+import Foundation
+import KVScrubDaemon
+import Logging
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the daemon in the foreground: watch, index, evict, scrub, serve the control socket.",
+        discussion: """
+            Settings come from the config file (default /etc/kvscrubd/kvscrubd.conf when it exists; see
+            kvscrubd.conf(5)), and each flag overrides its setting. SIGHUP re-reads the file (a bad file is
+            reported and the old settings stay); SIGTERM or SIGINT stop the daemon within about a second.
+            Exit status: 0 after a clean stop; 2 on a configuration or start-up error.
+            """)
+
+    static let defaultConfigFile = "/etc/kvscrubd/kvscrubd.conf"
+
+    @Option(name: .long, help: ArgumentHelp("Config file (YAML key: value).", valueName: "file"))
+    var config: String?
+
+    @Option(name: .customLong("cache-dir"), help: ArgumentHelp("The engine's cache directory (cache_dir).", valueName: "dir"))
+    var cacheDir: String?
+
+    @Option(name: .customLong("budget-mb"), help: ArgumentHelp("Byte budget in MiB, 0 for none (budget_mb; default 4096).", valueName: "MiB"))
+    var budgetMB: String?
+
+    @Option(name: .customLong("free-space-start-percent"), help: ArgumentHelp("Start culling below this much free space (free_space_start_percent).", valueName: "pct"))
+    var freeStart: String?
+
+    @Option(name: .customLong("free-space-stop-percent"), help: ArgumentHelp("Stop culling at this much free space (free_space_stop_percent).", valueName: "pct"))
+    var freeStop: String?
+
+    @Option(name: .customLong("evict-interval"), help: ArgumentHelp("Re-evaluate scores this often, seconds (evict_interval_seconds; default 60).", valueName: "s"))
+    var evictInterval: String?
+
+    @Flag(name: .customLong("dry-run"), help: "Decide and log; remove nothing (dry_run).")
+    var dryRun = false
+
+    @Option(name: .customLong("scrub-interval-hours"), help: ArgumentHelp("Verify every file at least this often (scrub_interval_hours; default 24).", valueName: "h"))
+    var scrubInterval: String?
+
+    @Option(name: .customLong("scrub-rate-mbps"), help: ArgumentHelp("Scrub read limit in MB/s, 0 for none (scrub_rate_mb_per_s; default 50).", valueName: "MB/s"))
+    var scrubRate: String?
+
+    @Option(name: .customLong("scrub-new-file-delay"), help: ArgumentHelp("Verify new files this many seconds after they arrive (scrub_new_file_delay_seconds; default 2).", valueName: "s"))
+    var newFileDelay: String?
+
+    @Option(name: .long, help: ArgumentHelp("Move corrupt files into this directory instead of removing them (quarantine_dir).", valueName: "dir"))
+    var quarantine: String?
+
+    @Option(name: .long, help: ArgumentHelp("Control socket path (socket_path; default /run/kvscrubd/kvscrubd.sock).", valueName: "path"))
+    var socket: String?
+
+    @Option(name: .customLong("socket-mode"), help: ArgumentHelp("Control socket permissions, octal (socket_mode; default 0660).", valueName: "mode"))
+    var socketMode: String?
+
+    @Option(name: .customLong("socket-group"), help: ArgumentHelp("Group owning the control socket (socket_group).", valueName: "group"))
+    var socketGroup: String?
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where scrub progress and counters persist (state_dir; default /var/lib/kvscrubd).", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (log_level; default info).", valueName: "level"))
+    var logLevel: String?
+
+    var flagPairs: [(String, String)] {
+        var p: [(String, String)] = []
+        func add(_ k: String, _ v: String?) { if let v { p.append((k, v)) } }
+        add("cache_dir", cacheDir.map(absolute))
+        add("budget_mb", budgetMB)
+        add("free_space_start_percent", freeStart)
+        add("free_space_stop_percent", freeStop)
+        add("evict_interval_seconds", evictInterval)
+        if dryRun { p.append(("dry_run", "true")) }
+        add("scrub_interval_hours", scrubInterval)
+        add("scrub_rate_mb_per_s", scrubRate)
+        add("scrub_new_file_delay_seconds", newFileDelay)
+        add("quarantine_dir", quarantine.map(absolute))
+        add("socket_path", socket.map(absolute))
+        add("socket_mode", socketMode)
+        add("socket_group", socketGroup)
+        add("state_dir", stateDir.map(absolute))
+        add("log_level", logLevel)
+        return p
+    }
+
+    func absolute(_ p: String) -> String {
+        p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
+    }
+
+    func run() async throws {
+        let file = config.map(absolute) ?? (FileManager.default.fileExists(atPath: Self.defaultConfigFile) ? Self.defaultConfigFile : nil)
+        let resolved: DaemonConfig
+        do {
+            resolved = try DaemonConfig.resolve(file: file, flags: flagPairs)
+        } catch {
+            Output.error("\(error)")
+            throw ExitCode(2)
+        }
+        let level = Logger.Level(rawValue: resolved.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "kvscrubd")
+        do {
+            let daemon = try Daemon(config: resolved, configFile: file, flags: flagPairs, logger: logger)
+            try await daemon.run()
+        } catch {
+            logger.critical("cannot run", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+    }
+}

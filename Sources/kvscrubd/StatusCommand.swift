@@ -1,0 +1,118 @@
+import ArgumentParser
+import Foundation
+import KVScrubDaemon
+
+/// Flags every socket client shares.
+struct SocketOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The daemon's control socket.", valueName: "path"))
+    var socket: String = "/run/kvscrubd/kvscrubd.sock"
+
+    @Flag(name: .long, help: "Print JSON instead of text.")
+    var json = false
+
+    func send(_ request: ControlRequest) throws -> ControlResponse {
+        do {
+            let r = try ControlClient(path: socket).send(request)
+            if !r.ok {
+                Output.error(r.error ?? "the daemon refused the request")
+                throw ExitCode(1)
+            }
+            return r
+        } catch let e as ControlClientError {
+            Output.error("\(e)")
+            throw ExitCode(2)
+        }
+    }
+
+    func printJSON<T: Encodable>(_ value: T) {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        print(String(decoding: (try? enc.encode(value)) ?? Data(), as: UTF8.self))
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the running daemon's state: files, bytes vs budget, free space, scrub progress, removals, errors.",
+        discussion: "Exit status: 0 success; 1 the daemon refused the request; 2 the daemon could not be reached.")
+
+    @OptionGroup var options: SocketOptions
+
+    func run() throws {
+        guard let s = try options.send(ControlRequest(cmd: "status")).status else { throw ExitCode(2) }
+        if options.json { options.printJSON(s); return }
+        print(StatusText.render(s))
+    }
+}
+
+struct EntriesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "entries",
+        abstract: "List the daemon's index in eviction order, with each file's score and its parts.",
+        discussion: "Exit status: 0 success; 1 the daemon refused the request; 2 the daemon could not be reached.")
+
+    @OptionGroup var options: SocketOptions
+
+    func run() throws {
+        let entries = try options.send(ControlRequest(cmd: "entries")).entries ?? []
+        if options.json { options.printJSON(["entries": entries]); return }
+        print(Output.pad("RANK", 6) + Output.pad("SCORE", 14) + Output.pad("HITS", 7) + Output.pad("EFF.HITS", 10) +
+              Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + "FILE")
+        for e in entries {
+            print(Output.pad("\(e.rank)", 6) + Output.pad(String(format: "%.6g", e.score), 14) + Output.pad("\(e.hits ?? 0)", 7) +
+                  Output.pad(String(format: "%.3g", e.effectiveHits), 10) + Output.pad("\(e.tokens ?? 0)", 9) +
+                  Output.pad(Output.bytes(e.size), 11) + Output.pad(e.reason ?? "-", 14) + e.name +
+                  (e.unusable.map { "  (unusable: \($0))" } ?? ""))
+        }
+        print("\(entries.count) checkpoints; rank 1 is evicted first")
+    }
+}
+
+/// The `zpool status`-like summary.
+enum StatusText {
+    static func render(_ s: StatusReport) -> String {
+        var lines: [String] = []
+        func row(_ k: String, _ v: String) { lines.append(Output.pad(k + ":", 11) + v) }
+        row("state", s.state + (s.dryRun ? " (dry run: nothing is removed)" : ""))
+        row("cache", s.cacheDir)
+        let pct = s.budgetBytes > 0 ? String(format: " (%.0f%%)", Double(s.bytes) * 100 / Double(s.budgetBytes)) : ""
+        row("files", "\(s.files) checkpoints, \(Output.bytes(s.bytes)) of \(s.budgetBytes > 0 ? Output.bytes(s.budgetBytes) : "no") budget\(pct)" +
+            (s.incompatibleFiles > 0 ? ", \(s.incompatibleFiles) incompatible" : ""))
+        if let free = s.freeBytes, let fs = s.filesystemBytes, fs > 0 {
+            row("space", String(format: "%@ free of %@ (%.1f%%)", Output.bytes(free), Output.bytes(fs), Double(free) * 100 / Double(fs)))
+        }
+        let sc = s.scrub
+        if sc.active {
+            let done = sc.filesTotal > 0 ? Double(sc.filesDone) * 100 / Double(max(sc.filesTotal, 1)) : 100
+            var line = String(format: "in progress, %d of %d files (%.0f%%), %@ read", sc.filesDone, sc.filesTotal, done, Output.bytes(sc.bytesDone))
+            line += String(format: ", %@/s", Output.bytes(UInt64(sc.rateBytesPerSecond)))
+            line += sc.limitMBps > 0 ? String(format: " (limit %.0f MB/s)", sc.limitMBps) : " (no limit)"
+            if let eta = sc.etaSeconds { line += ", " + duration(eta) + " to go" }
+            row("scrub", line)
+        } else if let next = sc.nextPassAt {
+            row("scrub", "idle; next pass in " + duration(max(0, next - Date().timeIntervalSince1970)))
+        }
+        if let last = sc.lastPass {
+            row("last pass", "finished \(duration(Date().timeIntervalSince1970 - last.endedAt)) ago in \(duration(last.endedAt - last.startedAt)): " +
+                "\(last.files) files, \(Output.bytes(last.bytes)), \(last.corruptFound) corrupt, \(last.removed) removed")
+        } else {
+            row("last pass", "none yet")
+        }
+        let c = s.counters
+        row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)")
+        row("evicted", "\(c.evictedBudget + c.evictedFreeSpace + c.evictedIncompatible) files, \(Output.bytes(c.evictedBytes)) " +
+            "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
+        row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
+        return lines.joined(separator: "\n")
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
+        if s < 86400 { return "\(s / 3600)h\((s % 3600) / 60)m" }
+        return "\(s / 86400)d\((s % 86400) / 3600)h"
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import KVScrubDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real `kvscrubd run` process on a private directory tree: cache, state,
+/// socket and log all under one temporary directory.
+final class DaemonProcess {
+    let root: TempDir
+    let cache: String
+    let stateDir: String
+    let socket: String
+    let logPath: String
+    let process = Process()
+
+    init(root: TempDir, extra: [String] = [], cacheDir: String? = nil) throws {
+        self.root = root
+        cache = cacheDir ?? root.file("cache")
+        stateDir = root.file("state")
+        socket = root.file("ctl.sock")
+        logPath = root.file("daemon.log")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvscrubd")
+        process.arguments = ["run", "--cache-dir", cache, "--state-dir", stateDir, "--socket", socket, "--log-level", "debug"] + extra
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try waitUntil("the daemon answers on its socket", timeout: 20) { (try? self.request("ping"))?.ok == true }
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+    }
+
+    func request(_ cmd: String) throws -> ControlResponse {
+        try ControlClient(path: socket).send(ControlRequest(cmd: cmd))
+    }
+
+    func status() throws -> StatusReport { try request("status").status! }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Log lines carrying `event=NAME`, as key=value dictionaries.
+    func events(_ name: String) -> [[String: String]] {
+        log.split(separator: "\n").filter { $0.contains("event=\(name) ") }.map { line in
+            var d: [String: String] = [:]
+            for part in line.split(separator: " ") {
+                let kv = part.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { d[String(kv[0])] = String(kv[1]) }
+            }
+            return d
+        }
+    }
+
+    /// SIGTERM, and how long the daemon took to exit.
+    @discardableResult
+    func stop() -> (status: Int32, seconds: Double) {
+        let c = ContinuousClock()
+        let t0 = c.now
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        let d = c.now - t0
+        return (process.terminationStatus, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+}
+
+struct Timeout: Error, CustomStringConvertible {
+    var what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        usleep(50_000)
+    }
+    throw Timeout(what: what)
+}
+
+func checkpoints(in dir: String) -> Set<String> {
+    Set(((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".kv") && $0.count == 43 })
+}
