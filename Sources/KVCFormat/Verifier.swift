@@ -199,11 +199,11 @@ struct Scan {
         }
 
         let digest = try digestBody(file, header: h, size: size)
-        if let sha = digest.textSHA1, let named = CheckpointName.sha(of: name), sha != named {
-            problems.append(Problem(.name, .corrupt, "SHA-1 of the text is \(sha); the file is named \(named)"))
-        }
         if v2, let actual = digest.textCRC, actual != h.textCRC {
             problems.append(Problem(.text, .corrupt, "text CRC mismatch", expectedCRC: h.textCRC, actualCRC: actual))
+        }
+        if let sha = digest.textSHA1, let named = CheckpointName.sha(of: name), sha != named {
+            problems.append(Problem(.name, .corrupt, "SHA-1 of the text is \(sha); the file is named \(named)"))
         }
         if v2, let actual = digest.payloadCRC, actual != h.payloadCRC {
             problems.append(Problem(.payload, .corrupt, "payload CRC mismatch", expectedCRC: h.payloadCRC, actualCRC: actual))

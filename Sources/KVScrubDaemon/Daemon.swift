@@ -163,6 +163,8 @@ public final class Daemon: Sendable {
                 case .overflow:
                     logger.warning("inotify queue overflowed; rescanning", metadata: ["event": "rescan"])
                     rescan(dir)
+                case .directoryBack:
+                    continue
                 case .directoryGone:
                     logger.warning("the cache directory was removed or moved; waiting for it", metadata: ["event": "directory-gone"])
                     directory.withLock { $0 = nil }
@@ -185,11 +187,11 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// Waits (checking twice a second: there is nothing to watch while the
-    /// directory is missing) until the cache directory exists again, then
-    /// watches and rescans it.
+    /// Waits until the cache directory exists again (woken by the parent
+    /// directory's inotify watch), then watches and rescans it.
     private func waitForDirectory() {
         let path = state.config.cacheDir
+        try? watcher.watchParentOnly(path: path)
         while !stopping.isSet {
             var isDir: ObjCBool = false
             if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
@@ -202,7 +204,8 @@ public final class Daemon: Sendable {
                     logger.error("cannot watch the cache directory yet", metadata: ["error": "\(error)"])
                 }
             }
-            Thread.sleep(forTimeInterval: 0.5)
+            // Woken by the parent's inotify event; the timeout covers a parent that cannot be watched.
+            _ = watcher.next(timeout: .seconds(2))
         }
     }
 

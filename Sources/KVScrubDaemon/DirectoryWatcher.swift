@@ -15,6 +15,11 @@ import Glibc
 /// `IN_MODIFY` is not watched: a touch is seen once, at close, with the
 /// header complete. `IN_Q_OVERFLOW` means events were lost: rescan.
 /// `IN_DELETE_SELF`/`IN_MOVE_SELF`/`IN_IGNORED`: the directory is gone.
+///
+/// The parent directory is watched too, for the cache directory's own name:
+/// while the daemon holds the directory open the kernel keeps its inode, so
+/// `IN_DELETE_SELF` may never come; the parent's `IN_DELETE`/`IN_MOVED_FROM`
+/// says at once that the name is gone, and `IN_CREATE`/`IN_MOVED_TO` that it is back.
 public final class DirectoryWatcher: @unchecked Sendable {
     // @unchecked: `inotifyFD` and `watch` are touched only by the one thread
     // that calls `watch`/`next`; `wakeFD` is written from other threads, which
@@ -25,10 +30,14 @@ public final class DirectoryWatcher: @unchecked Sendable {
         case removed(String)
         case overflow
         case directoryGone
+        /// The cache directory's name exists again (created or moved in).
+        case directoryBack
     }
 
     private var inotifyFD: Int32 = -1
     private var watch: Int32 = -1
+    private var parentWatch: Int32 = -1
+    private var baseName = ""
     private let wakeFD: Int32
 
     public init() throws {
@@ -52,6 +61,25 @@ public final class DirectoryWatcher: @unchecked Sendable {
                           | IN_ONLYDIR | IN_EXCL_UNLINK)
         watch = inotify_add_watch(inotifyFD, path, mask)
         guard watch >= 0 else { throw KVCError(.io, path: path, errno: .init(rawValue: errno), "inotify_add_watch failed") }
+        try watchParent(of: path)
+    }
+
+    /// Watches only the parent, for the directory's name to come back.
+    public func watchParentOnly(path: String) throws {
+        if inotifyFD >= 0 { close(inotifyFD); inotifyFD = -1 }
+        inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard inotifyFD >= 0 else { throw KVCError(.io, path: path, errno: .init(rawValue: errno), "inotify_init1 failed") }
+        watch = -1
+        try watchParent(of: path)
+    }
+
+    private func watchParent(of path: String) throws {
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        let parent = (trimmed as NSString).deletingLastPathComponent
+        baseName = (trimmed as NSString).lastPathComponent
+        parentWatch = inotify_add_watch(inotifyFD, parent.isEmpty ? "/" : parent,
+                                        UInt32(IN_DELETE | IN_MOVED_FROM | IN_CREATE | IN_MOVED_TO | IN_ONLYDIR))
+        if parentWatch < 0 { parentWatch = -1 } // no parent watch: IN_DELETE_SELF and the timer still apply
     }
 
     /// Wakes a thread blocked in `next`.
@@ -85,6 +113,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
             if n <= 0 { break }
             var off = 0
             while off + 16 <= n {
+                let wd = buf.load(fromByteOffset: off, as: Int32.self)
                 let mask = buf.load(fromByteOffset: off + 4, as: UInt32.self)
                 let len = Int(buf.load(fromByteOffset: off + 12, as: UInt32.self))
                 var name = ""
@@ -94,6 +123,12 @@ public final class DirectoryWatcher: @unchecked Sendable {
                 }
                 off += 16 + len
                 if mask & UInt32(IN_Q_OVERFLOW) != 0 { events.append(.overflow); continue }
+                if wd == parentWatch && wd != watch {
+                    guard name == baseName else { continue }
+                    if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 { events.append(.directoryGone) }
+                    if mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 { events.append(.directoryBack) }
+                    continue
+                }
                 if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT) != 0 { events.append(.directoryGone); continue }
                 if mask & UInt32(IN_ISDIR) != 0 || name.isEmpty { continue }
                 if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 { events.append(.removed(name)) }
