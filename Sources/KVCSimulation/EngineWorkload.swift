@@ -102,6 +102,10 @@ public struct EngineWorkload {
             }
         } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
             summary.vanished += 1
+        } catch let e as KVCError where e.kind == .corrupt || e.kind == .notACheckpoint || e.kind == .incompatible {
+            // A touch or tool-map rewrite refused a damaged file, as the engine would.
+            summary.corruptRefused += 1
+            log(Event(op: "corrupt-refused", path: e.path, detail: e.detail))
         } catch {
             summary.errors.append("\(error)")
             log(Event(op: "error", path: nil, detail: "\(error)"))

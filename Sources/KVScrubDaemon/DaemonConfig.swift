@@ -112,18 +112,22 @@ public struct DaemonConfig: Sendable, Equatable {
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ConfigError(path, nil, "cannot read: \(error.localizedDescription)")
         }
-        let node: Any?
-        do { node = try Yams.load(yaml: text) } catch {
+        // compose, not load: the scalars' own text is kept, so `socket_mode: 0660`
+        // stays octal text instead of becoming YAML 1.1's integer 432.
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
             throw ConfigError(path, nil, "not valid YAML: \(error)")
         }
         guard let node else { return [] }
-        guard let map = node as? [String: Any] else { throw ConfigError(path, nil, "expected a mapping of settings") }
-        return map.keys.sorted().map { k in
-            let v = map[k]
-            if v == nil || v is NSNull { return (k, "") }
-            if let b = v as? Bool { return (k, b ? "true" : "false") }
-            return (k, "\(v!)")
+        guard let map = node.mapping else { throw ConfigError(path, nil, "expected a mapping of settings (key: value lines)") }
+        var out: [(String, String)] = []
+        for (k, v) in map {
+            guard let key = k.scalar?.string else { throw ConfigError(path, nil, "a key that is not plain text") }
+            guard let scalar = v.scalar else { throw ConfigError(path, key, "expected a single value") }
+            let raw = scalar.string
+            out.append((key, ["~", "null", "Null", "NULL"].contains(raw) ? "" : raw))
         }
+        return out
     }
 
     /// The file's settings over the defaults, then the flags over both.

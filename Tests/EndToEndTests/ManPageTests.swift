@@ -41,7 +41,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ["kvscrubd.8", "kvc.5"])
+    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5"])
     func mandocLint_isClean(page: String) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mandoc")

@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+import KVScrubDaemon
+
+@Suite struct ConfigTests {
+    static let repo = ManPageTests.repo
+    static let keys = ["cache_dir", "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds",
+                       "dry_run", "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir",
+                       "socket_path", "socket_mode", "socket_group", "state_dir", "log_level"]
+
+    @Test func exampleConfig_parses_andEqualsTheDefaults() throws {
+        let c = try DaemonConfig.resolve(file: Self.repo + "/packaging/kvscrubd.conf", flags: [])
+        #expect(c == DaemonConfig())
+    }
+
+    @Test func everySetting_isDocumented_andInTheExample() throws {
+        let man = try ManPageTests.manText("kvscrubd.conf.5")
+        let example = try String(contentsOfFile: Self.repo + "/packaging/kvscrubd.conf", encoding: .utf8)
+        for k in Self.keys {
+            #expect(man.contains(".B \(k)"), "\(k) missing from kvscrubd.conf(5)")
+            #expect(example.contains("\(k):"), "\(k) missing from packaging/kvscrubd.conf")
+            // And the daemon knows it: an unknown key would be an error.
+            var c = DaemonConfig()
+            #expect(throws: Never.self) { try c.apply([(k, Self.sample(k))], source: "test") }
+        }
+    }
+
+    static func sample(_ k: String) -> String {
+        switch k {
+        case "cache_dir", "quarantine_dir", "socket_path": return "/tmp/x-\(k)"
+        case "state_dir": return "/tmp/state"
+        case "dry_run": return "true"
+        case "socket_mode": return "0640"
+        case "socket_group": return "root"
+        case "log_level": return "debug"
+        case "free_space_start_percent": return ""
+        case "free_space_stop_percent": return ""
+        default: return "7"
+        }
+    }
+
+    @Test func flagsOverrideTheFile_andErrorsNameTheKey() throws {
+        let dir = NSTemporaryDirectory() + "cfg-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let f = dir + "/k.conf"
+        try "budget_mb: 10\nscrub_rate_mb_per_s: 3\n".write(toFile: f, atomically: true, encoding: .utf8)
+        let c = try DaemonConfig.resolve(file: f, flags: [("budget_mb", "20")])
+        #expect(c.budgetMB == 20 && c.scrubRateMBps == 3)
+        for (bad, key) in [("budget_mb: -1", "budget_mb"), ("bogus: 1", "bogus"), ("dry_run: maybe", "dry_run"),
+                           ("free_space_start_percent: 5", "free_space_stop_percent"), ("cache_dir: relative/path", "cache_dir"),
+                           ("- a\n- b", "mapping"), ("budget_mb: [", "YAML")] {
+            try bad.write(toFile: f, atomically: true, encoding: .utf8)
+            #expect { try DaemonConfig.resolve(file: f, flags: []) } throws: { "\($0)".contains(key) }
+        }
+    }
+}
