@@ -14,7 +14,13 @@ import Glibc
 @main
 struct KVCBench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "kvc-bench", abstract: "Format-module benchmarks, as ratios against references measured in the same run.")
+        commandName: "kvc-bench", abstract: "kvscrubd benchmarks, as ratios against references measured in the same run.",
+        subcommands: [FormatBench.self, DaemonBench.self], defaultSubcommand: FormatBench.self)
+}
+
+struct FormatBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "format", abstract: "Format-module benchmarks: CRC32C, verify, verified load.")
 
     @Option(name: .customLong("verify-mib"), help: "Size of the checkpoint for the verify benchmark, in MiB.")
     var verifyMiB: Int = 2048
