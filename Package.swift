@@ -80,6 +80,10 @@ let package = Package(
         // checked against the real formula and not against our reading of it.
         .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
         .testTarget(
+            name: "KVScrubDaemonTests",
+            dependencies: ["KVScrubDaemon", "KVCFormat", "KVCSimulation", "CLinux"]
+        ),
+        .testTarget(
             name: "EndToEndTests",
             // The executables are dependencies so `swift test` builds them; the
             // tests run them as real processes and never import them.

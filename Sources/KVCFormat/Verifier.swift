@@ -74,6 +74,7 @@ public struct Verifier: Sendable {
     }
 
     func verify(_ file: borrowing CheckpointFile, name: String) throws -> VerifyReport {
+        defer { observer?.finished(fd: file.fd) }
         var scan = Scan(options: options, observer: observer)
         var exam = try scan.examine(file, name: name)
         var confirmed = false
@@ -105,10 +106,13 @@ public protocol ReadObserver: Sendable {
     func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
     /// Just read that span. Throwing abandons the verification (the error propagates).
     func didRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
+    /// The verification of `fd` is over (whatever its outcome); `fd` is still open.
+    func finished(fd: FileDescriptor)
 }
 
 extension ReadObserver {
     public func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {}
+    public func finished(fd: FileDescriptor) {}
 }
 
 /// One verification's working state: the read buffer, and the digests of the
@@ -151,6 +155,8 @@ struct Scan {
     mutating func examine(_ file: borrowing CheckpointFile, name: String) throws -> Examination {
         let size = try file.size
         guard size > 0 else { return Examination(problems: [Problem(.size, .corrupt, "empty file")]) }
+        // Told before the first byte is read, so an observer sees the file's cache state as it was.
+        try observer?.willRead(fd: file.fd, offset: 0, count: KVCHeader.v2PrologueSize)
         let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
         let h: KVCHeader
         switch KVCHeader.probe(head) {

@@ -103,7 +103,8 @@ struct DaemonBench: ParsableCommand {
         let took = seconds(ContinuousClock.now - s0)
         print(String(format: "INFO  start-up index of %d files: %.3f s from exec to answering with every file indexed; reference header read loop %.3f s (ratio %.2f; includes process start)",
                      indexFiles, took, ref, took / ref))
-        // Idle CPU: the same daemon, nothing happening.
+        // Idle CPU: the same daemon once its first scrub pass is done, nothing happening.
+        while try !d.passFinished() { usleep(100_000) }
         let c0 = d.cpuSeconds()
         sleep(UInt32(idleSeconds))
         let used = d.cpuSeconds() - c0

@@ -1,0 +1,92 @@
+import CLinux
+import Foundation
+import Testing
+@testable import KVCFormat
+@testable import KVScrubDaemon
+import KVCSimulation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct ScrubThrottleTests {
+    func residentPages(_ path: String) -> Int {
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        let pages = (Int(st.st_size) + 4095) / 4096 + 2
+        var map = [UInt8](repeating: 0, count: pages)
+        let n = map.withUnsafeMutableBufferPointer { kvs_resident_pages(fd, 0, UInt64(st.st_size), $0.baseAddress, pages) }
+        return n > 0 ? map[0..<n].filter { $0 & 1 != 0 }.count : -1
+    }
+
+    func dropCache(_ path: String) {
+        let fd = open(path, O_RDONLY)
+        fdatasync(fd)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
+        close(fd)
+    }
+
+    func makeFile(_ dir: String, seed: UInt64) throws -> String {
+        try CheckpointWriter(version: 2).store(
+            in: dir, text: Array("throttle \(seed)".utf8),
+            payload: SyntheticPayload(byteCount: 8 << 20, tokens: 1, ctxSize: 4096, seed: seed),
+            metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: 1))
+    }
+
+    @Test func scrubOfAnUncachedFile_leavesItUncached() throws {
+        let dir = NSTemporaryDirectory() + "thr-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try makeFile(dir, seed: 1)
+        dropCache(p)
+        #expect(residentPages(p) == 0)
+        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 0; return c }())
+        let throttle = ScrubThrottle(state: state, stopping: StopFlag())
+        let r = try Verifier(observer: throttle).verify(path: p)
+        #expect(r.verdict == .ok)
+        #expect(residentPages(p) <= 2, "pages left in cache: \(residentPages(p))")
+    }
+
+    @Test func scrubOfACachedFile_leavesItCached() throws {
+        let dir = NSTemporaryDirectory() + "thr-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try makeFile(dir, seed: 2)
+        _ = FileManager.default.contents(atPath: p) // the engine just read it
+        let cached = residentPages(p)
+        #expect(cached > 2000)
+        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 0; return c }())
+        _ = try Verifier(observer: ScrubThrottle(state: state, stopping: StopFlag())).verify(path: p)
+        #expect(residentPages(p) == cached)
+    }
+
+    @Test func throttle_pacesReadsToTheLimit() throws {
+        let dir = NSTemporaryDirectory() + "thr-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try makeFile(dir, seed: 3)
+        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 20; return c }())
+        let t0 = ContinuousClock.now
+        _ = try Verifier(observer: ScrubThrottle(state: state, stopping: StopFlag())).verify(path: p)
+        let took = ContinuousClock.now - t0
+        // 8.4 MB at 20 MB/s: 0.42 s.
+        #expect(took >= .milliseconds(380), "\(took)")
+        #expect(took <= .milliseconds(900), "\(took)")
+    }
+
+    @Test func stopFlag_abandonsAReadAtOnce() throws {
+        let dir = NSTemporaryDirectory() + "thr-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try makeFile(dir, seed: 4)
+        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 1; return c }())
+        let stop = StopFlag()
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { stop.set() }
+        let t0 = ContinuousClock.now
+        #expect(throws: ScrubThrottle.ScrubStopped.self) {
+            try Verifier(observer: ScrubThrottle(state: state, stopping: stop)).verify(path: p)
+        }
+        #expect(ContinuousClock.now - t0 < .seconds(1))
+    }
+}
