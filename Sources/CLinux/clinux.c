@@ -41,3 +41,8 @@ int kvs_eventfd(void) {
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fd < 0 ? -errno : fd;
 }
+
+#include <pthread.h>
+int kvs_set_thread_name(const char *name) {
+    return pthread_setname_np(pthread_self(), name);
+}

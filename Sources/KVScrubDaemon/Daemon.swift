@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import KVCFormat
 import Logging
@@ -73,11 +74,17 @@ public final class Daemon: Sendable {
         }
         let maintenanceDone = DispatchSemaphore(value: 0)
         let scrubDone = DispatchSemaphore(value: 0)
-        let maintenance = Thread { [self] in maintain(); maintenanceDone.signal() }
-        maintenance.name = "kvscrubd-maintain"
+        let maintenance = Thread { [self] in
+            Daemon.nameThread("kvscrubd-watch")
+            maintain()
+            maintenanceDone.signal()
+        }
         maintenance.start()
-        let scrub = Thread { [self] in scrubber.run(); scrubDone.signal() }
-        scrub.name = "kvscrubd-scrub"
+        let scrub = Thread { [self] in
+            Daemon.nameThread("kvscrubd-scrub")
+            scrubber.run()
+            scrubDone.signal()
+        }
         scrub.start()
         state.with { $0.phase = "running" }
         let (files, bytes) = state.with { ($0.index.count, $0.totalBytes) }
@@ -98,6 +105,11 @@ public final class Daemon: Sendable {
         scrubber.persist(force: true)
         await server.stop()
         try? await loop.shutdownGracefully()
+    }
+
+    /// Names the calling thread as `ps -L`, `top -H` and /proc show it (at most 15 bytes).
+    static func nameThread(_ name: String) {
+        _ = kvs_set_thread_name(name)
     }
 
     /// Opens (and watches, then scans) the cache directory. Watch first: an

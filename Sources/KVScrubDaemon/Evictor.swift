@@ -77,6 +77,8 @@ public final class Evictor: Sendable {
         }
         let order = EvictionPlan.order(entries: candidates, now: now, incoming: incoming)
         var freed: UInt64 = 0
+        // Once the stop threshold is reached, culling is over until free space falls below the start again.
+        defer { if needSpace > 0 && freed >= needSpace { culling.withLock { $0 = false } } }
         for v in order {
             guard freed < max(needBudget, needSpace) else { break }
             let e = v.entry

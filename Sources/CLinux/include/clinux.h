@@ -19,4 +19,7 @@ long kvs_page_size(void);
 
 /* A non-blocking, close-on-exec eventfd (sys/eventfd.h is not in Swift's Glibc module). */
 int kvs_eventfd(void);
+
+/* Names the calling thread (at most 15 bytes are kept), as ps -L and /proc show it. */
+int kvs_set_thread_name(const char *name);
 #endif
