@@ -32,6 +32,20 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+        // systemd integration: readiness and watchdog (sd_notify), socket
+        // activation (sd_listen_fds), native journal logging (sd_journal_sendv).
+        .target(
+            name: "KVScrubSystemd",
+            dependencies: [
+                "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Linux calls Swift cannot make directly: ioprio_set has no libc
         // wrapper and syscall(2) is variadic.
         .target(name: "CLinux"),
@@ -41,6 +55,7 @@ let package = Package(
             dependencies: [
                 "KVCFormat",
                 "CLinux",
+                "KVScrubSystemd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -54,7 +69,9 @@ let package = Package(
             dependencies: [
                 "KVCFormat",
                 "KVScrubDaemon",
+                "KVScrubSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // What the engine simulator, the tests and the benchmarks share: synthetic
@@ -81,7 +98,7 @@ let package = Package(
         .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
         .testTarget(
             name: "KVScrubDaemonTests",
-            dependencies: ["KVScrubDaemon", "KVCFormat", "KVCSimulation", "CLinux"]
+            dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux"]
         ),
         .testTarget(
             name: "EndToEndTests",

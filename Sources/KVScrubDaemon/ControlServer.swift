@@ -20,10 +20,29 @@ public final class ControlServer: Sendable {
 
     let channel: any Channel
     public let path: String
+    /// A socket systemd passed us is systemd's to remove, not ours.
+    let ownsPath: Bool
 
-    private init(channel: any Channel, path: String) {
+    private init(channel: any Channel, path: String, ownsPath: Bool) {
         self.channel = channel
         self.path = path
+        self.ownsPath = ownsPath
+    }
+
+    /// Serves on a listening socket systemd passed (socket activation); its
+    /// path, mode and group are the socket unit's business.
+    public static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup,
+                             logger: Logger, handler: @escaping Handler) async throws -> ControlServer {
+        let channel = try await ServerBootstrap(group: loop)
+            .childChannelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+                    try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, logger: logger))
+                }
+            }
+            .withBoundSocket(descriptor: descriptor)
+            .get()
+        return ControlServer(channel: channel, path: path, ownsPath: false)
     }
 
     /// Binds `path` (replacing a stale socket left by a crash, never any other
@@ -60,13 +79,13 @@ public final class ControlServer: Sendable {
                 throw ControlServerError(path: path, detail: "cannot give the socket to group \(group): \(String(cString: strerror(errno)))")
             }
         }
-        return ControlServer(channel: channel, path: path)
+        return ControlServer(channel: channel, path: path, ownsPath: true)
     }
 
-    /// Stops listening and removes the socket file.
+    /// Stops listening and removes the socket file (unless systemd owns it).
     public func stop() async {
         try? await channel.close()
-        unlink(path)
+        if ownsPath { unlink(path) }
     }
 }
 

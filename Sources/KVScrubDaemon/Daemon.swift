@@ -3,6 +3,7 @@ import Foundation
 import KVCFormat
 import Logging
 import NIOPosix
+import KVScrubSystemd
 import UnixSignals
 #if canImport(Glibc)
 import Glibc
@@ -27,7 +28,12 @@ public final class Daemon: Sendable {
     let scrubber: Scrubber
     let evictor: Evictor
     let watcher: DirectoryWatcher
+    let notifier = SystemdNotifier()
     private let directory = MutexBox<CacheDirectory?>(nil)
+    /// Test-only fault: when set, the maintenance loop hangs, so a test can see the watchdog fire.
+    /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
+    private let hangMaintenance = StopFlag()
+    private let testFaults = ProcessInfo.processInfo.environment["KVSCRUBD_TEST_FAULTS"] == "1"
 
     public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger) throws {
         state = DaemonState(config: config)
@@ -66,8 +72,13 @@ public final class Daemon: Sendable {
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server: ControlServer
         do {
-            server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                   on: loop, logger: logger) { [self] request in handle(request) }
+            if let fd = SocketActivation.listeningUnixSocket() {
+                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request in handle(request) }
+                logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
+            } else {
+                server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
+                                                       on: loop, logger: logger) { [self] request in handle(request) }
+            }
         } catch {
             try? await loop.shutdownGracefully()
             throw error
@@ -90,12 +101,14 @@ public final class Daemon: Sendable {
         let (files, bytes) = state.with { ($0.index.count, $0.totalBytes) }
         logger.notice("ready", metadata: ["event": "ready", "cache_dir": "\(config.cacheDir)", "files": "\(files)",
                                           "bytes": "\(bytes)", "socket": "\(config.socketPath)"])
+        notifier.ready(status: statusLine())
 
         for await signal in signals {
             if signal == .sighup { reload(); continue }
             logger.notice("stopping", metadata: ["event": "stopping", "signal": "\(signal)"])
             break
         }
+        notifier.stopping()
         stopping.set()
         state.with { $0.phase = "stopping" }
         watcher.wake()
@@ -136,17 +149,38 @@ public final class Daemon: Sendable {
                                                             "seconds": "\(clock.now - t0)"])
     }
 
+    /// The loop that must not hang: it feeds the watchdog, so a stuck
+    /// maintenance thread (not just a live process) is what systemd restarts.
     private func maintain() {
         var nextEvict = ContinuousClock.now
+        let watchdogEvery = notifier.watchdogInterval
+        var nextWatchdog = ContinuousClock.now
+        var nextStatus = ContinuousClock.now
         while !stopping.isSet {
-            guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            if testFaults && hangMaintenance.isSet {
+                logger.warning("test fault: the maintenance loop hangs now")
+                while !stopping.isSet { Thread.sleep(forTimeInterval: 0.2) }
+                return
+            }
             let now = ContinuousClock.now
+            if let every = watchdogEvery, now >= nextWatchdog {
+                notifier.watchdog()
+                nextWatchdog = now + every
+            }
+            if notifier.isActive && now >= nextStatus {
+                notifier.status(statusLine())
+                nextStatus = now + .seconds(2)
+            }
+            guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
             if now >= nextEvict {
                 evictor.evaluate(directory: dir)
                 nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
                 continue
             }
-            let events = watcher.next(timeout: nextEvict - now)
+            var wait = nextEvict - now
+            if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
+            if notifier.isActive { wait = min(wait, max(.zero, nextStatus - now)) }
+            let events = watcher.next(timeout: wait)
             if stopping.isSet { break }
             var arrivals: [String] = []
             for event in events {
@@ -223,6 +257,8 @@ public final class Daemon: Sendable {
 
     /// SIGHUP: re-read the config file under the same flags.
     func reload() {
+        notifier.reloading()
+        defer { notifier.ready(status: statusLine()) }
         let old = state.config
         do {
             var new = try DaemonConfig.resolve(file: configFile, flags: flags)
@@ -252,7 +288,29 @@ public final class Daemon: Sendable {
         case "ping": return ControlResponse(ok: true)
         case "status": return ControlResponse(ok: true, status: status())
         case "entries": return ControlResponse(ok: true, entries: entries())
+        case "test-hang-maintenance" where testFaults:
+            hangMaintenance.set()
+            watcher.wake()
+            return ControlResponse(ok: true)
         default: return .failure("unknown command '\(request.cmd)'; known: ping, status, entries")
+        }
+    }
+
+    /// The one line `systemctl status` shows: "1234 files, 3.1/4.0 GiB, scrub 42% at 180 MB/s, 0 corrupt".
+    func statusLine() -> String {
+        state.with { s in
+            let gib = { (b: UInt64) in String(format: "%.1f", Double(b) / 1073741824) }
+            var line = "\(s.index.count) files, \(gib(s.totalBytes))/" + (s.config.budgetMB > 0 ? "\(gib(s.config.budgetBytes)) GiB" : "unlimited")
+            if s.scrub.passStartedAt != nil {
+                let total = s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count
+                let pct = total > 0 ? s.scrub.filesDone * 100 / total : 100
+                line += ", scrub \(pct)% at \(Int(s.scrubRate / 1e6)) MB/s"
+            } else {
+                line += ", scrub idle"
+            }
+            line += ", \(s.counters.corruptFound) corrupt"
+            if s.phase != "running" { line = s.phase + ": " + line }
+            return line
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVScrubDaemon
+import KVScrubSystemd
 import Logging
 
 struct RunCommand: AsyncParsableCommand {
@@ -99,7 +100,14 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let level = Logger.Level(rawValue: resolved.logLevel) ?? .info
+        // Under journald: native structured records. Anywhere else: readable lines on stderr.
+        let journal = JournalLogHandler.journaldPresent
         LoggingSystem.bootstrap { label in
+            if journal {
+                var h = JournalLogHandler(identifier: "kvscrubd")
+                h.logLevel = level
+                return h
+            }
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
             return h
