@@ -15,9 +15,15 @@ enum Tool {
         return URL(fileURLWithPath: exe).deletingLastPathComponent().path
     }
 
-    static func run(_ name: String, _ args: [String], stdin: Data? = nil) throws -> Result {
+    /// Runs one of the built executables.
+    static func run(_ name: String, _ args: [String]) throws -> Result {
+        try runCapturing(binDir + "/" + name, args)
+    }
+
+    /// Runs any program by path, stdin from /dev/null.
+    static func runCapturing(_ path: String, _ args: [String]) throws -> Result {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: binDir + "/" + name)
+        p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

@@ -1,0 +1,175 @@
+import Foundation
+import Testing
+import KVCFormat
+import KVCSimulation
+import KVScrubSystemd
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The packaged units under a real systemd (PID 1 in private namespaces,
+/// with its own journald): socket activation, Type=notify status, structured
+/// journal records of a corrupt-file removal, reload, the watchdog, stop.
+final class SystemdNamespace {
+    let pid: String
+    let work: String
+
+    init() throws {
+        let r = try Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-start", [])
+        guard r.status == 0, let pid = r.stdout.split(separator: "\n").last.map(String.init), Int(pid) != nil else {
+            throw Timeout(what: "systemd to boot: \(r.stderr)")
+        }
+        self.pid = pid
+        work = try String(contentsOfFile: "/tmp/sdns-\(pid).work", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    deinit { _ = try? Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-stop", [pid]) }
+
+    var units: String { work + "/units" }
+
+    /// Runs a command inside the namespace.
+    @discardableResult
+    func run(_ args: [String]) throws -> Tool.Result {
+        try Tool.runCapturing("/usr/bin/nsenter", ["-t", pid, "-a"] + args)
+    }
+
+    func show(_ unit: String, _ property: String) throws -> String {
+        try run(["systemctl", "show", "-p", property, "--value", unit]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The host path of a file inside the namespace.
+    func hostPath(_ p: String) -> String { "/proc/\(pid)/root" + p }
+}
+
+@Suite(.serialized) struct SystemdServiceTests {
+    /// Everything the service sees must live outside /tmp (PrivateTmp), /root and /home (ProtectHome).
+    static func stageDir() throws -> String {
+        let d = "/opt/kvscrubd-test/" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int = 30) throws -> (cache: String, bin: String) {
+        // The package's own users, as its postinst creates them.
+        #expect(try Tool.runCapturing("/usr/bin/systemd-sysusers", [ManPageTests.repo + "/packaging/sysusers.d/kvscrubd.conf"]).status == 0)
+        let bin = stage + "/kvscrubd"
+        try FileManager.default.copyItem(atPath: Tool.binDir + "/kvscrubd", toPath: bin)
+        let cache = stage + "/cache"
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        _ = try Tool.runCapturing("/bin/chown", ["root:ds4-kv", cache])
+        _ = try Tool.runCapturing("/bin/chmod", ["2770", cache])
+        for u in ["kvscrubd.service", "kvscrubd.socket"] {
+            try FileManager.default.copyItem(atPath: ManPageTests.repo + "/packaging/systemd/" + u, toPath: ns.units + "/" + u)
+        }
+        // The test's drop-in: where the binary and the cache are, and the test-only fault switch.
+        let dropIn = ns.units + "/kvscrubd.service.d"
+        try FileManager.default.createDirectory(atPath: dropIn, withIntermediateDirectories: true)
+        try """
+        [Service]
+        ExecStart=
+        ExecStart=\(bin) run --cache-dir \(cache) --scrub-new-file-delay 0.2 --log-level debug
+        ReadWritePaths=\(cache)
+        Environment=KVSCRUBD_TEST_FAULTS=1
+        WatchdogSec=\(watchdogSec)s
+        RestartSec=1s
+        """.write(toFile: dropIn + "/test.conf", atomically: true, encoding: .utf8)
+        try ns.run(["systemctl", "daemon-reload"])
+        return (cache, bin)
+    }
+
+    @Test func socketActivation_notify_journal_reload_stop() throws {
+        let ns = try SystemdNamespace()
+        let stage = try Self.stageDir()
+        defer { try? FileManager.default.removeItem(atPath: stage) }
+        let (cache, _) = try install(ns, stage: stage)
+        #expect(try ns.run(["systemctl", "start", "kvscrubd.socket"]).status == 0)
+        #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
+        // A client connects: the service starts on demand and answers on the passed socket.
+        let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
+        try waitUntil("the socket", timeout: 10) { FileManager.default.fileExists(atPath: sock) }
+        var st = stat()
+        #expect(lstat(sock, &st) == 0 && st.st_mode & 0o777 == 0o660)
+        let status = try Tool.run("kvscrubd", ["status", "--json", "--socket", sock])
+        let journal = try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager"]).stdout
+        #expect(status.status == 0, "\(status.stderr) \(journal)")
+        #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
+        try waitUntil("StatusText", timeout: 10) { try ns.show("kvscrubd.service", "StatusText").contains("files, ") }
+        #expect(try ns.show("kvscrubd.service", "StatusText").contains("corrupt"))
+
+        // A corrupt checkpoint arrives: removed, with structured journal fields.
+        let side = stage + "/side"
+        try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+        let p = try CheckpointWriter(version: 2).store(
+            in: side, text: Array("journal test".utf8), payload: SyntheticPayload(byteCount: 100_000, tokens: 2, ctxSize: 4096, seed: 1),
+            metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 2, createdAt: 1))
+        var b = Array(FileManager.default.contents(atPath: p)!)
+        b[68 + 12 + 50_000] ^= 1
+        let name = String(p.split(separator: "/").last!)
+        try Data(b).write(to: URL(fileURLWithPath: side + "/x"))
+        rename(side + "/x", cache + "/" + name)
+        try waitUntil("the corrupt file removed", timeout: 15) { !FileManager.default.fileExists(atPath: cache + "/" + name) }
+        let id = KVScrubMessageID.byEvent["corrupt-removed"]!
+        var records: [[String: Any]] = []
+        try waitUntil("the journal record", timeout: 10) {
+            records = try ns.run(["journalctl", "-u", "kvscrubd", "-o", "json", "MESSAGE_ID=\(id)", "--no-pager"]).stdout
+                .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            return !records.isEmpty
+        }
+        let r = try #require(records.first)
+        #expect(r["KVSCRUB_FILE"] as? String == name)
+        #expect(r["KVSCRUB_REGION"] as? String == "payload")
+        #expect((r["KVSCRUB_EXPECTED_CRC"] as? String)?.hasPrefix("0x") == true)
+        #expect(r["KVSCRUB_EXPECTED_CRC"] as? String != r["KVSCRUB_ACTUAL_CRC"] as? String)
+        #expect(r["PRIORITY"] as? String == "4")
+        #expect(r["SYSLOG_IDENTIFIER"] as? String == "kvscrubd")
+        // The same search an operator types.
+        let byRegion = try ns.run(["journalctl", "-u", "kvscrubd", "KVSCRUB_REGION=payload", "--no-pager", "-q"]).stdout
+        #expect(byRegion.contains("corrupt file removed"))
+
+        // Reload: RELOADING=1 then READY=1; the service stays up.
+        #expect(try ns.run(["systemctl", "reload", "kvscrubd"]).status == 0)
+        try waitUntil("the reload logged", timeout: 10) {
+            try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.contains("configuration reloaded")
+        }
+        #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
+
+        // Stop: clean, and SIGTERM handled (not killed).
+        #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
+        #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
+        #expect(try ns.show("kvscrubd.service", "Result") == "success")
+    }
+
+    @Test func watchdog_killsAndRestarts_aHungMaintenanceLoop() throws {
+        let ns = try SystemdNamespace()
+        let stage = try Self.stageDir()
+        defer { try? FileManager.default.removeItem(atPath: stage) }
+        _ = try install(ns, stage: stage, watchdogSec: 2)
+        #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
+        let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
+        try waitUntil("active", timeout: 10) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
+        let mainPID = try ns.show("kvscrubd.service", "MainPID")
+        sleep(3) // alive past one watchdog period: the loop feeds it
+        #expect(try ns.show("kvscrubd.service", "NRestarts") == "0")
+        #expect(try KVScrubDaemonClient.send(sock, "test-hang-maintenance"))
+        try waitUntil("a watchdog restart", timeout: 20) { try ns.show("kvscrubd.service", "NRestarts") != "0" }
+        let log = try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout
+        #expect(log.contains("Watchdog timeout"), "\(log.suffix(2000))")
+        try waitUntil("active again", timeout: 15) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
+        #expect(try ns.show("kvscrubd.service", "MainPID") != mainPID)
+        try ns.run(["systemctl", "stop", "kvscrubd.service"])
+    }
+
+    @Test func catalog_explainsEveryMessageID() throws {
+        let catalog = try String(contentsOfFile: ManPageTests.repo + "/packaging/kvscrubd.catalog", encoding: .utf8)
+        for (event, id) in KVScrubMessageID.byEvent {
+            #expect(catalog.contains("-- \(id)\n"), "\(event) has no catalog entry")
+        }
+    }
+
+    @Test func serviceUnit_isHardened_scoringAtMost2() throws {
+        let r = try Tool.runCapturing("/usr/bin/systemd-analyze", ["security", "--offline=yes", ManPageTests.repo + "/packaging/systemd/kvscrubd.service"])
+        let line = try #require((r.stdout + r.stderr).split(separator: "\n").first { $0.contains("Overall exposure level") })
+        let score = Double(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces).split(separator: " ").first!) ?? 99
+        #expect(score <= 2.0, "\(line)")
+    }
+}
