@@ -74,6 +74,13 @@ struct Timeout: Error, CustomStringConvertible {
     var description: String { "timed out waiting for \(what)" }
 }
 
+/// A helper program the harness needs (systemd, sysusers) failed.
+struct HarnessCommandFailed: Error, CustomStringConvertible {
+    var command: String
+    var stderr: String
+    var description: String { "\(command) failed: \(stderr)" }
+}
+
 func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {

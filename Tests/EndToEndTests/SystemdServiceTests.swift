@@ -17,7 +17,7 @@ final class SystemdNamespace {
     init() throws {
         let r = try Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-start", [])
         guard r.status == 0, let pid = r.stdout.split(separator: "\n").last.map(String.init), Int(pid) != nil else {
-            throw Timeout(what: "systemd to boot: \(r.stderr)")
+            throw HarnessCommandFailed(command: "scripts/systemd-ns-start", stderr: r.stderr)
         }
         self.pid = pid
         work = try String(contentsOfFile: "/tmp/sdns-\(pid).work", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -41,6 +41,29 @@ final class SystemdNamespace {
     func hostPath(_ p: String) -> String { "/proc/\(pid)/root" + p }
 }
 
+/// The package's user and groups, made on the host with the package's own
+/// sysusers.d file for one test and taken away after it when they were not
+/// there before (so scripts/test-deb still finds the host as it was).
+final class PackageUsers {
+    private let hadUser: Bool
+    private let hadGroup: Bool
+
+    init() throws {
+        hadUser = getpwnam("kvscrubd") != nil
+        hadGroup = getgrnam("ds4-kv") != nil
+        let r = try Tool.runCapturing("/usr/bin/systemd-sysusers", [ManPageTests.repo + "/packaging/sysusers.d/kvscrubd.conf"])
+        guard r.status == 0 else { throw HarnessCommandFailed(command: "systemd-sysusers", stderr: r.stderr) }
+    }
+
+    deinit {
+        if !hadUser {
+            _ = try? Tool.runCapturing("/usr/sbin/userdel", ["kvscrubd"])
+            _ = try? Tool.runCapturing("/usr/sbin/groupdel", ["kvscrubd"])
+        }
+        if !hadGroup { _ = try? Tool.runCapturing("/usr/sbin/groupdel", ["ds4-kv"]) }
+    }
+}
+
 @Suite(.serialized) struct SystemdServiceTests {
     /// Everything the service sees must live outside /tmp (PrivateTmp), /root and /home (ProtectHome).
     static func stageDir() throws -> String {
@@ -50,8 +73,6 @@ final class SystemdNamespace {
     }
 
     func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int = 30) throws -> (cache: String, bin: String) {
-        // The package's own users, as its postinst creates them.
-        #expect(try Tool.runCapturing("/usr/bin/systemd-sysusers", [ManPageTests.repo + "/packaging/sysusers.d/kvscrubd.conf"]).status == 0)
         let bin = stage + "/kvscrubd"
         try FileManager.default.copyItem(atPath: Tool.binDir + "/kvscrubd", toPath: bin)
         let cache = stage + "/cache"
@@ -79,8 +100,13 @@ final class SystemdNamespace {
 
     @Test func socketActivation_notify_journal_reload_stop() throws {
         let ns = try SystemdNamespace()
+        let users = try PackageUsers()
+        defer { withExtendedLifetime(users) {} }
         let stage = try Self.stageDir()
-        defer { try? FileManager.default.removeItem(atPath: stage) }
+        defer {
+            try? FileManager.default.removeItem(atPath: stage)
+            rmdir("/opt/kvscrubd-test")
+        }
         let (cache, _) = try install(ns, stage: stage)
         #expect(try ns.run(["systemctl", "start", "kvscrubd.socket"]).status == 0)
         #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
@@ -141,8 +167,13 @@ final class SystemdNamespace {
 
     @Test func watchdog_killsAndRestarts_aHungMaintenanceLoop() throws {
         let ns = try SystemdNamespace()
+        let users = try PackageUsers()
+        defer { withExtendedLifetime(users) {} }
         let stage = try Self.stageDir()
-        defer { try? FileManager.default.removeItem(atPath: stage) }
+        defer {
+            try? FileManager.default.removeItem(atPath: stage)
+            rmdir("/opt/kvscrubd-test")
+        }
         _ = try install(ns, stage: stage, watchdogSec: 2)
         #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
         let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
