@@ -5,19 +5,60 @@ import KVCFormat
 /// Request: `{"cmd":"status"}`; reply: `{"ok":true,"status":{...}}` or
 /// `{"ok":false,"error":"..."}`. Unknown commands and malformed lines get an
 /// error reply and the connection stays usable.
+///
+/// Commands: read-only `ping`, `status`, `entries`, `explain` (with `name`),
+/// `metrics`, `scrub-status`; changing (see `AccessPolicy`) `scrub-start`,
+/// `scrub-pause`, `scrub-resume`, `scrub-cancel`, `scrub-now` (with
+/// `files`), `reload`, `evict-now`.
 public struct ControlRequest: Codable, Sendable {
     public var cmd: String
     public var files: [String]?
-    public init(cmd: String, files: [String]? = nil) { self.cmd = cmd; self.files = files }
+    public var name: String?
+    public init(cmd: String, files: [String]? = nil, name: String? = nil) { self.cmd = cmd; self.files = files; self.name = name }
 }
 
 public struct ControlResponse: Codable, Sendable {
     public var ok: Bool
     public var error: String?
+    /// What a changing command did, in a sentence.
+    public var message: String?
     public var status: StatusReport?
     public var entries: [EntryReport]?
+    public var scrub: StatusReport.Scrub?
+    public var verdicts: [FileVerdict]?
+    public var explanation: Explanation?
+    /// Prometheus text exposition format.
+    public var metrics: String?
+
+    public init(ok: Bool, error: String? = nil, message: String? = nil, status: StatusReport? = nil, entries: [EntryReport]? = nil,
+                scrub: StatusReport.Scrub? = nil, verdicts: [FileVerdict]? = nil, explanation: Explanation? = nil, metrics: String? = nil) {
+        self.ok = ok; self.error = error; self.message = message; self.status = status; self.entries = entries
+        self.scrub = scrub; self.verdicts = verdicts; self.explanation = explanation; self.metrics = metrics
+    }
 
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
+}
+
+/// One file's result from `scrub now`.
+public struct FileVerdict: Codable, Sendable {
+    public var file: String
+    /// ok, corrupt, incompatible, ignored, or missing.
+    public var verdict: String
+    public var checksums: String?
+    public var problems: [String]
+    /// What the daemon did: kept, removed, quarantined, kept (dry run), kept (not corrupt under lock), ...
+    public var action: String
+}
+
+/// Why a file sits where it does in the eviction order (`explain`).
+public struct Explanation: Codable, Sendable {
+    public var entry: EntryReport
+    public var files: Int
+    /// Bytes of the files evicted before this one, and whether the budget would reach it now.
+    public var bytesBefore: UInt64
+    public var overBudgetBytes: UInt64
+    public var wouldBeEvictedNow: Bool
+    public var reasons: [String]
 }
 
 public struct StatusReport: Codable, Sendable {
@@ -34,6 +75,20 @@ public struct StatusReport: Codable, Sendable {
         public var passStartedAt: Double?
         public var nextPassAt: Double?
         public var lastPass: DaemonState.PassSummary?
+        public var paused: Bool = false
+        /// Seconds this pass has spent paused (not counted in its ETA or rate).
+        public var pausedSeconds: Double = 0
+        public var lastCancelledAt: Double?
+    }
+
+    /// Evicted checkpoints the engine wrote again within the regret window.
+    public struct Regret: Codable, Sendable {
+        public var windowHours: Double
+        public var lastDay: Int
+        public var lastDayBytes: UInt64
+        public var total: UInt64
+        /// A sentence for the operator, when the regrets say the budget is too small.
+        public var advice: String?
     }
 
     public var state: String
@@ -51,6 +106,7 @@ public struct StatusReport: Codable, Sendable {
     public var scrub: Scrub
     public var counters: DaemonState.Counters
     public var lastErrors: [String]
+    public var regret: Regret?
 }
 
 public struct EntryReport: Codable, Sendable {
@@ -68,6 +124,10 @@ public struct EntryReport: Codable, Sendable {
     public var tokensPerByte: Double
     public var anchorFactor: Double
     public var unusable: String?
+    /// A continued checkpoint whose text a longer one in the directory extends.
+    public var superseded: Bool?
+    /// The last scrub verdict this run (nil: not verified since the daemon started).
+    public var verdict: String?
 }
 
 public enum DaemonVersion {

@@ -2,21 +2,27 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The Unix control socket, on SwiftNIO: every connection is served on the
-/// event loop without ever blocking it (requests are answered from the
-/// in-memory state), so a client that connects and stalls only holds its own
-/// connection, which the idle timeout then closes. A line longer than the
-/// limit gets an error reply and the connection is closed; a malformed one
-/// gets an error reply and the connection goes on.
+/// The Unix control socket, on SwiftNIO: the event loop never blocks. Each
+/// request is answered by an async handler off the loop (most from the
+/// in-memory state; `scrub now` reads files), and replies go back in request
+/// order. None of the limits can wedge the daemon: a client that connects and
+/// stalls holds only its own connection until the idle timeout closes it; a
+/// line longer than the limit gets an error reply and the connection is
+/// closed; a malformed one gets an error reply and the connection goes on;
+/// past the connection cap a newcomer gets an error reply and is closed.
+/// The peer's credentials (`SO_PEERCRED`) are read once per connection and
+/// handed to the handler with every request, for `AccessPolicy`.
 public final class ControlServer: Sendable {
-    public typealias Handler = @Sendable (ControlRequest) -> ControlResponse
+    public typealias Handler = @Sendable (ControlRequest, AccessPolicy.Peer?) async -> ControlResponse
 
     public static let maxRequestBytes = 64 * 1024
     public static let idleTimeout = TimeAmount.seconds(10)
+    public static let maxConnections = 256
 
     let channel: any Channel
     public let path: String
@@ -33,11 +39,12 @@ public final class ControlServer: Sendable {
     /// path, mode and group are the socket unit's business.
     public static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup,
                              logger: Logger, handler: @escaping Handler) async throws -> ControlServer {
+        let connections = ConnectionCount()
         let channel = try await ServerBootstrap(group: loop)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
-                    try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, logger: logger))
+                    try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, connections: connections, logger: logger))
                 }
             }
             .withBoundSocket(descriptor: descriptor)
@@ -55,12 +62,13 @@ public final class ControlServer: Sendable {
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
             throw ControlServerError(path: path, detail: "exists and is not a socket; refusing to replace it")
         }
+        let connections = ConnectionCount()
         let channel = try await ServerBootstrap(group: loop)
             .serverChannelOption(.backlog, value: 128)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
-                    try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, logger: logger))
+                    try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, connections: connections, logger: logger))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
@@ -95,23 +103,74 @@ public struct ControlServerError: Error, CustomStringConvertible {
     public var description: String { "control socket \(path): \(detail)" }
 }
 
-/// Splits the byte stream into lines and answers each one.
+/// `struct ucred` from <sys/socket.h>, which Glibc hides from Swift behind
+/// _GNU_SOURCE: the same three fields, in the same order and sizes (pid_t,
+/// uid_t, gid_t: 12 bytes), which is all getsockopt(SO_PEERCRED) writes.
+struct PeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}
+
+/// How many connections are open, against `ControlServer.maxConnections`.
+final class ConnectionCount: Sendable {
+    private let n = Atomic<Int>(0)
+    /// Counts a new connection; false when the cap is reached (and nothing is counted).
+    func admit() -> Bool {
+        if n.wrappingAdd(1, ordering: .relaxed).newValue > ControlServer.maxConnections {
+            n.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+    func leave() { n.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// Splits the byte stream into lines and answers each one, in order.
 final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked: NIO calls a handler only on its channel's event loop, one
-    // call at a time, so `pending` is never touched concurrently.
+    // call at a time, and every closure below that touches `pending`, `tail`
+    // or `peer` runs on that loop (hopped back with `eventLoop.execute`/futures),
+    // so they are never touched concurrently.
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     let handler: ControlServer.Handler
+    let connections: ConnectionCount
     let logger: Logger
     private var pending = ByteBuffer()
+    private var admitted = false
+    private var peer: AccessPolicy.Peer?
+    /// Completes when the last reply queued so far has been written: the next one waits for it.
+    private var tail: EventLoopFuture<Void>?
 
-    init(handler: @escaping ControlServer.Handler, logger: Logger) {
+    init(handler: @escaping ControlServer.Handler, connections: ConnectionCount, logger: Logger) {
         self.handler = handler
+        self.connections = connections
         self.logger = logger
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        admitted = connections.admit()
+        if !admitted {
+            send(context: context, .failure("too many connections (\(ControlServer.maxConnections)); try again"))
+            context.close(promise: nil)
+            return
+        }
+        if let provider = context.channel as? any SocketOptionProvider {
+            let cred: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            cred.whenSuccess { [self] c in peer = AccessPolicy.Peer(pid: c.pid, uid: c.uid, gid: c.gid) }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if admitted { connections.leave(); admitted = false }
+        context.fireChannelInactive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard admitted else { return }
         var incoming = unwrapInboundIn(data)
         pending.writeBuffer(&incoming)
         while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
@@ -121,8 +180,9 @@ final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
             reply(context: context, to: line)
         }
         if pending.readableBytes > ControlServer.maxRequestBytes {
-            send(context: context, .failure("request longer than \(ControlServer.maxRequestBytes) bytes"))
-            context.close(promise: nil)
+            queue(context: context, context.eventLoop.makeSucceededFuture(.failure("request longer than \(ControlServer.maxRequestBytes) bytes")))
+            tail?.whenComplete { _ in context.close(promise: nil) }
+            pending.clear()
             return
         }
         pending.discardReadBytes()
@@ -132,10 +192,25 @@ final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
         let bytes = Data(line.readableBytesView)
         if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { return }
         guard let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) else {
-            send(context: context, .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}"))
+            queue(context: context, context.eventLoop.makeSucceededFuture(
+                .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}")))
             return
         }
-        send(context: context, handler(request))
+        let promise = context.eventLoop.makePromise(of: ControlResponse.self)
+        let handler = self.handler
+        let peer = self.peer
+        promise.completeWithTask { await handler(request, peer) }
+        queue(context: context, promise.futureResult)
+    }
+
+    /// Writes `response` once every earlier reply on this connection has been written.
+    private func queue(context: ChannelHandlerContext, _ response: EventLoopFuture<ControlResponse>) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let previous = tail ?? context.eventLoop.makeSucceededVoidFuture()
+        tail = previous.flatMap { response }.map { r in
+            let (me, ctx) = loopBound.value
+            me.send(context: ctx, r)
+        }
     }
 
     private func send(context: ChannelHandlerContext, _ response: ControlResponse) {

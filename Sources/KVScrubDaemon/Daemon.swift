@@ -29,6 +29,10 @@ public final class Daemon: Sendable {
     let evictor: Evictor
     let watcher: DirectoryWatcher
     let notifier = SystemdNotifier()
+    let metrics = DaemonMetrics()
+    /// `evict-now` requests: asked and answered counts, so a request waits for an evaluation that began after it.
+    private let evictAsked = MutexBox(0)
+    private let evictDone = MutexBox(0)
     private let directory = MutexBox<CacheDirectory?>(nil)
     /// Test-only fault: when set, the maintenance loop hangs, so a test can see the watchdog fire.
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
@@ -55,6 +59,8 @@ public final class Daemon: Sendable {
                 state.with { s in
                     s.scrub = record.scrub
                     s.counters = record.counters
+                    s.recentEvictions = record.recentEvictions ?? [:]
+                    s.regretLog = record.regretLog ?? []
                     s.counters.inotifyEvents = 0
                     s.counters.rescans = 0
                     s.counters.errors = 0
@@ -73,15 +79,26 @@ public final class Daemon: Sendable {
         let server: ControlServer
         do {
             if let fd = SocketActivation.listeningUnixSocket() {
-                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request in handle(request) }
+                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request, peer in await handle(request, peer: peer) }
                 logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
             } else {
                 server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                       on: loop, logger: logger) { [self] request in handle(request) }
+                                                       on: loop, logger: logger) { [self] request, peer in await handle(request, peer: peer) }
             }
         } catch {
             try? await loop.shutdownGracefully()
             throw error
+        }
+        var metricsServer: MetricsHTTPServer? = nil
+        if let listen = config.metricsListen {
+            do {
+                metricsServer = try await MetricsHTTPServer.start(listen: listen, on: loop, logger: logger) { [self] in metrics.render(state: state) }
+                logger.info("serving /metrics over HTTP", metadata: ["listen": "\(listen)"])
+            } catch {
+                await server.stop()
+                try? await loop.shutdownGracefully()
+                throw error
+            }
         }
         let maintenanceDone = DispatchSemaphore(value: 0)
         let scrubDone = DispatchSemaphore(value: 0)
@@ -117,6 +134,7 @@ public final class Daemon: Sendable {
         if scrubDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("scrub thread did not stop in time") }
         scrubber.persist(force: true)
         await server.stop()
+        await metricsServer?.stop()
         try? await loop.shutdownGracefully()
     }
 
@@ -172,6 +190,13 @@ public final class Daemon: Sendable {
                 nextStatus = now + .seconds(2)
             }
             guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            let asked = evictAsked.withLock { $0 }
+            if asked != evictDone.withLock({ $0 }) {
+                evictor.evaluate(directory: dir)
+                evictDone.withLock { $0 = asked }
+                nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
+                continue
+            }
             if now >= nextEvict {
                 evictor.evaluate(directory: dir)
                 nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
@@ -191,7 +216,14 @@ public final class Daemon: Sendable {
                     let before = state.with { $0.index[name] }
                     do {
                         if let entry = try dir.entry(named: name) {
-                            state.with { $0.insert(entry) }
+                            let regret = state.with { s -> DaemonState.RegretRecord? in
+                                s.insert(entry)
+                                return before == nil ? s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) : nil
+                            }
+                            if let regret {
+                                logger.notice("an evicted checkpoint was written again (regret)", metadata: [
+                                    "event": "regret", "file": "\(name)", "bytes": "\(regret.bytes)", "seconds": "\(Int(regret.afterSeconds))"])
+                            }
                             if before?.identity != entry.identity {
                                 arrivals.append(name)
                                 scrubber.fileArrived(name)
@@ -255,8 +287,10 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// SIGHUP: re-read the config file under the same flags.
-    func reload() {
+    /// SIGHUP (or `kvscrubd reload`): re-read the config file under the same flags.
+    /// Returns nil, or why the file was not taken (the previous settings stay).
+    @discardableResult
+    func reload() -> String? {
         notifier.reloading()
         defer { notifier.ready(status: statusLine()) }
         let old = state.config
@@ -270,6 +304,7 @@ public final class Daemon: Sendable {
                 new.socketPath = old.socketPath
                 new.socketMode = old.socketMode
                 new.socketGroup = old.socketGroup
+                new.metricsListen = old.metricsListen
                 new.stateDir = old.stateDir
             }
             state.with { $0.config = new }
@@ -277,22 +312,65 @@ public final class Daemon: Sendable {
             watcher.wake()
             logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)",
                                                                "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"])
+            return nil
         } catch {
             state.with { $0.noteError("reload: \(error)") }
             logger.error("configuration reload failed; keeping the previous settings", metadata: ["event": "reload-failed", "error": "\(error)"])
+            return "\(error)"
         }
     }
 
-    func handle(_ request: ControlRequest) -> ControlResponse {
+    func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) async -> ControlResponse {
+        let policy = AccessPolicy(adminGroup: state.config.adminGroup)
+        if case .refused(let why) = policy.decide(request.cmd, peer: peer) {
+            logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(request.cmd)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])
+            return .failure(why)
+        }
         switch request.cmd {
         case "ping": return ControlResponse(ok: true)
         case "status": return ControlResponse(ok: true, status: status())
         case "entries": return ControlResponse(ok: true, entries: entries())
+        case "explain":
+            guard let name = request.name, !name.isEmpty else { return .failure("explain needs a file: {\"cmd\":\"explain\",\"name\":\"<sha>\"}") }
+            return explain(name).map { ControlResponse(ok: true, explanation: $0) } ?? .failure("no checkpoint \(name) in the index")
+        case "metrics": return ControlResponse(ok: true, metrics: metrics.render(state: state))
+        case "scrub-status": return ControlResponse(ok: true, scrub: status().scrub)
+        case "scrub-start":
+            do { return ControlResponse(ok: true, message: try scrubber.startNow()) } catch { return .failure(error.description) }
+        case "scrub-pause": return ControlResponse(ok: true, message: scrubber.pause())
+        case "scrub-resume": return ControlResponse(ok: true, message: scrubber.resume())
+        case "scrub-cancel":
+            do { return ControlResponse(ok: true, message: try scrubber.cancel()) } catch { return .failure(error.description) }
+        case "scrub-now":
+            guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
+            guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }
+            // Reads whole files: off the cooperative pool, on a thread that may block.
+            let verdicts = await withCheckedContinuation { (k: CheckedContinuation<[FileVerdict], Never>) in
+                DispatchQueue.global().async { [scrubber] in k.resume(returning: scrubber.verifyNow(files)) }
+            }
+            return ControlResponse(ok: true, verdicts: verdicts)
+        case "reload":
+            if let error = reload() { return .failure("the configuration did not load; the previous settings stay: \(error)") }
+            return ControlResponse(ok: true, message: "configuration reloaded")
+        case "evict-now":
+            let ticket = evictAsked.withLock { $0 += 1; return $0 }
+            watcher.wake()
+            let before = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes) }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while evictDone.withLock({ $0 }) < ticket && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            let after = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes, $0.config.budgetBytes) }
+            guard evictDone.withLock({ $0 }) >= ticket else { return .failure("the maintenance loop did not get to it within 10 s; see 'kvscrubd status'") }
+            return ControlResponse(ok: true, message: "evaluated: \(after.0 - before.0) files evicted; \(after.1) bytes in the cache" +
+                                   (after.2 > 0 ? " (budget \(after.2))" : " (no budget)"))
         case "test-hang-maintenance" where testFaults:
             hangMaintenance.set()
             watcher.wake()
             return ControlResponse(ok: true)
-        default: return .failure("unknown command '\(request.cmd)'; known: ping, status, entries")
+        default:
+            return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
+                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, reload, evict-now")
         }
     }
 
@@ -319,13 +397,23 @@ public final class Daemon: Sendable {
             let c = s.config
             let filesTotal = s.index.count
             let bytesTotal = s.totalBytes
+            // ETA: scrubbing time still needed, at the rate of the pass so far with paused time
+            // left out (or the measured rate, or the limit); a pause does not make it grow.
             var eta: Double? = nil
-            if s.scrub.passStartedAt != nil && s.scrubRate > 0 {
+            let now = Date().timeIntervalSince1970
+            if let started = s.scrub.passStartedAt {
                 let remaining = s.index.filter { s.scrub.cursor == nil || $0.key > s.scrub.cursor! }.values.reduce(UInt64(0)) { $0 + $1.fileSize }
-                let rate = c.scrubRateMBps > 0 ? min(s.scrubRate, c.scrubRateMBps * 1e6) : s.scrubRate
-                eta = Double(remaining) / rate
+                var paused = s.scrub.pausedSeconds ?? 0
+                if s.scrub.paused == true, let at = s.scrub.pausedAt { paused += max(0, now - max(at, started)) }
+                let active = max(0, now - started - paused)
+                var rate = active > 1 && s.scrub.bytesDone > 0 ? Double(s.scrub.bytesDone) / active : s.scrubRate
+                if c.scrubRateMBps > 0 { rate = rate > 0 ? min(rate, c.scrubRateMBps * 1e6) : c.scrubRateMBps * 1e6 }
+                if rate > 0 { eta = Double(remaining) / rate }
             }
-            let nextPass = s.scrub.passStartedAt == nil ? (s.scrub.lastPass?.startedAt ?? s.startedAt) + c.scrubIntervalHours * 3600 : nil
+            let lastStart = max(s.scrub.lastPass?.startedAt ?? 0, s.scrub.lastCancelledAt ?? 0)
+            let nextPass = s.scrub.passStartedAt == nil ? (lastStart > 0 ? lastStart : s.startedAt) + c.scrubIntervalHours * 3600 : nil
+            var pausedSeconds = s.scrub.pausedSeconds ?? 0
+            if s.scrub.paused == true, let at = s.scrub.pausedAt, let started = s.scrub.passStartedAt { pausedSeconds += max(0, now - max(at, started)) }
             return StatusReport(
                 state: s.phase, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
@@ -334,21 +422,83 @@ public final class Daemon: Sendable {
                              filesTotal: s.scrub.passStartedAt != nil ? s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count : filesTotal,
                              bytesDone: s.scrub.bytesDone, bytesTotal: bytesTotal, rateBytesPerSecond: s.scrubRate, limitMBps: c.scrubRateMBps,
                              etaSeconds: eta, current: s.scrubbing, passStartedAt: s.scrub.passStartedAt, nextPassAt: nextPass,
-                             lastPass: s.scrub.lastPass),
-                counters: s.counters, lastErrors: s.lastErrors)
+                             lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: pausedSeconds,
+                             lastCancelledAt: s.scrub.lastCancelledAt),
+                counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now))
         }
     }
 
     func entries() -> [EntryReport] {
         let now = UInt64(Date().timeIntervalSince1970)
-        let all = state.with { Array($0.index.values) }
+        let (all, verdicts, superseded) = state.with { (Array($0.index.values), $0.verdicts, $0.supersededBy) }
         return EvictionPlan.order(entries: all, now: now).enumerated().map { i, v in
             let b = EvictionScore.breakdown(v.entry, now: now)
             let h = v.entry.header
             return EntryReport(rank: i + 1, name: v.entry.fileName, version: h?.version, reason: h?.reason.name, tokens: h?.tokens,
                                hits: h?.hits, size: v.entry.fileSize, lastUsed: h?.lastUsed, score: v.score,
                                effectiveHits: b.effectiveHits, idleSeconds: b.idleSeconds, tokensPerByte: b.tokensPerByte,
-                               anchorFactor: b.anchorFactor, unusable: v.entry.unusable)
+                               anchorFactor: b.anchorFactor, unusable: v.entry.unusable,
+                               superseded: superseded[v.entry.fileName] != nil, verdict: verdicts[v.entry.fileName]?.rawValue)
         }
+    }
+
+    /// `explain`: where one file stands in the eviction order, and why.
+    func explain(_ arg: String) -> Explanation? {
+        var name = (arg as NSString).lastPathComponent
+        if !name.hasSuffix(".kv") { name += ".kv" }
+        let all = entries()
+        // A unique prefix of the sha is enough, as with git.
+        let matches = all.filter { $0.name == name || (arg.count >= 4 && $0.name.hasPrefix(arg.lowercased())) }
+        guard matches.count == 1, let e = matches.first else { return nil }
+        let (budget, supersededBy, dryRun) = state.with { ($0.config.budgetBytes, $0.supersededBy[e.name], $0.config.dryRun) }
+        let total = all.reduce(UInt64(0)) { $0 + $1.size }
+        let before = all.prefix(e.rank - 1).reduce(UInt64(0)) { $0 + $1.size }
+        let over = budget > 0 && total > budget ? total - budget : 0
+        let evictedNow = over > before
+        var why: [String] = []
+        if let u = e.unusable {
+            why.append("the engine cannot use it (\(u)): it scores 0 and goes before any usable checkpoint")
+        } else {
+            why.append(String(format: "score %.6g = (decayed hits %.3f + 1) × %.4g tokens per byte", e.score, e.effectiveHits, e.tokensPerByte)
+                       + (e.anchorFactor > 1 ? " × \(Int(e.anchorFactor)) (a \(e.reason ?? "?") checkpoint is an anchor)" : ""))
+            if let hits = e.hits, let idle = e.idleSeconds {
+                why.append(String(format: "%u hits, last used %@ ago: hits halve every 6 h idle, so they count as %.3f now", hits, Self.duration(Double(idle)), e.effectiveHits))
+            }
+            if e.reason == "continued" && e.anchorFactor == 1 { why.append("a continued checkpoint is a waypoint, not an anchor: no 2× prior") }
+            if let by = supersededBy { why.append("superseded: \(by) extends its text, so the engine's pre-store pass scored it down to 5–50 % when that file arrived") }
+        }
+        why.append("rank \(e.rank) of \(all.count) in eviction order (1 goes first); \(before) bytes go before it")
+        if budget == 0 {
+            why.append("no byte budget is set: nothing is evicted for size")
+        } else if evictedNow {
+            why.append("the cache is \(over) bytes over its budget: this file would be evicted by the next evaluation" + (dryRun ? " (dry run: logged only)" : ""))
+        } else {
+            why.append("the cache is " + (over > 0 ? "\(over) bytes over" : "\(budget - min(budget, total)) bytes under") + " its budget: \(before + e.size - over) more bytes would have to go before this file's turn")
+        }
+        return Explanation(entry: e, files: all.count, bytesBefore: before, overBudgetBytes: over, wouldBeEvictedNow: evictedNow, reasons: why)
+    }
+
+    /// Regret advice for `status`: evicted checkpoints the engine wrote again within the window.
+    static func regret(_ s: DaemonState.Inner, now: Double) -> StatusReport.Regret {
+        let day = s.regretLog.filter { now - $0.at <= 86400 }
+        // Distinct files: one checkpoint evicted and rewritten five times needed its room once.
+        var sizes: [String: UInt64] = [:]
+        for r in day { sizes[r.file] = max(sizes[r.file] ?? 0, r.bytes) }
+        let bytes = sizes.values.reduce(0, +)
+        var advice: String? = nil
+        if day.count >= 3 {
+            let mib = (bytes + (1 << 20) - 1) >> 20
+            advice = "the budget is too small: \(day.count) regrets in the last day (evicted checkpoints the engine wrote again within \(Self.duration(s.config.regretWindowHours * 3600))); about \(mib) MiB more budget would have kept them"
+        }
+        return StatusReport.Regret(windowHours: s.config.regretWindowHours, lastDay: day.count, lastDayBytes: bytes,
+                                   total: s.counters.regrets ?? 0, advice: advice)
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds)
+        if s < 120 { return "\(s) s" }
+        if s < 7200 { return "\(s / 60) min" }
+        if s < 172800 { return String(format: "%.1f h", seconds / 3600) }
+        return "\(s / 86400) d"
     }
 }

@@ -31,6 +31,12 @@ public struct DaemonConfig: Sendable, Equatable {
     /// Where the scrub progress and counters persist (never inside the cache directory).
     public var stateDir = "/var/lib/kvscrubd"
     public var logLevel = "info"
+    /// Members of this group may change the daemon's work over the socket (scrub control, reload, evict now).
+    public var adminGroup: String?
+    /// Loopback address and port of the optional HTTP /metrics listener ("127.0.0.1:9477"); nil: off.
+    public var metricsListen: String?
+    /// An evicted checkpoint the engine writes again within this many hours counts as a regret.
+    public var regretWindowHours: Double = 6
 
     public init() {}
 
@@ -38,6 +44,7 @@ public struct DaemonConfig: Sendable, Equatable {
     static let reloadable: Set<String> = [
         "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
         "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
+        "admin_group", "regret_window_hours",
     ]
 
     /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
@@ -81,6 +88,17 @@ public struct DaemonConfig: Sendable, Equatable {
             socketMode = m
         case "socket_group": socketGroup = value.isEmpty ? nil : value
         case "state_dir": stateDir = try path(value)
+        case "admin_group": adminGroup = value.isEmpty ? nil : value
+        case "metrics_listen":
+            if value.isEmpty { metricsListen = nil; break }
+            guard let (host, _) = Self.splitHostPort(value) else {
+                throw ConfigError(source, key, "expected a loopback address and port like 127.0.0.1:9477 or [::1]:9477, got '\(value)'")
+            }
+            guard host == "localhost" || host == "::1" || host.hasPrefix("127.") else {
+                throw ConfigError(source, key, "must be a loopback address (127.x.x.x, ::1 or localhost): the listener has no authentication; got '\(host)'")
+            }
+            metricsListen = value
+        case "regret_window_hours": regretWindowHours = try number(value)
         case "log_level":
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
                 throw ConfigError(source, key, "expected trace, debug, info, notice, warning, error or critical, got '\(value)'")
@@ -146,7 +164,24 @@ public struct DaemonConfig: Sendable, Equatable {
         if new.socketMode != socketMode { keys.append("socket_mode") }
         if new.socketGroup != socketGroup { keys.append("socket_group") }
         if new.stateDir != stateDir { keys.append("state_dir") }
+        if new.metricsListen != metricsListen { keys.append("metrics_listen") }
         return keys
+    }
+
+    /// "127.0.0.1:9477" or "[::1]:9477" into host and port.
+    public static func splitHostPort(_ s: String) -> (String, Int)? {
+        let host: Substring, port: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]"), s[s.index(after: close)...].hasPrefix(":") else { return nil }
+            host = s[s.index(after: s.startIndex)..<close]
+            port = s[s.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { return nil }
+            host = s[..<colon]
+            port = s[s.index(after: colon)...]
+        }
+        guard !host.isEmpty, let p = Int(port), (1...65535).contains(p) else { return nil }
+        return (String(host), p)
     }
 
     public var budgetBytes: UInt64 { budgetMB << 20 }

@@ -17,6 +17,10 @@ public final class DaemonState: Sendable {
         public var evictedBytes: UInt64 = 0
         public var passesCompleted: UInt64 = 0
         public var scrubBytes: UInt64 = 0
+        // Optional: absent in state files written before they existed.
+        public var corruptFoundByRegion: [String: UInt64]?
+        public var corruptRemovedByRegion: [String: UInt64]?
+        public var regrets: UInt64?
         // This run only.
         public var inotifyEvents: UInt64 = 0
         public var rescans: UInt64 = 0
@@ -42,6 +46,29 @@ public final class DaemonState: Sendable {
         public var corruptFound = 0
         public var removed = 0
         public var lastPass: PassSummary?
+        // Scrub control (optional: absent in older state files).
+        /// Set by `scrub pause`, cleared by `scrub resume`; survives a restart.
+        public var paused: Bool?
+        public var pausedAt: Double?
+        /// Time this pass spent paused, left out of its rate and ETA.
+        public var pausedSeconds: Double?
+        /// When a pass was last cancelled: the next one is due an interval after it.
+        public var lastCancelledAt: Double?
+    }
+
+    /// A checkpoint the daemon evicted, kept for the regret window.
+    public struct EvictionRecord: Codable, Sendable, Equatable {
+        public var at: Double
+        public var bytes: UInt64
+    }
+
+    /// An evicted checkpoint the engine wrote again within the window.
+    public struct RegretRecord: Codable, Sendable, Equatable {
+        public var at: Double
+        public var file: String
+        public var bytes: UInt64
+        /// Seconds between the eviction and the file's return.
+        public var afterSeconds: Double
     }
 
     public struct Inner: Sendable {
@@ -58,6 +85,16 @@ public final class DaemonState: Sendable {
         public var freeBytes: UInt64?
         public var fsBytes: UInt64?
         public var startedAt = Date().timeIntervalSince1970
+        /// The last scrub verdict of each file this run.
+        public var verdicts: [String: Verdict] = [:]
+        /// Continued checkpoints an arrival superseded, and by which file.
+        public var supersededBy: [String: String] = [:]
+        /// Evictions within the regret window, by file name (persisted).
+        public var recentEvictions: [String: EvictionRecord] = [:]
+        /// Regrets of the last week (persisted), for `status` advice.
+        public var regretLog: [RegretRecord] = []
+        /// Set by `scrub cancel`: the read in progress is abandoned.
+        public var scrubAbort = false
 
         mutating func insert(_ e: CacheEntry) {
             if let old = index[e.fileName] { totalBytes -= old.fileSize }
@@ -67,6 +104,8 @@ public final class DaemonState: Sendable {
 
         @discardableResult
         mutating func remove(_ name: String) -> CacheEntry? {
+            verdicts.removeValue(forKey: name)
+            supersededBy.removeValue(forKey: name)
             guard let old = index.removeValue(forKey: name) else { return nil }
             totalBytes -= old.fileSize
             return old
@@ -75,6 +114,25 @@ public final class DaemonState: Sendable {
         mutating func replaceIndex(_ entries: [CacheEntry]) {
             index = Dictionary(entries.map { ($0.fileName, $0) }, uniquingKeysWith: { a, _ in a })
             totalBytes = index.values.reduce(0) { $0 + $1.fileSize }
+        }
+
+        /// A checkpoint appeared: if the daemon evicted it within the window, that eviction was a regret.
+        mutating func noteArrival(_ name: String, bytes: UInt64, now: Double) -> RegretRecord? {
+            guard let e = recentEvictions.removeValue(forKey: name) else { return nil }
+            guard now - e.at <= config.regretWindowHours * 3600 else { return nil }
+            let r = RegretRecord(at: now, file: name, bytes: bytes, afterSeconds: now - e.at)
+            regretLog.append(r)
+            regretLog.removeAll { now - $0.at > 7 * 86400 }
+            counters.regrets = (counters.regrets ?? 0) + 1
+            return r
+        }
+
+        mutating func noteEviction(_ name: String, bytes: UInt64, now: Double) {
+            recentEvictions[name] = EvictionRecord(at: now, bytes: bytes)
+            let window = config.regretWindowHours * 3600
+            if recentEvictions.count > 10_000 || recentEvictions.values.contains(where: { now - $0.at > window }) {
+                recentEvictions = recentEvictions.filter { now - $0.value.at <= window }
+            }
         }
 
         mutating func noteError(_ message: String) {

@@ -40,14 +40,16 @@ public final class Evictor: Sendable {
     public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
         let (config, entries, total) = state.with { ($0.config, Array($0.index.values), $0.totalBytes) }
         var incoming: IncomingCheckpoint? = nil
-        var extra: UInt64 = 0
         var candidates = entries
         if let arrived, let newcomer = entries.first(where: { $0.fileName == arrived }) {
             candidates.removeAll { $0.fileName == arrived }
-            extra = newcomer.fileSize
             if let h = newcomer.header, let text = directory.text(named: arrived) {
-                incoming = IncomingCheckpoint(text: text, modelID: h.modelID, quantBits: h.quantBits, ctxSize: h.ctxSize,
-                                              rejectDifferentQuant: false)
+                let inc = IncomingCheckpoint(text: text, modelID: h.modelID, quantBits: h.quantBits, ctxSize: h.ctxSize,
+                                             rejectDifferentQuant: false)
+                incoming = inc
+                // Remembered for `entries` and `explain`: which waypoints this arrival dominates.
+                let dominated = candidates.filter { inc.supersedes($0) }.map(\.fileName)
+                if !dominated.isEmpty { state.with { s in for d in dominated { s.supersededBy[d] = arrived } } }
             }
         }
         // Bytes to free for the budget.
@@ -98,6 +100,7 @@ public final class Evictor: Sendable {
                     freed += e.fileSize
                     state.with { s in
                         s.remove(e.fileName)
+                        if cause != .incompatible { s.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now)) }
                         s.counters.evictedBytes += e.fileSize
                         switch cause {
                         case .budget: s.counters.evictedBudget += 1

@@ -56,7 +56,12 @@ final class ScrubThrottle: ReadObserver {
     }
 
     func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {
-        if stopping.isSet { throw ScrubStopped() }
+        if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
+        // `scrub pause` takes effect mid-file: the read waits here (no I/O) until resumed.
+        while state.with({ $0.scrub.paused == true }) {
+            if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { return }
         let same = snapshot.withLock { s in s.map { $0.fd == fd.rawValue && $0.device == UInt64(st.st_dev) && $0.inode == UInt64(st.st_ino) } ?? false }

@@ -29,7 +29,7 @@ public final class Scrubber: Sendable {
     let throttle: ScrubThrottle
     private let wakeup = DispatchSemaphore(value: 0)
     private let newFiles = MutexBox<[String: Double]>([:])
-    private let directory = MutexBox<CacheDirectory?>(nil)
+    let directory = MutexBox<CacheDirectory?>(nil)
     private let lastPersist = MutexBox(0.0)
 
     public init(state: DaemonState, store: StateStore, stopping: StopFlag, logger: Logger) {
@@ -55,12 +55,6 @@ public final class Scrubber: Sendable {
 
     public func wake() { wakeup.signal() }
 
-    /// Verifies the named files now, outside any pass; used by `scrub now`.
-    public func verifyNow(_ names: [String]) -> [VerifyReport] {
-        guard let dir = directory.withLock({ $0 }) else { return [] }
-        return names.compactMap { try? dir.verify(name: $0, with: Verifier()) }
-    }
-
     /// The scrub thread's body; returns once `stopping` is set.
     public func run() {
         let rc = kvs_ioprio_set_idle_self()
@@ -69,11 +63,15 @@ public final class Scrubber: Sendable {
             let now = Date().timeIntervalSince1970
             let dir = directory.withLock { $0 }
             guard let dir else { _ = wakeup.wait(timeout: .now() + 1); continue }
+            // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
+            if state.with({ $0.scrub.paused == true }) { _ = wakeup.wait(timeout: .now() + 3600); continue }
             if let name = nextDueNewFile(now: now) {
                 scrub(name, in: dir, partOfPass: false)
                 continue
             }
-            let (passActive, cursor, lastStart) = state.with { ($0.scrub.passStartedAt != nil, $0.scrub.cursor, $0.scrub.lastPass?.startedAt) }
+            let (passActive, cursor, lastStart) = state.with {
+                ($0.scrub.passStartedAt != nil, $0.scrub.cursor, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
+            }
             if passActive {
                 if let next = state.with({ s in s.index.keys.filter { cursor == nil || $0 > cursor! }.min() }) {
                     scrub(next, in: dir, partOfPass: true)
@@ -83,7 +81,7 @@ public final class Scrubber: Sendable {
                 continue
             }
             let interval = state.config.scrubIntervalHours * 3600
-            let nextStart = (lastStart ?? 0) + interval
+            let nextStart = lastStart + interval
             if now >= nextStart {
                 startPass(now: now)
                 continue
@@ -103,9 +101,10 @@ public final class Scrubber: Sendable {
         }
     }
 
-    private func startPass(now: Double) {
+    func startPass(now: Double) {
         state.with { s in
             s.scrub.passStartedAt = now
+            s.scrub.pausedSeconds = 0
             s.scrub.cursor = nil
             s.scrub.filesDone = 0
             s.scrub.bytesDone = 0
@@ -138,15 +137,16 @@ public final class Scrubber: Sendable {
     }
 
     private func scrub(_ name: String, in dir: CacheDirectory, partOfPass: Bool) {
-        state.with { $0.scrubbing = name }
+        state.with { $0.scrubbing = name; $0.scrubAbort = false }
         defer { state.with { $0.scrubbing = nil } }
         var bytes: UInt64 = 0
         do {
             let report = try dir.verify(name: name, with: Verifier(observer: throttle))
             bytes = report.bytesRead
-            if report.verdict == .corrupt { handleCorrupt(report, in: dir, partOfPass: partOfPass) }
+            state.with { if $0.index[name] != nil { $0.verdicts[name] = report.verdict } }
+            if report.verdict == .corrupt { _ = handleCorrupt(report, in: dir, partOfPass: partOfPass) }
         } catch is ScrubThrottle.ScrubStopped {
-            return // abandoned for shutdown: the cursor stays before this file
+            return // abandoned for shutdown or `scrub cancel`: the cursor stays before this file
         } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
             state.with { _ = $0.remove(name) }
         } catch {
@@ -163,7 +163,8 @@ public final class Scrubber: Sendable {
         }
     }
 
-    private func handleCorrupt(_ report: VerifyReport, in dir: CacheDirectory, partOfPass: Bool) {
+    /// Logs a corrupt verdict and removes (or quarantines) the file if a check under the lock confirms it; returns what was done.
+    func handleCorrupt(_ report: VerifyReport, in dir: CacheDirectory, partOfPass: Bool) -> String {
         let config = state.config
         let first = report.corruptProblems.first
         var meta: Logger.Metadata = ["file": "\(report.name)", "region": "\(first?.region.rawValue ?? "?")",
@@ -174,15 +175,17 @@ public final class Scrubber: Sendable {
         }
         meta["event"] = "corrupt-found"
         logger.warning("corrupt file found", metadata: meta)
+        let region = first?.region.rawValue ?? "unknown"
         if config.dryRun {
             state.with { s in
                 s.counters.corruptFound += 1
+                s.counters.corruptFoundByRegion = (s.counters.corruptFoundByRegion ?? [:]).merging([region: 1], uniquingKeysWith: +)
                 if partOfPass { s.scrub.corruptFound += 1 }
             }
             logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
-            return
+            return "kept (dry run)"
         }
-        guard let identity = report.identity else { return }
+        guard let identity = report.identity else { return "kept (no identity)" }
         do {
             var quarantine: CacheDirectory.Quarantine? = nil
             var qdir: CacheDirectory? = nil
@@ -200,22 +203,30 @@ public final class Scrubber: Sendable {
                 m["event"] = "corrupt-removed"
                 m["region"] = "\(p?.region.rawValue ?? "?")"
                 if case .quarantined(_, let to) = outcome { m["quarantined_to"] = "\(to)" }
+                let confirmed = p?.region.rawValue ?? region
                 state.with { s in
                     s.remove(report.name)
                     s.counters.corruptFound += 1
                     s.counters.corruptRemoved += 1
+                    s.counters.corruptFoundByRegion = (s.counters.corruptFoundByRegion ?? [:]).merging([confirmed: 1], uniquingKeysWith: +)
+                    s.counters.corruptRemovedByRegion = (s.counters.corruptRemovedByRegion ?? [:]).merging([confirmed: 1], uniquingKeysWith: +)
                     if partOfPass { s.scrub.corruptFound += 1; s.scrub.removed += 1 }
                 }
                 logger.warning(quarantine == nil ? "corrupt file removed" : "corrupt file moved to quarantine", metadata: m)
+                if case .quarantined(_, let to) = outcome { return "quarantined to \(to)" }
+                return "removed"
             case .notCorrupt(let r):
                 logger.notice("not corrupt on a second look with writers excluded; kept",
                               metadata: ["event": "corrupt-unconfirmed", "file": "\(report.name)", "verdict": "\(r.verdict.rawValue)"])
+                return "kept (not corrupt on a second look with writers excluded: \(r.verdict.rawValue))"
             case .replaced, .vanished:
                 logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(report.name)"])
+                return "none (replaced or removed meanwhile)"
             }
         } catch {
             state.with { $0.noteError("remove corrupt \(report.name): \(error)") }
             logger.error("cannot remove corrupt file", metadata: meta.merging(["event": "remove-failed", "error": "\(error)"]) { $1 })
+            return "kept (cannot remove: \(error))"
         }
     }
 
@@ -227,7 +238,8 @@ public final class Scrubber: Sendable {
             return false
         }
         guard due else { return }
-        let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters) }
+        let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters,
+                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog) }
         do { try store.save(record) } catch {
             state.with { $0.noteError("save state \(store.path): \(error)") }
             logger.error("cannot save state", metadata: ["path": "\(store.path)", "error": "\(error)"])

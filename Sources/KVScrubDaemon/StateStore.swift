@@ -10,6 +10,16 @@ public struct StateStore: Sendable {
         public var version = 1
         public var scrub: DaemonState.ScrubProgress
         public var counters: DaemonState.Counters
+        public var recentEvictions: [String: DaemonState.EvictionRecord]?
+        public var regretLog: [DaemonState.RegretRecord]?
+
+        public init(scrub: DaemonState.ScrubProgress, counters: DaemonState.Counters,
+                    recentEvictions: [String: DaemonState.EvictionRecord]? = nil, regretLog: [DaemonState.RegretRecord]? = nil) {
+            self.scrub = scrub
+            self.counters = counters
+            self.recentEvictions = recentEvictions
+            self.regretLog = regretLog
+        }
     }
 
     public let path: String

@@ -6,13 +6,14 @@ import Foundation
 struct KVScrubd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvscrubd",
-        abstract: "Maintain an on-disk LLM KV checkpoint cache (ds4 KVC files): verify, inspect, evict.",
+        abstract: "Maintain an on-disk LLM KV checkpoint cache (ds4 KVC files): run the daemon, ask it, verify, inspect, evict.",
         discussion: """
             Checkpoints are files named <sha1-of-text>.kv in the KVC format (v1, or v2 with CRC32C; see kvc(5)).
             Exit status: 0 success; 1 something was found corrupt (verify); 2 usage or I/O error.
             """,
         version: KVScrubdVersion.string,
-        subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
+        subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, ExplainCommand.self, ScrubCommand.self, MetricsCommand.self,
+                      ReloadCommand.self, EvictNowCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
     )
 }
 

@@ -62,6 +62,15 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where scrub progress and counters persist (state_dir; default /var/lib/kvscrubd).", valueName: "dir"))
     var stateDir: String?
 
+    @Option(name: .customLong("admin-group"), help: ArgumentHelp("Members may change the daemon's work over the socket (admin_group).", valueName: "group"))
+    var adminGroup: String?
+
+    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Serve /metrics over HTTP on this loopback address:port, e.g. 127.0.0.1:9477 (metrics_listen; default off).", valueName: "addr:port"))
+    var metricsListen: String?
+
+    @Option(name: .customLong("regret-window-hours"), help: ArgumentHelp("An evicted file written again within this many hours is a regret (regret_window_hours; default 6).", valueName: "h"))
+    var regretWindow: String?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (log_level; default info).", valueName: "level"))
     var logLevel: String?
 
@@ -83,6 +92,9 @@ struct RunCommand: AsyncParsableCommand {
         add("socket_group", socketGroup)
         add("state_dir", stateDir.map(absolute))
         add("log_level", logLevel)
+        add("admin_group", adminGroup)
+        add("metrics_listen", metricsListen)
+        add("regret_window_hours", regretWindow)
         return p
     }
 

@@ -59,14 +59,14 @@ struct EntriesCommand: ParsableCommand {
         let entries = try options.send(ControlRequest(cmd: "entries")).entries ?? []
         if options.json { options.printJSON(["entries": entries]); return }
         print(Output.pad("RANK", 6) + Output.pad("SCORE", 14) + Output.pad("HITS", 7) + Output.pad("EFF.HITS", 10) +
-              Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + "FILE")
+              Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + Output.pad("VERDICT", 9) + "FILE")
         for e in entries {
             print(Output.pad("\(e.rank)", 6) + Output.pad(String(format: "%.6g", e.score), 14) + Output.pad("\(e.hits ?? 0)", 7) +
                   Output.pad(String(format: "%.3g", e.effectiveHits), 10) + Output.pad("\(e.tokens ?? 0)", 9) +
-                  Output.pad(Output.bytes(e.size), 11) + Output.pad(e.reason ?? "-", 14) + e.name +
-                  (e.unusable.map { "  (unusable: \($0))" } ?? ""))
+                  Output.pad(Output.bytes(e.size), 11) + Output.pad(e.reason ?? "-", 14) + Output.pad(e.verdict ?? "-", 9) + e.name +
+                  (e.unusable.map { "  (unusable: \($0))" } ?? "") + (e.superseded == true ? "  (superseded)" : ""))
         }
-        print("\(entries.count) checkpoints; rank 1 is evicted first")
+        print("\(entries.count) checkpoints; rank 1 is evicted first; VERDICT is the last scrub's since the daemon started; 'kvscrubd explain SHA' says why")
     }
 }
 
@@ -83,16 +83,35 @@ enum StatusText {
         if let free = s.freeBytes, let fs = s.filesystemBytes, fs > 0 {
             row("space", String(format: "%@ free of %@ (%.1f%%)", Output.bytes(free), Output.bytes(fs), Double(free) * 100 / Double(fs)))
         }
-        let sc = s.scrub
+        scrubRows(s.scrub, row)
+        let c = s.counters
+        row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)")
+        row("evicted", "\(c.evictedBudget + c.evictedFreeSpace + c.evictedIncompatible) files, \(Output.bytes(c.evictedBytes)) " +
+            "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
+        if let r = s.regret {
+            row("regret", "\(r.lastDay) in the last day, \(r.total) all time (evicted, then written again within \(duration(r.windowHours * 3600)))")
+            if let advice = r.advice { row("advice", advice) }
+        }
+        row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
+        return lines.joined(separator: "\n")
+    }
+
+    /// The scrub part, shared by `status` and `scrub status`.
+    static func scrubRows(_ sc: StatusReport.Scrub, _ row: (String, String) -> Void) {
+        let limit = sc.limitMBps > 0 ? String(format: "limit %.0f MB/s", sc.limitMBps) : "no limit"
         if sc.active {
             let done = sc.filesTotal > 0 ? Double(sc.filesDone) * 100 / Double(max(sc.filesTotal, 1)) : 100
-            var line = String(format: "in progress, %d of %d files (%.0f%%), %@ read", sc.filesDone, sc.filesTotal, done, Output.bytes(sc.bytesDone))
-            line += String(format: ", %@/s", Output.bytes(UInt64(sc.rateBytesPerSecond)))
-            line += sc.limitMBps > 0 ? String(format: " (limit %.0f MB/s)", sc.limitMBps) : " (no limit)"
-            if let eta = sc.etaSeconds { line += ", " + duration(eta) + " to go" }
+            var line = (sc.paused ? "PAUSED, " : "in progress, ")
+            line += String(format: "%d of %d files (%.0f%%), %@ of %@", sc.filesDone, sc.filesTotal, done, Output.bytes(sc.bytesDone), Output.bytes(sc.bytesTotal))
+            if !sc.paused { line += String(format: ", %@/s", Output.bytes(UInt64(sc.rateBytesPerSecond))) }
+            line += " (\(limit))"
+            if let eta = sc.etaSeconds { line += ", " + duration(eta) + (sc.paused ? " of scrubbing to go once resumed" : " to go") }
+            if sc.pausedSeconds >= 1 { line += ", paused " + duration(sc.pausedSeconds) + " so far" }
             row("scrub", line)
+        } else if sc.paused {
+            row("scrub", "PAUSED (no pass running; new files wait too) (\(limit))")
         } else if let next = sc.nextPassAt {
-            row("scrub", "idle; next pass in " + duration(max(0, next - Date().timeIntervalSince1970)))
+            row("scrub", "idle; next pass in " + duration(max(0, next - Date().timeIntervalSince1970)) + " (\(limit))")
         }
         if let last = sc.lastPass {
             row("last pass", "finished \(duration(Date().timeIntervalSince1970 - last.endedAt)) ago in \(duration(last.endedAt - last.startedAt)): " +
@@ -100,12 +119,6 @@ enum StatusText {
         } else {
             row("last pass", "none yet")
         }
-        let c = s.counters
-        row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)")
-        row("evicted", "\(c.evictedBudget + c.evictedFreeSpace + c.evictedIncompatible) files, \(Output.bytes(c.evictedBytes)) " +
-            "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
-        row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
-        return lines.joined(separator: "\n")
     }
 
     static func duration(_ seconds: Double) -> String {

@@ -51,6 +51,7 @@ final class Mutexed<T: Sendable>: Sendable {
     init(_ v: T) { m = Mutex(v) }
     func set(_ v: T) { m.withLock { $0 = v } }
     func get() -> T { m.withLock { $0 } }
+    func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
 }
 
 final class TempDir {

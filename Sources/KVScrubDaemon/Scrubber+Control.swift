@@ -1,0 +1,123 @@
+import Foundation
+import KVCFormat
+
+/// What `kvscrubd scrub start|pause|resume|cancel|now` do. Each changes the
+/// persisted scrub progress under the state lock and wakes the scrub thread;
+/// pause and cancel take effect mid-file (the throttle checks them before
+/// every read), so they never wait for a large file to finish.
+extension Scrubber {
+    public struct ControlRefusal: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Starts a pass now (and lifts a pause).
+    public func startNow() throws(ControlRefusal) -> String {
+        let now = Date().timeIntervalSince1970
+        let running = state.with { s -> (Int, Int)? in
+            guard s.scrub.passStartedAt != nil else { return nil }
+            return (s.scrub.filesDone, s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count)
+        }
+        if let (done, total) = running {
+            throw ControlRefusal(description: "a scrub pass is already running (\(done) of \(total) files); 'kvscrubd scrub cancel' ends it")
+        }
+        let wasPaused = resumeIfPaused(now: now)
+        startPass(now: now)
+        wake()
+        let files = state.with { $0.index.count }
+        return "scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : "")
+    }
+
+    public func pause() -> String {
+        let now = Date().timeIntervalSince1970
+        let already = state.with { s -> Bool in
+            if s.scrub.paused == true { return true }
+            s.scrub.paused = true
+            s.scrub.pausedAt = now
+            return false
+        }
+        persist(force: true)
+        logger.notice("scrubbing paused", metadata: ["event": "scrub-paused"])
+        return already ? "scrubbing was already paused" : "scrubbing paused; 'kvscrubd scrub resume' goes on where it stopped"
+    }
+
+    public func resume() -> String {
+        let was = resumeIfPaused(now: Date().timeIntervalSince1970)
+        persist(force: true)
+        wake()
+        if was { logger.notice("scrubbing resumed", metadata: ["event": "scrub-resumed"]) }
+        return was ? "scrubbing resumed" : "scrubbing was not paused"
+    }
+
+    private func resumeIfPaused(now: Double) -> Bool {
+        state.with { s in
+            guard s.scrub.paused == true else { return false }
+            if s.scrub.passStartedAt != nil, let at = s.scrub.pausedAt { s.scrub.pausedSeconds = (s.scrub.pausedSeconds ?? 0) + max(0, now - at) }
+            s.scrub.paused = nil
+            s.scrub.pausedAt = nil
+            return true
+        }
+    }
+
+    /// Ends the pass in progress without completing it; the next one is due an interval from now.
+    public func cancel() throws(ControlRefusal) -> String {
+        let now = Date().timeIntervalSince1970
+        let done = state.with { s -> Int? in
+            guard s.scrub.passStartedAt != nil else { return nil }
+            let d = s.scrub.filesDone
+            s.scrub.passStartedAt = nil
+            s.scrub.cursor = nil
+            s.scrub.pausedSeconds = nil
+            s.scrub.lastCancelledAt = now
+            s.scrubAbort = true
+            return d
+        }
+        guard let done else { throw ControlRefusal(description: "no scrub pass is running") }
+        persist(force: true)
+        wake()
+        let next = now + state.config.scrubIntervalHours * 3600
+        logger.notice("scrub pass cancelled", metadata: ["event": "scrub-cancelled", "files": "\(done)"])
+        return "scrub pass cancelled after \(done) files; the next starts \(Self.iso(next)) ('kvscrubd scrub start' starts one now)"
+    }
+
+    /// Verifies the named checkpoints at once, outside any pass and unthrottled,
+    /// and removes the corrupt ones exactly as the scrub does. Names may be
+    /// `<sha>.kv`, a bare sha, or a path in the cache directory; anything else
+    /// is reported, not touched.
+    public func verifyNow(_ files: [String]) -> [FileVerdict] {
+        guard let dir = directory.withLock({ $0 }) else {
+            return files.map { FileVerdict(file: $0, verdict: "missing", checksums: nil, problems: ["the cache directory is not available"], action: "none") }
+        }
+        let cacheDir = state.config.cacheDir
+        return files.map { arg -> FileVerdict in
+            var name = arg
+            if arg.contains("/") {
+                let parent = (arg as NSString).deletingLastPathComponent
+                guard (parent as NSString).standardizingPath == (cacheDir as NSString).standardizingPath else {
+                    return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not in the cache directory \(cacheDir)"], action: "none")
+                }
+                name = (arg as NSString).lastPathComponent
+            }
+            if !name.hasSuffix(".kv") { name += ".kv" }
+            guard CheckpointName.isCheckpoint(name) else {
+                return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: "none")
+            }
+            do {
+                let report = try dir.verify(name: name, with: Verifier())
+                state.with { if $0.index[name] != nil { $0.verdicts[name] = report.verdict } }
+                var action = "kept"
+                if report.verdict == .corrupt { action = handleCorrupt(report, in: dir, partOfPass: false) }
+                return FileVerdict(file: name, verdict: report.verdict.rawValue, checksums: report.checksums.rawValue,
+                                   problems: report.problems.map { "\($0)" }, action: action)
+            } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+                return FileVerdict(file: name, verdict: "missing", checksums: nil, problems: ["no such file in the cache directory"], action: "none")
+            } catch {
+                return FileVerdict(file: name, verdict: "unreadable", checksums: nil, problems: ["\(error)"], action: "none")
+            }
+        }
+    }
+
+    static func iso(_ t: Double) -> String {
+        let f = ISO8601DateFormatter()
+        return f.string(from: Date(timeIntervalSince1970: t))
+    }
+}

@@ -1,0 +1,99 @@
+import ArgumentParser
+import Foundation
+import KVScrubDaemon
+
+/// `kvscrubd scrub ...`: control the running daemon's scrub over the socket.
+struct ScrubCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scrub",
+        abstract: "Control the daemon's scrub: start, pause, resume, cancel a pass; show its status; verify files now.",
+        discussion: """
+            start, pause, resume, cancel and now change the daemon's work: they need root, the daemon's user, or \
+            membership of admin_group. status is open to anyone who can connect.
+            Exit status: 0 success; 1 the daemon refused the request (or, for now, a file is corrupt); 2 the daemon could not be reached.
+            """,
+        subcommands: [Start.self, Pause.self, Resume.self, Cancel.self, Status.self, Now.self]
+    )
+
+    /// One request, one sentence back.
+    static func simple(_ cmd: String, _ options: SocketOptions) throws {
+        let r = try options.send(ControlRequest(cmd: cmd))
+        if options.json { options.printJSON(["ok": true, "message": AnyEncodable(r.message ?? "")] as [String: AnyEncodable]) } else { print(r.message ?? "ok") }
+    }
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a scrub pass now (refused while one runs; lifts a pause).")
+        @OptionGroup var options: SocketOptions
+        func run() throws { try ScrubCommand.simple("scrub-start", options) }
+    }
+
+    struct Pause: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pause all scrub I/O at once, mid-file; survives a daemon restart.")
+        @OptionGroup var options: SocketOptions
+        func run() throws { try ScrubCommand.simple("scrub-pause", options) }
+    }
+
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Resume a paused scrub where it stopped.")
+        @OptionGroup var options: SocketOptions
+        func run() throws { try ScrubCommand.simple("scrub-resume", options) }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "End the running pass unfinished; the next is due one scrub interval later.")
+        @OptionGroup var options: SocketOptions
+        func run() throws { try ScrubCommand.simple("scrub-cancel", options) }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the pass in progress (files and bytes done, rate, limit, ETA without paused time) and the last completed pass.")
+        @OptionGroup var options: SocketOptions
+        func run() throws {
+            guard let sc = try options.send(ControlRequest(cmd: "scrub-status")).scrub else { throw ExitCode(2) }
+            if options.json { options.printJSON(sc); return }
+            var lines: [String] = []
+            StatusText.scrubRows(sc) { k, v in lines.append(Output.pad(k + ":", 11) + v) }
+            print(lines.joined(separator: "\n"))
+        }
+    }
+
+    struct Now: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify the named checkpoints at once (unthrottled) and report the verdicts; corrupt ones are removed as the scrub would.",
+            discussion: "FILE is <sha>.kv, a bare sha, or a path in the cache directory.")
+        @OptionGroup var options: SocketOptions
+        @Argument(help: ArgumentHelp("Checkpoints to verify.", valueName: "file"))
+        var files: [String]
+
+        func validate() throws {
+            if files.isEmpty { throw ValidationError("name at least one file") }
+        }
+
+        func run() throws {
+            let absolute = files.map { $0.contains("/") && !$0.hasPrefix("/") ? FileManager.default.currentDirectoryPath + "/" + $0 : $0 }
+            let verdicts = try options.send(ControlRequest(cmd: "scrub-now", files: absolute)).verdicts ?? []
+            if options.json {
+                options.printJSON(["files": verdicts])
+            } else {
+                print(Output.pad("VERDICT", 13) + Output.pad("ACTION", 10) + "FILE")
+                for v in verdicts {
+                    print(Output.pad(v.verdict, 13) + Output.pad(v.action.split(separator: " ").first.map(String.init) ?? v.action, 10) + v.file)
+                    for p in v.problems { print("    " + p) }
+                    if v.action.contains(" ") { print("    action: " + v.action) }
+                }
+            }
+            if verdicts.contains(where: { $0.verdict == "corrupt" }) { throw ExitCode(1) }
+            if verdicts.contains(where: { $0.verdict == "missing" || $0.verdict == "unreadable" || $0.verdict == "ignored" }) { throw ExitCode(2) }
+        }
+    }
+}
+
+/// Small heterogeneous JSON objects for `--json` output.
+struct AnyEncodable: Encodable, ExpressibleByBooleanLiteral, ExpressibleByStringLiteral {
+    let encode: (any Encoder) throws -> Void
+    init<T: Encodable>(_ v: T) { encode = v.encode }
+    init(booleanLiteral v: Bool) { self.init(v) }
+    init(stringLiteral v: String) { self.init(v) }
+    func encode(to encoder: any Encoder) throws { try encode(encoder) }
+}
