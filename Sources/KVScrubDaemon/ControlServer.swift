@@ -7,10 +7,11 @@ import Synchronization
 import Glibc
 #endif
 
-/// The Unix control socket, on SwiftNIO: the event loop never blocks. Each
-/// request is answered by an async handler off the loop (most from the
-/// in-memory state; `scrub now` reads files), and replies go back in request
-/// order. None of the limits can wedge the daemon: a client that connects and
+/// The Unix control socket, on SwiftNIO: the event loop never blocks. A
+/// request answered from the in-memory state is answered right there on the
+/// loop (no task hop: that alone doubled a `status` round trip); one that
+/// reads files or waits (`scrub now`, `evict-now`) runs as a task off the
+/// loop. Replies go back in request order either way. None of the limits can wedge the daemon: a client that connects and
 /// stalls holds only its own connection until the idle timeout closes it; a
 /// line longer than the limit gets an error reply and the connection is
 /// closed; a malformed one gets an error reply and the connection goes on;
@@ -18,7 +19,7 @@ import Glibc
 /// The peer's credentials (`SO_PEERCRED`) are read once per connection and
 /// handed to the handler with every request, for `AccessPolicy`.
 public final class ControlServer: Sendable {
-    public typealias Handler = @Sendable (ControlRequest, AccessPolicy.Peer?) async -> ControlResponse
+    public typealias Handler = @Sendable (ControlRequest, AccessPolicy.Peer?) -> ControlReply
 
     public static let maxRequestBytes = 64 * 1024
     public static let idleTimeout = TimeAmount.seconds(10)
@@ -101,6 +102,12 @@ public struct ControlServerError: Error, CustomStringConvertible {
     public let path: String
     public let detail: String
     public var description: String { "control socket \(path): \(detail)" }
+}
+
+/// A handler's answer: ready now, or work to run off the event loop.
+public enum ControlReply: Sendable {
+    case now(ControlResponse)
+    case later(@Sendable () async -> ControlResponse)
 }
 
 /// `struct ucred` from <sys/socket.h>, which Glibc hides from Swift behind
@@ -192,24 +199,36 @@ final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
         let bytes = Data(line.readableBytesView)
         if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { return }
         guard let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) else {
-            queue(context: context, context.eventLoop.makeSucceededFuture(
-                .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}")))
+            queue(context: context, ready: .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}"))
             return
         }
-        let promise = context.eventLoop.makePromise(of: ControlResponse.self)
-        let handler = self.handler
-        let peer = self.peer
-        promise.completeWithTask { await handler(request, peer) }
-        queue(context: context, promise.futureResult)
+        switch handler(request, peer) {
+        case .now(let response):
+            queue(context: context, ready: response)
+        case .later(let work):
+            let promise = context.eventLoop.makePromise(of: ControlResponse.self)
+            promise.completeWithTask { await work() }
+            queue(context: context, promise.futureResult)
+        }
+    }
+
+    /// Writes a ready answer now when nothing is pending on this connection, else after what is.
+    private func queue(context: ChannelHandlerContext, ready response: ControlResponse) {
+        if tail == nil { send(context: context, response) } else { queue(context: context, context.eventLoop.makeSucceededFuture(response)) }
     }
 
     /// Writes `response` once every earlier reply on this connection has been written.
     private func queue(context: ChannelHandlerContext, _ response: EventLoopFuture<ControlResponse>) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let previous = tail ?? context.eventLoop.makeSucceededVoidFuture()
-        tail = previous.flatMap { response }.map { r in
+        let next = previous.flatMap { response }.map { r in
             let (me, ctx) = loopBound.value
             me.send(context: ctx, r)
+        }
+        tail = next
+        next.whenComplete { _ in
+            let (me, _) = loopBound.value
+            if me.tail === next { me.tail = nil }
         }
     }
 

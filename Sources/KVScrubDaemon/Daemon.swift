@@ -79,11 +79,11 @@ public final class Daemon: Sendable {
         let server: ControlServer
         do {
             if let fd = SocketActivation.listeningUnixSocket() {
-                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request, peer in await handle(request, peer: peer) }
+                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request, peer in handle(request, peer: peer) }
                 logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
             } else {
                 server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                       on: loop, logger: logger) { [self] request, peer in await handle(request, peer: peer) }
+                                                       on: loop, logger: logger) { [self] request, peer in handle(request, peer: peer) }
             }
         } catch {
             try? await loop.shutdownGracefully()
@@ -320,12 +320,23 @@ public final class Daemon: Sendable {
         }
     }
 
-    func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) async -> ControlResponse {
+    /// Answers from memory on the socket's event loop; the two requests that
+    /// read files or wait for the maintenance loop run later, off it.
+    func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
         let policy = AccessPolicy(adminGroup: state.config.adminGroup)
         if case .refused(let why) = policy.decide(request.cmd, peer: peer) {
             logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(request.cmd)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])
-            return .failure(why)
+            return .now(.failure(why))
         }
+        switch request.cmd {
+        case "scrub-now", "evict-now":
+            return .later { [self] in await handleSlow(request) }
+        default:
+            return .now(handleFromMemory(request))
+        }
+    }
+
+    func handleFromMemory(_ request: ControlRequest) -> ControlResponse {
         switch request.cmd {
         case "ping": return ControlResponse(ok: true)
         case "status": return ControlResponse(ok: true, status: status())
@@ -341,6 +352,21 @@ public final class Daemon: Sendable {
         case "scrub-resume": return ControlResponse(ok: true, message: scrubber.resume())
         case "scrub-cancel":
             do { return ControlResponse(ok: true, message: try scrubber.cancel()) } catch { return .failure(error.description) }
+        case "reload":
+            if let error = reload() { return .failure("the configuration did not load; the previous settings stay: \(error)") }
+            return ControlResponse(ok: true, message: "configuration reloaded")
+        case "test-hang-maintenance" where testFaults:
+            hangMaintenance.set()
+            watcher.wake()
+            return ControlResponse(ok: true)
+        default:
+            return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
+                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, reload, evict-now")
+        }
+    }
+
+    func handleSlow(_ request: ControlRequest) async -> ControlResponse {
+        switch request.cmd {
         case "scrub-now":
             guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
             guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }
@@ -349,9 +375,6 @@ public final class Daemon: Sendable {
                 DispatchQueue.global().async { [scrubber] in k.resume(returning: scrubber.verifyNow(files)) }
             }
             return ControlResponse(ok: true, verdicts: verdicts)
-        case "reload":
-            if let error = reload() { return .failure("the configuration did not load; the previous settings stay: \(error)") }
-            return ControlResponse(ok: true, message: "configuration reloaded")
         case "evict-now":
             let ticket = evictAsked.withLock { $0 += 1; return $0 }
             watcher.wake()
@@ -364,13 +387,8 @@ public final class Daemon: Sendable {
             guard evictDone.withLock({ $0 }) >= ticket else { return .failure("the maintenance loop did not get to it within 10 s; see 'kvscrubd status'") }
             return ControlResponse(ok: true, message: "evaluated: \(after.0 - before.0) files evicted; \(after.1) bytes in the cache" +
                                    (after.2 > 0 ? " (budget \(after.2))" : " (no budget)"))
-        case "test-hang-maintenance" where testFaults:
-            hangMaintenance.set()
-            watcher.wake()
-            return ControlResponse(ok: true)
         default:
-            return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
-                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, reload, evict-now")
+            return .failure("unknown command '\(request.cmd)'")
         }
     }
 

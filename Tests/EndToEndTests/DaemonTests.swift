@@ -358,10 +358,24 @@ final class RawClient {
     }
     deinit { close(fd) }
     func send(_ s: String) { _ = s.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) } }
+    private var buffered: [UInt8] = []
+
+    /// One reply line, read in large chunks (a byte at a time, the client and
+    /// not the daemon was what the concurrency test measured).
     func readLine() -> String {
-        var out: [UInt8] = []
-        var b: UInt8 = 0
-        while read(fd, &b, 1) == 1 { if b == 10 { break }; out.append(b) }
-        return String(decoding: out, as: UTF8.self)
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let nl = buffered.firstIndex(of: 10) {
+                let line = String(decoding: buffered[..<nl], as: UTF8.self)
+                buffered.removeSubrange(...nl)
+                return line
+            }
+            let n = read(fd, &chunk, chunk.count)
+            guard n > 0 else {
+                defer { buffered = [] }
+                return String(decoding: buffered, as: UTF8.self)
+            }
+            buffered += chunk[0..<n]
+        }
     }
 }
