@@ -6,7 +6,8 @@ import KVScrubDaemon
     static let repo = ManPageTests.repo
     static let keys = ["cache_dir", "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds",
                        "dry_run", "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir",
-                       "socket_path", "socket_mode", "socket_group", "state_dir", "log_level"]
+                       "socket_path", "socket_mode", "socket_group", "state_dir", "log_level", "admin_group", "metrics_listen",
+                       "regret_window_hours"]
 
     @Test func exampleConfig_parses_andEqualsTheDefaults() throws {
         let c = try DaemonConfig.resolve(file: Self.repo + "/packaging/kvscrubd.conf", flags: [])
@@ -31,11 +32,23 @@ import KVScrubDaemon
         case "state_dir": return "/tmp/state"
         case "dry_run": return "true"
         case "socket_mode": return "0640"
-        case "socket_group": return "root"
+        case "socket_group", "admin_group": return "root"
+        case "metrics_listen": return "127.0.0.1:9477"
         case "log_level": return "debug"
         case "free_space_start_percent": return ""
         case "free_space_stop_percent": return ""
         default: return "7"
+        }
+    }
+
+    @Test func metricsListen_acceptsLoopbackOnly_withAClearError() throws {
+        for ok in ["127.0.0.1:9477", "[::1]:9477", "localhost:1"] {
+            var c = DaemonConfig()
+            #expect(throws: Never.self) { try c.apply([("metrics_listen", ok)], source: "test") }
+        }
+        for (bad, says) in [("0.0.0.0:9477", "loopback"), ("10.0.0.1:80", "loopback"), ("127.0.0.1", "address and port"), ("127.0.0.1:0", "address and port")] {
+            var c = DaemonConfig()
+            #expect(performing: { try c.apply([("metrics_listen", bad)], source: "test") }, throws: { "\($0)".contains(says) && "\($0)".contains("metrics_listen") })
         }
     }
 

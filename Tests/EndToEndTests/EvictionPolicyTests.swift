@@ -26,7 +26,11 @@ import Glibc
         let b = try Self.store(d.cache, text: "<|System|>another conversation entirely", reason: .continued, tokens: 10_000, payload: 400 << 10)
         try waitUntil("both indexed", timeout: 10) { try d.status().files == 2 }
         let c = try Self.store(d.cache, text: base + "<|User|>second question", reason: .continued, tokens: 30_000, payload: 400 << 10)
-        try waitUntil("under budget", timeout: 10) { try d.status().bytes <= 1 << 20 && d.status().files == 2 }
+        // Wait for the eviction itself: "two files, under budget" is also true before c is even seen.
+        try waitUntil("an eviction, under budget", timeout: 10) {
+            let s = try d.status()
+            return s.counters.evictedBudget == 1 && s.bytes <= 1 << 20 && s.files == 2
+        }
         #expect(!FileManager.default.fileExists(atPath: a), "the superseded waypoint goes")
         #expect(FileManager.default.fileExists(atPath: b))
         #expect(FileManager.default.fileExists(atPath: c), "the newcomer is never its own victim")

@@ -17,8 +17,8 @@ import Testing
         return Set(regex.matches(in: help, range: NSRange(location: 0, length: ns.length)).map { ns.substring(with: $0.range) })
     }
 
-    static func subcommands() throws -> [String] {
-        let help = try Tool.run("kvscrubd", ["--help"]).stdout
+    static func subcommands(of parent: [String] = []) throws -> [String] {
+        let help = try Tool.run("kvscrubd", parent + ["--help"]).stdout
         guard let r = help.range(of: "SUBCOMMANDS:") else { return [] }
         return help[r.upperBound...].split(separator: "\n").compactMap { line in
             let t = line.trimmingCharacters(in: .whitespaces)
@@ -37,6 +37,15 @@ import Testing
             #expect(man.contains("kvscrubd \(sub)") || man.contains(".SS \(sub)"), "subcommand \(sub) missing from kvscrubd(8) (subcommands: \(subs))")
             for flag in Self.flags(in: help.stdout) {
                 #expect(man.contains(flag), "\(sub) \(flag) is in --help but not in kvscrubd(8)")
+            }
+            // Commands with their own subcommands (scrub start, ...): each documented, each flag too.
+            for inner in try Self.subcommands(of: [sub]) {
+                let h = try Tool.run("kvscrubd", [sub, inner, "--help"])
+                #expect(h.status == 0)
+                #expect(man.contains(".B \(inner)") || man.contains(".BI \(inner)"), "\(sub) \(inner) missing from kvscrubd(8)")
+                for flag in Self.flags(in: h.stdout) {
+                    #expect(man.contains(flag), "\(sub) \(inner) \(flag) is in --help but not in kvscrubd(8)")
+                }
             }
         }
     }
