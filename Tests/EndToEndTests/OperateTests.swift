@@ -294,6 +294,48 @@ import Glibc
         d.stop()
     }
 
+    @Test func reload_andEvictNow_reportWhatTheyDid_inTextAndJSON() throws {
+        let (root, _, _) = try Self.cacheWith(4, payload: 300 << 10)
+        let conf = root.file("kvscrubd.conf")
+        try "budget_mb: 4096\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(root: root, extra: ["--config", conf, "--evict-interval", "3600"])
+        let sock = ["--socket", d.socket]
+        let noop = try Tool.run("kvscrubd", ["evict-now"] + sock)
+        #expect(noop.status == 0 && noop.stdout.contains("evaluated: 0 files evicted"), "\(noop.stdout)\(noop.stderr)")
+        // Shrink the budget in the file; reload takes it; evict-now applies it at once (the timer is an hour away).
+        try "budget_mb: 1\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let reload = try Tool.run("kvscrubd", ["reload"] + sock)
+        #expect(reload.status == 0 && reload.stdout.contains("configuration reloaded"))
+        #expect(try d.status().budgetBytes == 1 << 20)
+        let evict = Self.json(try Tool.run("kvscrubd", ["evict-now", "--json"] + sock))
+        #expect((evict["message"] as? String)?.contains("evaluated: 1 files evicted") == true, "\(evict)")
+        #expect(try d.status().bytes <= 1 << 20)
+        // A bad file: reload says so, exit 1, the running settings stay.
+        try "budget_mb: lots\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let bad = try Tool.run("kvscrubd", ["reload"] + sock)
+        #expect(bad.status == 1 && bad.stderr.contains("budget_mb") && bad.stderr.contains("previous settings stay"), "\(bad.stderr)")
+        #expect(try d.status().budgetBytes == 1 << 20)
+        let metricsJSON = Self.json(try Tool.run("kvscrubd", ["metrics", "--json"] + sock))
+        #expect((metricsJSON["metrics"] as? String)?.contains("kvscrubd_evictions_total{cause=\"budget\"} 1") == true)
+        d.stop()
+    }
+
+    @Test func connectionCap_turnsAwayTheSurplus_andTheDaemonGoesOn() throws {
+        let root = TempDir()
+        let d = try DaemonProcess(root: root)
+        // Hold the cap's worth of idle connections open, then one more.
+        var held: [RawClient] = []
+        for _ in 0..<ControlServer.maxConnections { held.append(try RawClient(path: d.socket)) }
+        held[0].send("{\"cmd\":\"ping\"}\n")
+        #expect(held[0].readLine() == "{\"ok\":true}")
+        let surplus = try RawClient(path: d.socket)
+        #expect(surplus.readLine().contains("too many connections"))
+        held.removeAll()
+        try waitUntil("room again", timeout: 5) { (try? d.request("ping"))?.ok == true }
+        #expect(try d.status().state == "running")
+        d.stop()
+    }
+
     @Test func hundredClients_hundredRequestsEach_whileAScrubRuns() throws {
         let (root, cache, _) = try Self.cacheWith(20, payload: 1 << 20)
         let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "5"])
