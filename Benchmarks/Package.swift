@@ -18,6 +18,8 @@ let package = Package(
         .target(name: "CRefISAL", linkerSettings: [.linkedLibrary("isal")]),
         .executableTarget(name: "cref-verify", dependencies: ["CRefISAL"]),
         .executableTarget(name: "cref-maxrss"),
+        // The control-socket benchmark's floor: canned replies from a plain C epoll server.
+        .executableTarget(name: "cref-echo"),
         .executableTarget(
             name: "kvc-bench",
             dependencies: [

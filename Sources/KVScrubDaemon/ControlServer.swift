@@ -245,7 +245,8 @@ final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
+            // Idle means the client has gone quiet, not that a long `scrub now` is still being answered.
+            if tail == nil { context.close(promise: nil) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -376,9 +376,10 @@ public final class Daemon: Sendable {
             }
             return ControlResponse(ok: true, verdicts: verdicts)
         case "evict-now":
+            // Counted before asking: the maintenance thread may evict before this line would run again.
+            let before = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes) }
             let ticket = evictAsked.withLock { $0 += 1; return $0 }
             watcher.wake()
-            let before = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes) }
             let deadline = ContinuousClock.now + .seconds(10)
             while evictDone.withLock({ $0 }) < ticket && ContinuousClock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(5))

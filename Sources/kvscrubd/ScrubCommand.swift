@@ -72,7 +72,7 @@ struct ScrubCommand: ParsableCommand {
 
         func run() throws {
             let absolute = files.map { $0.contains("/") && !$0.hasPrefix("/") ? FileManager.default.currentDirectoryPath + "/" + $0 : $0 }
-            let verdicts = try options.send(ControlRequest(cmd: "scrub-now", files: absolute)).verdicts ?? []
+            let verdicts = try options.send(ControlRequest(cmd: "scrub-now", files: absolute), timeout: 86400).verdicts ?? []
             if options.json {
                 options.printJSON(["files": verdicts])
             } else {

@@ -10,9 +10,11 @@ struct SocketOptions: ParsableArguments {
     @Flag(name: .long, help: "Print JSON instead of text.")
     var json = false
 
-    func send(_ request: ControlRequest) throws -> ControlResponse {
+    func send(_ request: ControlRequest, timeout: Double = 10) throws -> ControlResponse {
         do {
-            let r = try ControlClient(path: socket).send(request)
+            var client = ControlClient(path: socket)
+            client.timeout = timeout
+            let r = try client.send(request)
             if !r.ok {
                 Output.error(r.error ?? "the daemon refused the request")
                 throw ExitCode(1)

@@ -10,7 +10,7 @@ import Glibc
 struct DaemonBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon",
-        abstract: "Daemon benchmarks: event-to-index latency, start-up index of 10,000 files, idle CPU, scrub page-cache footprint and rate.")
+        abstract: "Daemon benchmarks: event-to-index latency, start-up index of 10,000 files, idle CPU, scrub page-cache footprint and rate, control-socket latency under 100 clients.")
 
     @Option(help: "The kvscrubd binary (a release build).")
     var kvscrubd: String = "../.build/release/kvscrubd"
@@ -36,6 +36,15 @@ struct DaemonBench: ParsableCommand {
     @Option(name: .customLong("rate-seconds"), help: "Roughly how long the rate figure runs.")
     var rateSeconds: Double = 20
 
+    @Option(name: .customLong("control-clients"), help: "Concurrent clients for the control-socket figure.")
+    var controlClients: Int = 100
+
+    @Option(name: .customLong("control-requests"), help: "Requests per client for the control-socket figure.")
+    var controlRequests: Int = 100
+
+    @Option(help: "Run one part only: latency, startup, scrub or control.")
+    var only: String?
+
     func run() throws {
         guard FileManager.default.isExecutableFile(atPath: kvscrubd) else {
             throw ValidationError("no kvscrubd at \(kvscrubd): build it first (swift build -c release in the repo root)")
@@ -43,9 +52,92 @@ struct DaemonBench: ParsableCommand {
         let work = dir + "/kvscrubd-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
-        try latency(work + "/latency")
-        try startup(work + "/startup")
-        try pageCacheAndRate(work + "/scrub")
+        if only == nil || only == "latency" { try latency(work + "/latency") }
+        if only == nil || only == "startup" { try startup(work + "/startup") }
+        if only == nil || only == "scrub" { try pageCacheAndRate(work + "/scrub") }
+        if only == nil || only == "control" { try control(work + "/control") }
+    }
+
+    // MARK: - control socket under load
+
+    /// `status` round trips from many concurrent clients while a scrub runs,
+    /// next to the same clients against a C epoll server that returns the
+    /// same reply bytes without doing anything (cref-echo).
+    func control(_ base: String) throws {
+        let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, extra: ["--scrub-rate-mbps", "20"])
+        defer { d.stop() }
+        for i in 0..<50 { _ = try storeSmall(in: d.cache, seed: UInt64(10_000 + i)) }
+        while try d.files() < 50 { usleep(1000) }
+        _ = try d.ask("{\"cmd\":\"scrub-start\"}")
+        let reply = try d.ask("{\"cmd\":\"status\"}")
+        let replyFile = base + "/reply.json"
+        try reply.write(toFile: replyFile, atomically: true, encoding: .utf8)
+        let ours = try Self.hammer(socket: d.socket, clients: controlClients, requests: controlRequests)
+        let echoPath = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/cref-echo"
+        let echo = Process()
+        echo.executableURL = URL(fileURLWithPath: echoPath)
+        echo.arguments = [base + "/echo.sock", replyFile]
+        let ready = Pipe()
+        echo.standardOutput = ready
+        try echo.run()
+        defer { echo.terminate(); echo.waitUntilExit() }
+        _ = ready.fileHandleForReading.availableData
+        let floor = try Self.hammer(socket: base + "/echo.sock", clients: controlClients, requests: controlRequests)
+        let (p50, p99) = (percentile(ours.latencies, 0.5), percentile(ours.latencies, 0.99))
+        let (e50, e99) = (percentile(floor.latencies, 0.5), percentile(floor.latencies, 0.99))
+        print(String(format: "INFO  control socket, %d clients x %d status requests during a scrub (%d-byte replies): p50 %.2f ms, p99 %.2f ms, %.0f req/s; C epoll server with the same canned reply p50 %.2f ms, p99 %.2f ms, %.0f req/s; p99 ratio %.2f",
+                     controlClients, controlRequests, reply.utf8.count, p50 * 1e3, p99 * 1e3, ours.perSecond, e50 * 1e3, e99 * 1e3, floor.perSecond, p99 / e99))
+        if ours.failures > 0 { print("FAIL  \(ours.failures) replies were not a status reply") }
+    }
+
+    /// Many threads, one connection each, requests one after another; every reply checked.
+    static func hammer(socket: String, clients: Int, requests: Int) throws -> (latencies: [Double], perSecond: Double, failures: Int) {
+        let lock = NSLock()
+        var all: [Double] = []
+        var failures = 0
+        let connected = DispatchGroup(), finished = DispatchGroup(), go = DispatchSemaphore(value: 0)
+        for _ in 0..<clients {
+            connected.enter(); finished.enter()
+            Thread {
+                defer { finished.leave() }
+                let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                defer { Glibc.close(fd) }
+                var addr = sockaddr_un()
+                addr.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in socket.utf8.enumerated() { p[i] = b } }
+                let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+                connected.leave()
+                go.wait()
+                guard rc == 0 else { lock.lock(); failures += requests; lock.unlock(); return }
+                var mine: [Double] = []
+                var bad = 0
+                var buf = [UInt8](repeating: 0, count: 65536)
+                var pending: [UInt8] = []
+                let req = Array("{\"cmd\":\"status\"}\n".utf8)
+                for _ in 0..<requests {
+                    let t0 = ContinuousClock.now
+                    _ = req.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    while !pending.contains(10) {
+                        let n = read(fd, &buf, buf.count)
+                        if n <= 0 { break }
+                        pending += buf[0..<n]
+                    }
+                    let d = ContinuousClock.now - t0
+                    mine.append(Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+                    guard let nl = pending.firstIndex(of: 10) else { bad += 1; break }
+                    if !pending[..<nl].starts(with: Array("{\"ok\":true,".utf8)) { bad += 1 }
+                    pending.removeSubrange(...nl)
+                }
+                lock.lock(); all += mine; failures += bad; lock.unlock()
+            }.start()
+        }
+        connected.wait()
+        let t0 = ContinuousClock.now
+        for _ in 0..<clients { go.signal() }
+        finished.wait()
+        let d = ContinuousClock.now - t0
+        let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        return (all, Double(all.count) / secs, failures)
     }
 
     // MARK: - event to index
