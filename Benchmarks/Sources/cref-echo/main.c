@@ -3,6 +3,7 @@
 // reply (a real `status` reply captured from the daemon), doing no work at
 // all. What it costs is the floor: kernel, scheduling and the client.
 //   cref-echo SOCKET REPLY_FILE   (prints "ready" once listening)
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVCFormat
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -92,9 +93,7 @@ struct DaemonBench: ParsableCommand {
 
     /// Many threads, one connection each, requests one after another; every reply checked.
     static func hammer(socket: String, clients: Int, requests: Int) throws -> (latencies: [Double], perSecond: Double, failures: Int) {
-        let lock = NSLock()
-        var all: [Double] = []
-        var failures = 0
+        let results = HammerResults()
         let connected = DispatchGroup(), finished = DispatchGroup(), go = DispatchSemaphore(value: 0)
         for _ in 0..<clients {
             connected.enter(); finished.enter()
@@ -108,7 +107,7 @@ struct DaemonBench: ParsableCommand {
                 let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
                 connected.leave()
                 go.wait()
-                guard rc == 0 else { lock.lock(); failures += requests; lock.unlock(); return }
+                guard rc == 0 else { results.add([], failures: requests); return }
                 var mine: [Double] = []
                 var bad = 0
                 var buf = [UInt8](repeating: 0, count: 65536)
@@ -128,7 +127,7 @@ struct DaemonBench: ParsableCommand {
                     if !pending[..<nl].starts(with: Array("{\"ok\":true,".utf8)) { bad += 1 }
                     pending.removeSubrange(...nl)
                 }
-                lock.lock(); all += mine; failures += bad; lock.unlock()
+                results.add(mine, failures: bad)
             }.start()
         }
         connected.wait()
@@ -137,6 +136,7 @@ struct DaemonBench: ParsableCommand {
         finished.wait()
         let d = ContinuousClock.now - t0
         let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        let (all, failures) = results.get()
         return (all, Double(all.count) / secs, failures)
     }
 
@@ -306,6 +306,13 @@ struct DaemonBench: ParsableCommand {
 }
 
 /// Fast deterministic payload bytes behind a valid one-token DSV4 prefix.
+/// What the client threads of `hammer` report, gathered under a lock.
+final class HammerResults: Sendable {
+    private let m = Mutex<([Double], Int)>(([], 0))
+    func add(_ latencies: [Double], failures: Int) { m.withLock { $0.0 += latencies; $0.1 += failures } }
+    func get() -> ([Double], Int) { m.withLock { $0 } }
+}
+
 struct FillPayload: PayloadSource {
     let byteCount: UInt64
     let seed: UInt64
