@@ -151,6 +151,20 @@ final class PackageUsers {
         // The same search an operator types.
         let byRegion = try ns.run(["journalctl", "-u", "kvscrubd", "KVSCRUB_REGION=payload", "--no-pager", "-q"]).stdout
         #expect(byRegion.contains("corrupt file removed"))
+        // `journalctl -x` explains it from the packaged catalog. The catalog goes in through a bind
+        // mount inside the namespace (the host's /usr/lib/systemd/catalog is left alone), and the
+        // rebuilt database lands on the namespace's own /var/lib.
+        let catalogDir = stage + "/catalog"
+        try FileManager.default.createDirectory(atPath: catalogDir, withIntermediateDirectories: true)
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/systemd/catalog")) ?? [] where f.hasSuffix(".catalog") {
+            try? FileManager.default.copyItem(atPath: "/usr/lib/systemd/catalog/" + f, toPath: catalogDir + "/" + f)
+        }
+        try FileManager.default.copyItem(atPath: ManPageTests.repo + "/packaging/kvscrubd.catalog", toPath: catalogDir + "/kvscrubd.catalog")
+        #expect(try ns.run(["mount", "--bind", catalogDir, "/usr/lib/systemd/catalog"]).status == 0)
+        #expect(try ns.run(["journalctl", "--update-catalog"]).status == 0)
+        let explained = try ns.run(["journalctl", "-x", "-u", "kvscrubd", "MESSAGE_ID=\(id)", "--no-pager", "-q"]).stdout
+        #expect(explained.contains("Subject: Corrupt KV checkpoint removed: \(name)"), "\(explained)")
+        #expect(explained.contains("No good") || explained.contains("no good"), "\(explained)")
 
         // Reload: RELOADING=1 then READY=1; the service stays up.
         #expect(try ns.run(["systemctl", "reload", "kvscrubd"]).status == 0)
