@@ -64,15 +64,30 @@ final class PackageUsers {
     }
 }
 
-@Suite(.serialized) struct SystemdServiceTests {
-    /// Everything the service sees must live outside /tmp (PrivateTmp), /root and /home (ProtectHome).
-    static func stageDir() throws -> String {
-        let d = "/opt/kvscrubd-test/" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
+/// One test's service: a systemd namespace, the package's users, and the
+/// binary, units and cache staged under /opt (outside the unit's PrivateTmp
+/// and ProtectHome), all taken away when the fixture goes.
+final class ServiceFixture {
+    let ns: SystemdNamespace
+    let users: PackageUsers
+    let stage: String
+    let cache: String
+
+    init(watchdogSec: Int = 30) throws {
+        ns = try SystemdNamespace()
+        users = try PackageUsers()
+        stage = "/opt/kvscrubd-test/" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: stage, withIntermediateDirectories: true)
+        cache = try Self.install(ns, stage: stage, watchdogSec: watchdogSec).cache
     }
 
-    func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int = 30) throws -> (cache: String, bin: String) {
+    deinit {
+        try? FileManager.default.removeItem(atPath: stage)
+        rmdir("/opt/kvscrubd-test")
+    }
+
+    /// Copies the built binary and the packaged units in, with a drop-in saying where the binary and the cache are.
+    private static func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int) throws -> (cache: String, bin: String) {
         let bin = stage + "/kvscrubd"
         try FileManager.default.copyItem(atPath: Tool.binDir + "/kvscrubd", toPath: bin)
         let cache = stage + "/cache"
@@ -97,17 +112,13 @@ final class PackageUsers {
         try ns.run(["systemctl", "daemon-reload"])
         return (cache, bin)
     }
+}
 
+@Suite(.serialized) struct SystemdServiceTests {
     @Test func socketActivation_notify_journal_reload_stop() throws {
-        let ns = try SystemdNamespace()
-        let users = try PackageUsers()
-        defer { withExtendedLifetime(users) {} }
-        let stage = try Self.stageDir()
-        defer {
-            try? FileManager.default.removeItem(atPath: stage)
-            rmdir("/opt/kvscrubd-test")
-        }
-        let (cache, _) = try install(ns, stage: stage)
+        let f = try ServiceFixture()
+        defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
+        let (ns, stage, cache) = (f.ns, f.stage, f.cache)
         #expect(try ns.run(["systemctl", "start", "kvscrubd.socket"]).status == 0)
         #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
         // A client connects: the service starts on demand and answers on the passed socket.
@@ -180,15 +191,9 @@ final class PackageUsers {
     }
 
     @Test func watchdog_killsAndRestarts_aHungMaintenanceLoop() throws {
-        let ns = try SystemdNamespace()
-        let users = try PackageUsers()
-        defer { withExtendedLifetime(users) {} }
-        let stage = try Self.stageDir()
-        defer {
-            try? FileManager.default.removeItem(atPath: stage)
-            rmdir("/opt/kvscrubd-test")
-        }
-        _ = try install(ns, stage: stage, watchdogSec: 2)
+        let f = try ServiceFixture(watchdogSec: 2)
+        defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
+        let ns = f.ns
         #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
         let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
         try waitUntil("active", timeout: 10) { try ns.show("kvscrubd.service", "ActiveState") == "active" }

@@ -58,13 +58,9 @@ final class BenchDaemon {
     }
 
     func ask(_ line: String) throws -> String {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = Self.connectUnix(socket)
+        guard fd >= 0 else { throw ValidationErrorText("connect failed") }
         defer { Glibc.close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in socket.utf8.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else { throw ValidationErrorText("connect failed") }
         let req = line + "\n"
         _ = req.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
         var out = [UInt8]()
@@ -75,6 +71,19 @@ final class BenchDaemon {
             out += buf[0..<n]
         }
         return String(decoding: out.prefix { $0 != 10 }, as: UTF8.self)
+    }
+}
+
+extension BenchDaemon {
+    /// A connected Unix stream socket, or -1.
+    static func connectUnix(_ path: String) -> Int32 {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if rc != 0 { Glibc.close(fd); return -1 }
+        return fd
     }
 }
 

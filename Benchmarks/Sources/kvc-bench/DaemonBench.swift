@@ -99,15 +99,11 @@ struct DaemonBench: ParsableCommand {
             connected.enter(); finished.enter()
             Thread {
                 defer { finished.leave() }
-                let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-                defer { Glibc.close(fd) }
-                var addr = sockaddr_un()
-                addr.sun_family = sa_family_t(AF_UNIX)
-                withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in socket.utf8.enumerated() { p[i] = b } }
-                let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+                let fd = BenchDaemon.connectUnix(socket)
+                defer { if fd >= 0 { Glibc.close(fd) } }
                 connected.leave()
                 go.wait()
-                guard rc == 0 else { results.add([], failures: requests); return }
+                guard fd >= 0 else { results.add([], failures: requests); return }
                 var mine: [Double] = []
                 var bad = 0
                 var buf = [UInt8](repeating: 0, count: 65536)
