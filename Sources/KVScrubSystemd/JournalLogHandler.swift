@@ -98,6 +98,7 @@ public enum KVScrubMessageID {
         "evicted": "c3b1e7f9a2d44c6e8b0a1f3d5e7c9b12",
         "scrub-pass-finished": "1e9d7c5b3a2f4e6d8c0b9a7f5e3d1c23",
         "budget-exceeded": "9b8a7c6d5e4f4a3b9c2d1e0f8a7b6c54",
+        "regret": "66257d03c5044d388335df09b6fbf60d",
     ]
 
     public static func id(forEvent event: String) -> String? { byEvent[event] }
