@@ -22,7 +22,8 @@ public final class DaemonMetrics: Sendable {
     private let counters = Mutex<[String: Metrics.Counter]>([:])
     private let meters = Mutex<[String: Metrics.Meter]>([:])
 
-    static let verdicts = ["ok", "incompatible", "unverified"]
+    // "corrupt" stays in the index only under dry_run (otherwise it is removed at once).
+    static let verdicts = ["ok", "corrupt", "incompatible", "unverified"]
     static let versions = ["1", "2", "unknown"]
     static let regions = Region.allCases.map(\.rawValue) + ["unknown"]
     static let causes = ["budget", "free-space", "incompatible"]

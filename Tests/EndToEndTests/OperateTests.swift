@@ -151,6 +151,20 @@ import Glibc
         d.stop()
     }
 
+    @Test func metrics_underDryRun_showTheCorruptFileStillThere() throws {
+        let (root, cache, names) = try Self.cacheWith(2, payload: 256 << 10)
+        Damage.edit(cache + "/" + names[1]) { $0[$0.count / 2] ^= 1 }
+        let d = try DaemonProcess(root: root, extra: ["--dry-run", "--scrub-rate-mbps", "0"])
+        try waitUntil("the pass over", timeout: 15) { try d.status().scrub.lastPass != nil }
+        let m = try Self.promParse(try Tool.run("kvscrubd", ["metrics", "--socket", d.socket]).stdout)
+        #expect(m["kvscrubd_files|verdict=corrupt,version=2"] == 1, "\(m.filter { $0.key.hasPrefix("kvscrubd_files") })")
+        #expect(m["kvscrubd_files|verdict=ok,version=2"] == 1)
+        #expect(m["kvscrubd_corrupt_found_total|region=payload"] == 1)
+        #expect(m["kvscrubd_corrupt_removed_total|region=payload"] == 0)
+        #expect(FileManager.default.fileExists(atPath: cache + "/" + names[1]))
+        d.stop()
+    }
+
     /// Runs Debian's python3-prometheus-client parser over the text; returns "name|labels" -> value.
     static func promParse(_ text: String) throws -> [String: Double] {
         let script = """
