@@ -76,6 +76,11 @@ import Glibc
             Issue.record("still corrupt: \(stillCorrupt().map { "\($0) (\(injected[$0]!))" })")
         }
 
+        // Stop the daemon first: the log and the directory are then read in one final
+        // state (a timer eviction between reading the log and listing the files would
+        // otherwise look like a file vanishing without a logged removal).
+        let s = d.stop()
+        #expect(s.status == 0)
         let removedCorrupt = Set(d.events("corrupt-removed").compactMap { $0["file"] })
         let evicted = Set(d.events("evicted").compactMap { $0["file"] })
         // No good file is ever removed as corrupt.
@@ -102,8 +107,6 @@ import Glibc
         }
         let final = try Tool.run("kvscrubd", ["verify", "--json", d.cache])
         #expect(((final.json as? [String: Any])?["summary"] as? [String: Int])?["corrupt"] == 0, "\(final.stdout.prefix(2000))")
-        let s = d.stop()
-        #expect(s.status == 0)
     }
 
     /// Damages one region in place; false when the file vanished first.
