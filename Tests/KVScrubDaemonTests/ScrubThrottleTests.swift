@@ -82,7 +82,9 @@ import Glibc
         let p = try makeFile(dir, seed: 4)
         let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 1; return c }())
         let stop = StopFlag()
-        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { stop.set() }
+        // A thread of its own: under a loaded suite the global queue can start a block late,
+        // and the test would then time the queue, not the throttle.
+        Thread { Thread.sleep(forTimeInterval: 0.3); stop.set() }.start()
         let t0 = ContinuousClock.now
         #expect(throws: ScrubThrottle.ScrubStopped.self) {
             try Verifier(observer: ScrubThrottle(state: state, stopping: stop)).verify(path: p)
