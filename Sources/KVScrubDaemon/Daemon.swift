@@ -190,15 +190,11 @@ public final class Daemon: Sendable {
                 nextStatus = now + .seconds(2)
             }
             guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            // The timer, or `evict-now` (answered once an evaluation that began after the request is done).
             let asked = evictAsked.withLock { $0 }
-            if asked != evictDone.withLock({ $0 }) {
+            if now >= nextEvict || asked != evictDone.withLock({ $0 }) {
                 evictor.evaluate(directory: dir)
                 evictDone.withLock { $0 = asked }
-                nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
-                continue
-            }
-            if now >= nextEvict {
-                evictor.evaluate(directory: dir)
                 nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
                 continue
             }
@@ -377,16 +373,16 @@ public final class Daemon: Sendable {
             return ControlResponse(ok: true, verdicts: verdicts)
         case "evict-now":
             // Counted before asking: the maintenance thread may evict before this line would run again.
-            let before = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes) }
+            let before = state.with { $0.counters.evictedFiles }
             let ticket = evictAsked.withLock { $0 += 1; return $0 }
             watcher.wake()
             let deadline = ContinuousClock.now + .seconds(10)
             while evictDone.withLock({ $0 }) < ticket && ContinuousClock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(5))
             }
-            let after = state.with { ($0.counters.evictedBudget + $0.counters.evictedFreeSpace + $0.counters.evictedIncompatible, $0.totalBytes, $0.config.budgetBytes) }
+            let after = state.with { ($0.counters.evictedFiles, $0.totalBytes, $0.config.budgetBytes) }
             guard evictDone.withLock({ $0 }) >= ticket else { return .failure("the maintenance loop did not get to it within 10 s; see 'kvscrubd status'") }
-            return ControlResponse(ok: true, message: "evaluated: \(after.0 - before.0) files evicted; \(after.1) bytes in the cache" +
+            return ControlResponse(ok: true, message: "evaluated: \(after.0 - before) files evicted; \(after.1) bytes in the cache" +
                                    (after.2 > 0 ? " (budget \(after.2))" : " (no budget)"))
         default:
             return .failure("unknown command '\(request.cmd)'")
@@ -399,7 +395,7 @@ public final class Daemon: Sendable {
             let gib = { (b: UInt64) in String(format: "%.1f", Double(b) / 1073741824) }
             var line = "\(s.index.count) files, \(gib(s.totalBytes))/" + (s.config.budgetMB > 0 ? "\(gib(s.config.budgetBytes)) GiB" : "unlimited")
             if s.scrub.passStartedAt != nil {
-                let total = s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count
+                let total = s.passFilesTotal
                 let pct = total > 0 ? s.scrub.filesDone * 100 / total : 100
                 line += ", scrub \(pct)% at \(Int(s.scrubRate / 1e6)) MB/s"
             } else {
@@ -421,27 +417,23 @@ public final class Daemon: Sendable {
             var eta: Double? = nil
             let now = Date().timeIntervalSince1970
             if let started = s.scrub.passStartedAt {
-                let remaining = s.index.filter { s.scrub.cursor == nil || $0.key > s.scrub.cursor! }.values.reduce(UInt64(0)) { $0 + $1.fileSize }
-                var paused = s.scrub.pausedSeconds ?? 0
-                if s.scrub.paused == true, let at = s.scrub.pausedAt { paused += max(0, now - max(at, started)) }
-                let active = max(0, now - started - paused)
+                let remaining = s.passBytesLeft
+                let active = max(0, now - started - s.pausedSecondsInPass(now: now))
                 var rate = active > 1 && s.scrub.bytesDone > 0 ? Double(s.scrub.bytesDone) / active : s.scrubRate
                 if c.scrubRateMBps > 0 { rate = rate > 0 ? min(rate, c.scrubRateMBps * 1e6) : c.scrubRateMBps * 1e6 }
                 if rate > 0 { eta = Double(remaining) / rate }
             }
             let lastStart = max(s.scrub.lastPass?.startedAt ?? 0, s.scrub.lastCancelledAt ?? 0)
             let nextPass = s.scrub.passStartedAt == nil ? (lastStart > 0 ? lastStart : s.startedAt) + c.scrubIntervalHours * 3600 : nil
-            var pausedSeconds = s.scrub.pausedSeconds ?? 0
-            if s.scrub.paused == true, let at = s.scrub.pausedAt, let started = s.scrub.passStartedAt { pausedSeconds += max(0, now - max(at, started)) }
             return StatusReport(
                 state: s.phase, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
                 filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.index.values.filter { $0.unusable != nil }.count,
                 scrub: .init(active: s.scrub.passStartedAt != nil, filesDone: s.scrub.filesDone,
-                             filesTotal: s.scrub.passStartedAt != nil ? s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count : filesTotal,
+                             filesTotal: s.scrub.passStartedAt != nil ? s.passFilesTotal : filesTotal,
                              bytesDone: s.scrub.bytesDone, bytesTotal: bytesTotal, rateBytesPerSecond: s.scrubRate, limitMBps: c.scrubRateMBps,
                              etaSeconds: eta, current: s.scrubbing, passStartedAt: s.scrub.passStartedAt, nextPassAt: nextPass,
-                             lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: pausedSeconds,
+                             lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
                              lastCancelledAt: s.scrub.lastCancelledAt),
                 counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now))
         }
@@ -481,7 +473,7 @@ public final class Daemon: Sendable {
             why.append(String(format: "score %.6g = (decayed hits %.3f + 1) × %.4g tokens per byte", e.score, e.effectiveHits, e.tokensPerByte)
                        + (e.anchorFactor > 1 ? " × \(Int(e.anchorFactor)) (a \(e.reason ?? "?") checkpoint is an anchor)" : ""))
             if let hits = e.hits, let idle = e.idleSeconds {
-                why.append(String(format: "%u hits, last used %@ ago: hits halve every 6 h idle, so they count as %.3f now", hits, Self.duration(Double(idle)), e.effectiveHits))
+                why.append(String(format: "%u hits, last used %@ ago: hits halve every 6 h idle, so they count as %.3f now", hits, DurationText.short(Double(idle)), e.effectiveHits))
             }
             if e.reason == "continued" && e.anchorFactor == 1 { why.append("a continued checkpoint is a waypoint, not an anchor: no 2× prior") }
             if let by = supersededBy { why.append("superseded: \(by) extends its text, so the engine's pre-store pass scored it down to 5–50 % when that file arrived") }
@@ -507,17 +499,9 @@ public final class Daemon: Sendable {
         var advice: String? = nil
         if day.count >= 3 {
             let mib = (bytes + (1 << 20) - 1) >> 20
-            advice = "the budget is too small: \(day.count) regrets in the last day (evicted checkpoints the engine wrote again within \(Self.duration(s.config.regretWindowHours * 3600))); about \(mib) MiB more budget would have kept them"
+            advice = "the budget is too small: \(day.count) regrets in the last day (evicted checkpoints the engine wrote again within \(DurationText.short(s.config.regretWindowHours * 3600))); about \(mib) MiB more budget would have kept them"
         }
         return StatusReport.Regret(windowHours: s.config.regretWindowHours, lastDay: day.count, lastDayBytes: bytes,
                                    total: s.counters.regrets ?? 0, advice: advice)
-    }
-
-    static func duration(_ seconds: Double) -> String {
-        let s = Int(seconds)
-        if s < 120 { return "\(s) s" }
-        if s < 7200 { return "\(s / 60) min" }
-        if s < 172800 { return String(format: "%.1f h", seconds / 3600) }
-        return "\(s / 86400) d"
     }
 }

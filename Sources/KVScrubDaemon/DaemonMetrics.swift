@@ -84,7 +84,7 @@ public final class DaemonMetrics: Sendable {
             var snap = Snapshot(counters: s.counters, budget: s.config.budgetBytes, free: s.freeBytes, fsBytes: s.fsBytes,
                                 rate: s.scrubRate, limit: s.config.scrubRateMBps * 1e6, lastPassEnd: s.scrub.lastPass?.endedAt,
                                 paused: s.scrub.paused == true, passActive: s.scrub.passStartedAt != nil, passDone: s.scrub.filesDone,
-                                passTotal: s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count,
+                                passTotal: s.passFilesTotal,
                                 regretsLastDay: s.regretLog.filter { now - $0.at <= 86400 }.count)
             for e in s.index.values {
                 let verdict = e.unusable != nil ? "incompatible" : (s.verdicts[e.fileName].map { $0 == .ok ? "ok" : $0.rawValue } ?? "unverified")

@@ -25,6 +25,18 @@ public final class DaemonState: Sendable {
         public var inotifyEvents: UInt64 = 0
         public var rescans: UInt64 = 0
         public var errors: UInt64 = 0
+
+        public var evictedFiles: UInt64 { evictedBudget + evictedFreeSpace + evictedIncompatible }
+
+        /// One corrupt file found in `region`, and removed (or quarantined) or not.
+        mutating func countCorrupt(region: String, removed: Bool) {
+            corruptFound += 1
+            corruptFoundByRegion = (corruptFoundByRegion ?? [:]).merging([region: 1], uniquingKeysWith: +)
+            if removed {
+                corruptRemoved += 1
+                corruptRemovedByRegion = (corruptRemovedByRegion ?? [:]).merging([region: 1], uniquingKeysWith: +)
+            }
+        }
     }
 
     public struct PassSummary: Codable, Sendable, Equatable {
@@ -133,6 +145,22 @@ public final class DaemonState: Sendable {
             if recentEvictions.count > 10_000 || recentEvictions.values.contains(where: { now - $0.at > window }) {
                 recentEvictions = recentEvictions.filter { now - $0.value.at <= window }
             }
+        }
+
+        /// Whether the pass in progress has still to verify `name` (it walks names in order after the cursor).
+        func isLeftInPass(_ name: String) -> Bool { scrub.cursor.map { name > $0 } ?? true }
+
+        /// Files of the pass in progress, done and still to do.
+        var passFilesTotal: Int { scrub.filesDone + index.keys.filter(isLeftInPass).count }
+
+        /// Bytes the pass in progress has still to read.
+        var passBytesLeft: UInt64 { index.filter { isLeftInPass($0.key) }.values.reduce(0) { $0 + $1.fileSize } }
+
+        /// Seconds the pass in progress has spent paused, the current pause included.
+        func pausedSecondsInPass(now: Double) -> Double {
+            var paused = scrub.pausedSeconds ?? 0
+            if scrub.paused == true, let at = scrub.pausedAt, let started = scrub.passStartedAt { paused += max(0, now - max(at, started)) }
+            return paused
         }
 
         mutating func noteError(_ message: String) {

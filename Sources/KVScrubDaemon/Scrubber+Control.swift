@@ -15,7 +15,7 @@ extension Scrubber {
         let now = Date().timeIntervalSince1970
         let running = state.with { s -> (Int, Int)? in
             guard s.scrub.passStartedAt != nil else { return nil }
-            return (s.scrub.filesDone, s.scrub.filesDone + s.index.keys.filter { s.scrub.cursor == nil || $0 > s.scrub.cursor! }.count)
+            return (s.scrub.filesDone, s.passFilesTotal)
         }
         if let (done, total) = running {
             throw ControlRefusal(description: "a scrub pass is already running (\(done) of \(total) files); 'kvscrubd scrub cancel' ends it")

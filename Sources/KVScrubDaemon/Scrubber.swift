@@ -69,11 +69,11 @@ public final class Scrubber: Sendable {
                 scrub(name, in: dir, partOfPass: false)
                 continue
             }
-            let (passActive, cursor, lastStart) = state.with {
-                ($0.scrub.passStartedAt != nil, $0.scrub.cursor, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
+            let (passActive, lastStart) = state.with {
+                ($0.scrub.passStartedAt != nil, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
             }
             if passActive {
-                if let next = state.with({ s in s.index.keys.filter { cursor == nil || $0 > cursor! }.min() }) {
+                if let next = state.with({ s in s.index.keys.filter(s.isLeftInPass).min() }) {
                     scrub(next, in: dir, partOfPass: true)
                 } else {
                     finishPass(now: now)
@@ -178,8 +178,7 @@ public final class Scrubber: Sendable {
         let region = first?.region.rawValue ?? "unknown"
         if config.dryRun {
             state.with { s in
-                s.counters.corruptFound += 1
-                s.counters.corruptFoundByRegion = (s.counters.corruptFoundByRegion ?? [:]).merging([region: 1], uniquingKeysWith: +)
+                s.counters.countCorrupt(region: region, removed: false)
                 if partOfPass { s.scrub.corruptFound += 1 }
             }
             logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
@@ -206,10 +205,7 @@ public final class Scrubber: Sendable {
                 let confirmed = p?.region.rawValue ?? region
                 state.with { s in
                     s.remove(report.name)
-                    s.counters.corruptFound += 1
-                    s.counters.corruptRemoved += 1
-                    s.counters.corruptFoundByRegion = (s.counters.corruptFoundByRegion ?? [:]).merging([confirmed: 1], uniquingKeysWith: +)
-                    s.counters.corruptRemovedByRegion = (s.counters.corruptRemovedByRegion ?? [:]).merging([confirmed: 1], uniquingKeysWith: +)
+                    s.counters.countCorrupt(region: confirmed, removed: true)
                     if partOfPass { s.scrub.corruptFound += 1; s.scrub.removed += 1 }
                 }
                 logger.warning(quarantine == nil ? "corrupt file removed" : "corrupt file moved to quarantine", metadata: m)

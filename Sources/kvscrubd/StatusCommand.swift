@@ -88,10 +88,10 @@ enum StatusText {
         scrubRows(s.scrub, row)
         let c = s.counters
         row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)")
-        row("evicted", "\(c.evictedBudget + c.evictedFreeSpace + c.evictedIncompatible) files, \(Output.bytes(c.evictedBytes)) " +
+        row("evicted", "\(c.evictedFiles) files, \(Output.bytes(c.evictedBytes)) " +
             "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
         if let r = s.regret {
-            row("regret", "\(r.lastDay) in the last day, \(r.total) all time (evicted, then written again within \(duration(r.windowHours * 3600)))")
+            row("regret", "\(r.lastDay) in the last day, \(r.total) all time (evicted, then written again within \(DurationText.short(r.windowHours * 3600)))")
             if let advice = r.advice { row("advice", advice) }
         }
         row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
@@ -107,27 +107,19 @@ enum StatusText {
             line += String(format: "%d of %d files (%.0f%%), %@ of %@", sc.filesDone, sc.filesTotal, done, Output.bytes(sc.bytesDone), Output.bytes(sc.bytesTotal))
             if !sc.paused { line += String(format: ", %@/s", Output.bytes(UInt64(sc.rateBytesPerSecond))) }
             line += " (\(limit))"
-            if let eta = sc.etaSeconds { line += ", " + duration(eta) + (sc.paused ? " of scrubbing to go once resumed" : " to go") }
-            if sc.pausedSeconds >= 1 { line += ", paused " + duration(sc.pausedSeconds) + " so far" }
+            if let eta = sc.etaSeconds { line += ", " + DurationText.short(eta) + (sc.paused ? " of scrubbing to go once resumed" : " to go") }
+            if sc.pausedSeconds >= 1 { line += ", paused " + DurationText.short(sc.pausedSeconds) + " so far" }
             row("scrub", line)
         } else if sc.paused {
             row("scrub", "PAUSED (no pass running; new files wait too) (\(limit))")
         } else if let next = sc.nextPassAt {
-            row("scrub", "idle; next pass in " + duration(max(0, next - Date().timeIntervalSince1970)) + " (\(limit))")
+            row("scrub", "idle; next pass in " + DurationText.short(max(0, next - Date().timeIntervalSince1970)) + " (\(limit))")
         }
         if let last = sc.lastPass {
-            row("last pass", "finished \(duration(Date().timeIntervalSince1970 - last.endedAt)) ago in \(duration(last.endedAt - last.startedAt)): " +
+            row("last pass", "finished \(DurationText.short(Date().timeIntervalSince1970 - last.endedAt)) ago in \(DurationText.short(last.endedAt - last.startedAt)): " +
                 "\(last.files) files, \(Output.bytes(last.bytes)), \(last.corruptFound) corrupt, \(last.removed) removed")
         } else {
             row("last pass", "none yet")
         }
-    }
-
-    static func duration(_ seconds: Double) -> String {
-        let s = Int(seconds.rounded())
-        if s < 60 { return "\(s)s" }
-        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
-        if s < 86400 { return "\(s / 3600)h\((s % 3600) / 60)m" }
-        return "\(s / 86400)d\((s % 86400) / 3600)h"
     }
 }

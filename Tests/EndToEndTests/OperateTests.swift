@@ -32,7 +32,7 @@ import Glibc
     }
 
     @Test func scrubControl_pauseResumeCancelStart_andStateSurvivesARestart() throws {
-        let (root, cache, _) = try Self.cacheWith(6, payload: 2 << 20)
+        let (root, _, _) = try Self.cacheWith(6, payload: 2 << 20)
         // 4 MB/s over ~12.6 MB: a pass takes about 3 s, long enough to steer.
         var d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "4"])
         let sock = ["--socket", d.socket]
@@ -351,7 +351,7 @@ import Glibc
     }
 
     @Test func hundredClients_hundredRequestsEach_whileAScrubRuns() throws {
-        let (root, cache, _) = try Self.cacheWith(20, payload: 1 << 20)
+        let (root, _, _) = try Self.cacheWith(20, payload: 1 << 20)
         let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "5"])
         try waitUntil("a scrub running", timeout: 10) { try d.status().scrub.active }
         let latencies = Mutexed([Double]())
