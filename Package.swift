@@ -26,10 +26,13 @@ let package = Package(
             pkgConfig: "libisal",
             providers: [.apt(["libisal-dev"])]
         ),
+        // renameat2(RENAME_NOREPLACE) for the format module's removal protocol.
+        .target(name: "CKVCLinux"),
         .target(
             name: "KVCFormat",
             dependencies: [
                 "CISAL",
+                "CKVCLinux",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -1,37 +1,56 @@
+import CKVCLinux
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Removing a corrupt checkpoint without ever removing a good one.
+/// Removing a corrupt checkpoint without ever removing a good one, next to an
+/// engine that takes no locks (kvc-format.md revision 2, "Removing a file as
+/// corrupt").
 ///
-/// A verdict reached while the engine may be writing proves nothing about
-/// the header or the trailer, and a name may be re-pointed at a fresh inode
-/// by the engine's rename at any moment. So the removal protocol is:
+/// The engine rewrites a checkpoint's header (touch) and its trailer (tool
+/// map: truncate, write, header) in place, and renames fresh stores over the
+/// name, all at any moment and without telling anyone. A verdict reached while
+/// that happens proves nothing. Nothing the engine does can be excluded, so
+/// safety comes from what can be observed, `FileStamp` (inode, size, mtime,
+/// ctime), and from an atomic take-away:
 ///
-/// 1. open the name relative to the directory descriptor, without following
-///    links, and require the inode the earlier check examined;
-/// 2. take the file's exclusive `flock`: the engine's in-place writers (and
-///    our loader) take the same lock, so none is half way through a write and
-///    none can start one;
-/// 3. verify the whole file again on that descriptor, holding the lock;
-/// 4. only if it is still corrupt, and the name still names that inode,
-///    `unlinkat` it (or `renameat` it into a quarantine directory), still
-///    holding the lock.
+/// 1. A full verification found damage, and the stamp was the same before
+///    the first byte and after the last (`VerifyReport.unchangedDuringRead`).
+/// 2. The file has then been left alone for a settle time (nothing changed
+///    its stamp for that long, so no rewrite is half done), and a second full
+///    verification, begun after that, finds damage again with the stamp still
+///    the one of the first verdict.
+/// 3. The name is taken away atomically: renamed to a private name in the same
+///    directory (`CheckpointName.takenAwayName`), and the inode under the
+///    private name is checked to be the one verified. Only then is it
+///    unlinked, or moved to a quarantine directory. If the rename took
+///    another inode (the engine renamed a new store in after step 2), it is
+///    put back with `renameat2(RENAME_NOREPLACE)`, so a newer store is never
+///    overwritten either.
 ///
-/// Between the identity check in 4 and the unlink, the engine could rename a
-/// new file over the name; Linux has no "unlink if inode" call. The window is
-/// two system calls wide, and such a store would re-create a checkpoint the
-/// engine can write again; everything else is excluded.
+/// After step 3's rename nothing the engine does can reach the file we hold:
+/// a store makes a new inode under the old name, a touch by path opens that
+/// new inode. A crash between the rename and the unlink leaves a private name
+/// behind; `recoverTakenAway` settles it at the next start.
+///
+/// The rename changes the inode's ctime, so step 3 compares identity, size
+/// and mtime only.
 extension CacheDirectory {
     public enum SafeRemovalOutcome: Sendable {
         case removed(VerifyReport)
         case quarantined(VerifyReport, to: String)
-        /// With writers excluded the file is not corrupt: it stays.
+        /// The second look found no damage: it stays.
         case notCorrupt(VerifyReport)
+        /// The file changed since the first verdict, or during the second read: nothing is proven; check it again later.
+        case changed
+        /// The file has not yet been left alone for the settle time; ask again after `seconds`.
+        case notSettled(seconds: Double)
         /// The name now names another inode (or is no regular file): it stays, to be checked afresh.
         case replaced
         case vanished
+        /// Proven corrupt, but the move into quarantine failed: put back under its name, where it stays.
+        case keptInPlace(VerifyReport, why: String)
     }
 
     public struct Quarantine {
@@ -40,42 +59,137 @@ extension CacheDirectory {
         public init(fd: FileDescriptor, path: String) { self.fd = fd; self.path = path }
     }
 
-    public func removeIfCorrupt(name: String, identity: FileIdentity, verifier: Verifier,
-                                lockTimeout: Duration = .seconds(10), quarantine: Quarantine? = nil) throws -> SafeRemovalOutcome {
+    /// What to do with a file once it is proven corrupt and taken away.
+    public enum Disposal {
+        case unlink
+        case quarantine(Quarantine)
+    }
+
+    /// Seconds still to wait before a file last changed at `stamp` has been left alone for `settle` seconds.
+    public static func settleRemaining(_ stamp: FileStamp, settle: Double, now: Double) -> Double {
+        max(0, stamp.lastChange + settle - now)
+    }
+
+    /// Steps 2 and 3 of the removal rule for a file `first` found corrupt.
+    /// Never waits: when the file has not settled yet it says how long to wait.
+    /// `decide` is asked once the second look has proven the damage: how to
+    /// dispose of the file, or nil to keep it in place (what it returns is
+    /// carried out only if the take-away holds the verified inode).
+    public func removeIfCorrupt(name: String, first: VerifyReport, verifier: Verifier, settle: Double,
+                                now: () -> Double, decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
         guard !name.contains("/"), CheckpointName.isCheckpoint(name) else {
             throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a checkpoint's")
         }
-        let before: FileStatus
-        do { before = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+        guard first.verdict == .corrupt, first.unchangedDuringRead, let stamp = first.after else { return .changed }
+        let current: FileStatus
+        do { current = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
             return .vanished
         }
-        guard before.isRegular else { return .replaced }
+        guard current.isRegular, current.identity == stamp.identity else { return .replaced }
+        guard current.stamp == stamp else { return .changed }
+        let wait = CacheDirectory.settleRemaining(stamp, settle: settle, now: now())
+        guard wait == 0 else { return .notSettled(seconds: wait) }
         let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
-        let st = try file.status()
-        guard st.isRegular, st.device == identity.device, st.inode == identity.inode else { return .replaced }
-        try file.lock(exclusive: true, timeout: lockTimeout)
-        defer { file.unlock() }
-        var locked = verifier
-        locked.options.confirmUnderLock = false // we hold the exclusive lock: this look is the confirmed one
-        var report = try locked.verify(file, name: name)
-        report.confirmedUnderLock = true
-        guard report.verdict == .corrupt else { return .notCorrupt(report) }
-        let now: FileStatus
-        do { now = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
-            return .vanished
-        }
-        guard now.isRegular, now.device == identity.device, now.inode == identity.inode else { return .replaced }
-        if let quarantine {
-            guard renameat(fd.rawValue, name, quarantine.fd.rawValue, name) == 0 else {
-                throw KVCError.io(Errno(rawValue: errno), path: pathOf(name), "cannot move into quarantine \(quarantine.path)")
-            }
-            return .quarantined(report, to: quarantine.path + "/" + name)
-        }
-        guard unlinkat(fd.rawValue, name, 0) == 0 else {
+        guard try file.status().stamp == stamp else { return .changed }
+        let second = try verifier.verify(file, name: name)
+        guard second.unchangedDuringRead, second.before == stamp else { return .changed }
+        guard second.verdict == .corrupt else { return .notCorrupt(second) }
+        guard let disposal = decide(second) else { return .keptInPlace(second, why: "held back: nothing to move it to") }
+        return try takeAway(name: name, stamp: stamp, report: second, disposal: disposal)
+    }
+
+    /// Step 3: rename to the private name, check it is the verified inode, then dispose of it.
+    func takeAway(name: String, stamp: FileStamp, report: VerifyReport, disposal: Disposal) throws -> SafeRemovalOutcome {
+        let taken = CheckpointName.takenAwayName(for: name, inode: stamp.identity.inode)
+        guard renameat(fd.rawValue, name, fd.rawValue, taken) == 0 else {
             let e = Errno(rawValue: errno)
             if e == .noSuchFileOrDirectory { return .vanished }
-            throw KVCError.io(e, path: pathOf(name), "cannot remove")
+            throw KVCError.io(e, path: pathOf(name), "cannot rename to \(taken)")
         }
-        return .removed(report)
+        let held = try FileStatus.of(name: taken, in: fd, dirPath: path)
+        guard held.identity == stamp.identity, held.size == stamp.size, held.modifiedAtNanos == stamp.modifiedAtNanos else {
+            // Not the file verified: the engine stored a new one after the second look. Put it back, never over a newer one.
+            try putBack(taken, as: name)
+            return .replaced
+        }
+        switch disposal {
+        case .unlink:
+            guard unlinkat(fd.rawValue, taken, 0) == 0 else {
+                let e = Errno(rawValue: errno)
+                try? putBack(taken, as: name)
+                throw KVCError.io(e, path: pathOf(taken), "cannot remove")
+            }
+            return .removed(report)
+        case .quarantine(let q):
+            do {
+                let to = try moveIntoQuarantine(taken, as: name, inode: stamp.identity.inode, quarantine: q)
+                return .quarantined(report, to: to)
+            } catch {
+                try putBack(taken, as: name)
+                return .keptInPlace(report, why: "\(error)")
+            }
+        }
+    }
+
+    /// Renames a private name back to its checkpoint name, unless that name is taken meanwhile.
+    func putBack(_ taken: String, as name: String) throws {
+        guard kvc_rename_noreplace(fd.rawValue, taken, fd.rawValue, name) == 0 else {
+            throw KVCError.io(Errno(rawValue: errno), path: pathOf(taken), "cannot put back as \(name)")
+        }
+    }
+
+    /// Moves a held file into quarantine as `<name>`, or `<name>.<inode>` when that is taken; returns its new path.
+    func moveIntoQuarantine(_ taken: String, as name: String, inode: UInt64, quarantine q: Quarantine) throws -> String {
+        for target in [name, "\(name).\(inode)"] {
+            if kvc_rename_noreplace(fd.rawValue, taken, q.fd.rawValue, target) == 0 { return q.path + "/" + target }
+            let e = Errno(rawValue: errno)
+            if e != .fileExists { throw KVCError.io(e, path: pathOf(taken), "cannot move into quarantine \(q.path)") }
+        }
+        throw KVCError(.io, path: pathOf(taken), "quarantine \(q.path) already holds \(name) and \(name).\(inode)")
+    }
+
+    public enum LeftoverOutcome: Sendable, Equatable {
+        case removed(String)
+        case quarantined(String, to: String)
+        /// It verified ok (or could not be proven corrupt): back under its checkpoint name.
+        case putBack(String)
+        /// Could not be settled (its name is taken by a newer file and no quarantine took it): left under its private name.
+        case left(String, why: String)
+    }
+
+    /// Settles a private name a crash left behind (start-up): verified again;
+    /// proven corrupt (an undisturbed read) it is disposed of, otherwise it
+    /// goes back under its name. A good leftover whose name a newer store now
+    /// holds is an older copy of the same text: it goes to quarantine, or stays.
+    public func recoverTakenAway(_ taken: String, verifier: Verifier, disposal: Disposal) -> LeftoverOutcome {
+        guard let name = CheckpointName.originalName(ofTakenAway: taken) else { return .left(taken, why: "not a private name") }
+        do {
+            let file = try CheckpointFile.open(in: fd, name: taken, dirPath: path, flags: O_RDONLY)
+            let report = try verifier.verify(file, name: name)
+            if report.verdict == .corrupt && report.unchangedDuringRead {
+                switch disposal {
+                case .unlink:
+                    guard unlinkat(fd.rawValue, taken, 0) == 0 else {
+                        throw KVCError.io(Errno(rawValue: errno), path: pathOf(taken), "cannot remove")
+                    }
+                    return .removed(name)
+                case .quarantine(let q):
+                    let to = try moveIntoQuarantine(taken, as: name, inode: report.identity?.inode ?? 0, quarantine: q)
+                    return .quarantined(name, to: to)
+                }
+            }
+            do {
+                try putBack(taken, as: name)
+                return .putBack(name)
+            } catch let e as KVCError where e.errno == .fileExists {
+                if case .quarantine(let q) = disposal {
+                    let to = try moveIntoQuarantine(taken, as: name, inode: report.identity?.inode ?? 0, quarantine: q)
+                    return .quarantined(name, to: to)
+                }
+                return .left(taken, why: "\(name) now holds a newer file")
+            }
+        } catch {
+            return .left(taken, why: "\(error)")
+        }
     }
 }

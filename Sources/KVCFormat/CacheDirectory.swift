@@ -44,35 +44,48 @@ public final class CacheDirectory: Sendable {
         public var entries: [CacheEntry] = []
         /// Directory entries that are not checkpoints, with the reason.
         public var ignored: [(name: String, reason: String)] = []
-        /// Checkpoints that could not be read (permission, I/O), with the error.
+        /// Checkpoints that could not be read (permission, I/O), with the error. Each is
+        /// also in `entries`, unusable, with its `stat` size: it still takes space.
         public var errors: [KVCError] = []
+        /// kvscrubd's private names (`CheckpointName.takenAwayName`): removals a crash interrupted.
+        public var takenAway: [String] = []
+        /// The engine ABI the entries were judged against.
+        public var engineABI: EngineABI.Resolution = .init(abi: nil, source: "none yet")
     }
 
     /// Reads every checkpoint's prologue: the start-up scan. Text and payload
-    /// are not touched.
-    public func scan() throws -> Scan {
+    /// are not touched. With `.auto`, the ABI in force is learned from the
+    /// headers read, then every entry is judged against it.
+    public func scan(engineABI: EngineABI = .auto) throws -> Scan {
         var s = Scan()
         for name in try names() {
+            if CheckpointName.isTakenAway(name) { s.takenAway.append(name); continue }
             do {
-                if let entry = try entry(named: name) { s.entries.append(entry) } else {
+                if let entry = try entry(named: name, engineABI: nil) { s.entries.append(entry) } else {
                     let st = try FileStatus.of(name: name, in: fd, dirPath: path)
                     s.ignored.append((name, Verifier.ignoreReason(name: name, status: st) ?? "not a checkpoint"))
                 }
             } catch let e as KVCError {
                 if e.errno == .noSuchFileOrDirectory { continue } // removed while we listed: not an error
                 s.errors.append(e)
+                if let st = try? FileStatus.of(name: name, in: fd, dirPath: path), st.isRegular,
+                   let u = CacheEntry.unreadable(name: name, status: st, error: e) {
+                    s.entries.append(u)
+                }
             }
         }
+        s.engineABI = engineABI.resolve(entries: s.entries)
+        s.entries = s.entries.map { $0.judged(engineABI: s.engineABI.abi) }
         return s
     }
 
     /// The index entry for one name, or nil when the name or file type is not a checkpoint's.
-    public func entry(named name: String) throws -> CacheEntry? {
+    public func entry(named name: String, engineABI: UInt8?) throws -> CacheEntry? {
         guard !name.contains("/"), let sha = CheckpointName.sha(of: name) else { return nil }
         let st = try FileStatus.of(name: name, in: fd, dirPath: path)
         guard st.isRegular else { return nil }
         let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
-        return try CacheEntry.read(file, sha: sha)
+        return try CacheEntry.read(file, name: name, sha: sha, engineABI: engineABI)
     }
 
     /// Verifies one name in this directory.
@@ -95,13 +108,12 @@ public final class CacheDirectory: Sendable {
         case replaced
     }
 
-    /// Removes `name` only if it still names the inode `identity` says.
-    ///
-    /// There is no "unlink if inode" system call, so a replacement can still
-    /// slip in between the check and the unlink; callers that must exclude
-    /// that (removing a corrupt file) hold the file's `flock`, which the
-    /// engine's writers take, and the engine's stores rename a new inode in,
-    /// which this check sees.
+    /// Removes `name` only if it still names the inode `identity` says: for
+    /// eviction, where the file is good and the engine may remove or replace
+    /// it at any moment. There is no "unlink if inode" system call, so a store
+    /// renamed in between the check and the unlink can still be removed; that
+    /// costs a checkpoint the engine can write again, never a verdict. Removing
+    /// a corrupt file takes the stricter road of `removeIfCorrupt`.
     public func remove(name: String, identity: FileIdentity) throws -> RemovalOutcome {
         guard !name.contains("/"), name != ".", name != ".." else {
             throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a plain file name")
@@ -137,7 +149,7 @@ extension CacheDirectory {
     /// The stored text of a checkpoint, read only when its length is at most
     /// `limit` (a damaged length must not cost memory). nil when unreadable or too long.
     public func text(named name: String, limit: Int = 64 << 20) -> [UInt8]? {
-        guard let entry = try? entry(named: name), let h = entry.header, Int(h.textBytes) <= limit else { return nil }
+        guard let entry = try? entry(named: name, engineABI: nil), let h = entry.header, Int(h.textBytes) <= limit else { return nil }
         guard let file = try? CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY) else { return nil }
         guard let t = try? file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes)), t.count == Int(h.textBytes) else { return nil }
         return t

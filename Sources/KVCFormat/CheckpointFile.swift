@@ -106,38 +106,25 @@ struct CheckpointFile: ~Copyable {
         guard fsync(fd.rawValue) == 0 else { throw KVCError.io(Errno(rawValue: errno), path: path, "fsync failed") }
     }
 
-    /// Takes an advisory `flock`. In-place writers take it exclusive; a checker
-    /// takes it shared to exclude them while it confirms a header or trailer
-    /// mismatch. `timeout: nil` waits as long as it takes.
-    func lock(exclusive: Bool, timeout: Duration?) throws {
-        let op = exclusive ? LOCK_EX : LOCK_SH
-        guard let timeout else {
-            while flock(fd.rawValue, op) != 0 {
-                let e = Errno(rawValue: errno)
-                if e != .interrupted { throw KVCError.io(e, path: path, "flock failed") }
-            }
-            return
-        }
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while flock(fd.rawValue, op | LOCK_NB) != 0 {
-            let e = Errno(rawValue: errno)
-            guard e == .wouldBlock || e == .interrupted else { throw KVCError.io(e, path: path, "flock failed") }
-            guard clock.now < deadline else {
-                throw KVCError(.lockTimeout, path: path, "a writer held the file lock for more than \(timeout)")
-            }
-            usleep(2_000)
-        }
-    }
-
-    func unlock() {
-        _ = flock(fd.rawValue, LOCK_UN)
-    }
-
     /// Drops the file's pages from the page cache (`POSIX_FADV_DONTNEED`).
     func dropCache(offset: UInt64, length: UInt64) {
         _ = posix_fadvise(fd.rawValue, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
     }
+}
+
+/// What a reader can observe of a file without any cooperation from its
+/// writers: which inode, how long, and when its data (mtime) and inode
+/// (ctime) last changed. Equal stamps before the first byte and after the
+/// last byte of a read mean no write, truncate or rename touched the file
+/// meanwhile (kvc-format.md revision 2, "Removing a file as corrupt").
+public struct FileStamp: Sendable, Equatable, Hashable, Codable {
+    public var identity: FileIdentity
+    public var size: UInt64
+    public var modifiedAtNanos: Int64
+    public var changedAtNanos: Int64
+
+    /// The last time the file changed in any way, in Unix seconds.
+    public var lastChange: Double { Double(max(modifiedAtNanos, changedAtNanos)) / 1e9 }
 }
 
 /// The parts of `stat` the format module and the daemon act on.
@@ -149,6 +136,9 @@ public struct FileStatus: Sendable, Equatable {
     public var isSymlink: Bool
     public var isDirectory: Bool
     public var modifiedAt: Int64
+    /// mtime and ctime in nanoseconds: an in-place write moves both.
+    public var modifiedAtNanos: Int64
+    public var changedAtNanos: Int64
 
     init(_ st: stat) {
         size = UInt64(max(0, st.st_size))
@@ -159,6 +149,15 @@ public struct FileStatus: Sendable, Equatable {
         isSymlink = fmt == S_IFLNK
         isDirectory = fmt == S_IFDIR
         modifiedAt = Int64(st.st_mtim.tv_sec)
+        modifiedAtNanos = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        changedAtNanos = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+    }
+
+    public var identity: FileIdentity { FileIdentity(device: device, inode: inode) }
+
+    /// What the removal rule compares: identity, size and both times.
+    public var stamp: FileStamp {
+        FileStamp(identity: identity, size: size, modifiedAtNanos: modifiedAtNanos, changedAtNanos: changedAtNanos)
     }
 
     /// `lstat` of a path: what is there, without following a final link.

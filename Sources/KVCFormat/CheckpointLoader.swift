@@ -27,10 +27,8 @@ public struct CheckpointLoader: Sendable {
     /// Reads the checkpoint at `path`. With `verify`, throws `.corrupt` (with
     /// every problem in the message) or `.incompatible` instead of returning damaged bytes.
     public func load(path: String, verify: Bool = true) throws -> Loaded {
+        // No lock, as the engine: a touch or trailer rewrite caught half done reads as damage, as it would for ds4.
         let file = try CheckpointFile.open(path, .readOnly)
-        // Shared lock: a touch or trailer rewrite in progress finishes first, so what we read is whole.
-        try file.lock(exclusive: false, timeout: verifierOptions.lockTimeout)
-        defer { file.unlock() }
         let name = String(path.split(separator: "/").last ?? "")
         let size = try file.size
         let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
@@ -46,9 +44,7 @@ public struct CheckpointLoader: Sendable {
         var checksums = Checksums.none
         var warnings: [Problem] = []
         if verify {
-            var options = verifierOptions
-            options.confirmUnderLock = false // we already hold the shared lock
-            var scan = Scan(options: options, observer: nil)
+            var scan = Scan(options: verifierOptions, observer: nil)
             let exam = try payload.withUnsafeMutableBytes { dest -> Scan.Examination in
                 scan.payloadDestination = dest
                 return try scan.examine(file, name: name)
@@ -94,7 +90,10 @@ public struct CheckpointLoader: Sendable {
         public var quantBits: UInt8
         public var ctxSize: UInt32
         public var rejectDifferentQuant: Bool
-        public init(modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, rejectDifferentQuant: Bool = false) {
+        /// The payload ABI this engine reads (byte 20); nil: any, as upstream ds4 which never reads it.
+        public var payloadABI: UInt8?
+        public init(modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, rejectDifferentQuant: Bool = false, payloadABI: UInt8? = nil) {
+            self.payloadABI = payloadABI
             self.modelID = modelID
             self.quantBits = quantBits
             self.ctxSize = ctxSize
@@ -109,7 +108,7 @@ public struct CheckpointLoader: Sendable {
     /// byte comparison of the stored text.
     public func findTextPrefix(in directory: String, prompt: [UInt8], compatibility c: Compatibility) throws -> CacheEntry? {
         let dir = try CacheDirectory(path: directory)
-        let candidates = try dir.scan().entries.filter { e in
+        let candidates = try dir.scan().entries.map { $0.judged(engineABI: c.payloadABI) }.filter { e in
             guard let h = e.header, e.unusable == nil else { return false }
             return Int(h.textBytes) <= prompt.count && h.textBytes > 0 && h.modelID == c.modelID &&
                 (!c.rejectDifferentQuant || h.quantBits == c.quantBits) && h.ctxSize <= c.ctxSize

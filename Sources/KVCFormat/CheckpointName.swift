@@ -22,6 +22,25 @@ public enum CheckpointName {
 
     public static func fileName(sha: String) -> String { sha + suffix }
 
+    /// The private name a checkpoint is renamed to while kvscrubd removes it:
+    /// `.kvscrubd-taken.<name>.<inode>`. A dot file that no engine generation
+    /// reads as a checkpoint (not 43 bytes, not `<sha>.kv.tmp.`), and that
+    /// carries the original name so a start-up after a crash can put it back.
+    public static let takenAwayPrefix = ".kvscrubd-taken."
+
+    public static func takenAwayName(for name: String, inode: UInt64) -> String { "\(takenAwayPrefix)\(name).\(inode)" }
+
+    public static func isTakenAway(_ name: String) -> Bool { originalName(ofTakenAway: name) != nil }
+
+    /// The checkpoint name a private name was taken from, or nil when `name` is not one of ours.
+    public static func originalName(ofTakenAway name: String) -> String? {
+        guard name.hasPrefix(takenAwayPrefix) else { return nil }
+        let rest = name.dropFirst(takenAwayPrefix.count)
+        guard let dot = rest.lastIndex(of: "."), UInt64(rest[rest.index(after: dot)...]) != nil else { return nil }
+        let original = String(rest[..<dot])
+        return isCheckpoint(original) ? original : nil
+    }
+
     public static func temporaryName(sha: String, pid: Int32) -> String { "\(sha)\(suffix).tmp.\(pid)" }
 
     private static func isHex(_ c: UInt8) -> Bool {

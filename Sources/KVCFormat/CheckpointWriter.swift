@@ -5,8 +5,11 @@ import Glibc
 
 /// Stores a checkpoint as the engine does: write `<sha>.kv.tmp.<pid>`, then
 /// rename it over `<sha>.kv`, so a reader only ever sees a whole file under
-/// the checkpoint's name. The CRCs are computed while the bytes go out and
-/// the header, which holds them, is written last, before the rename.
+/// the checkpoint's name. In the engine's order: the prologue with zero CRCs,
+/// the text, the payload, the trailer, then (v2) the 64 header bytes again
+/// with the CRCs. Where PR #146 reads the payload and trailer back to compute
+/// them, this computes them while the bytes go out: the same bytes on disk,
+/// one read of the payload fewer.
 public struct CheckpointWriter: Sendable {
     public struct Metadata: Sendable {
         public var reason: KVCReason
@@ -19,7 +22,8 @@ public struct CheckpointWriter: Sendable {
         public var lastUsed: UInt64
         /// Key-kind bits (responses/thinking visible); the tool-map bit is set from `toolMap`.
         public var keyFlags: UInt8 = 0
-        public var payloadABI: UInt8 = KVCHeader.currentPayloadABI
+        /// Byte 20: 2 for the shared-kvstore engine, 0 for upstream ds4 (PR #146).
+        public var payloadABI: UInt8 = KVCHeader.kvstorePayloadABI
 
         public init(reason: KVCReason, modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, tokens: UInt32,
                     createdAt: UInt64, lastUsed: UInt64? = nil) {
@@ -65,6 +69,7 @@ public struct CheckpointWriter: Sendable {
                           modelID: m.modelID, tokens: m.tokens, hits: m.hits, ctxSize: m.ctxSize,
                           payloadABI: m.payloadABI, createdAt: m.createdAt, lastUsed: m.lastUsed,
                           payloadBytes: payload.byteCount, textBytes: UInt32(text.count))
+        try file.write(h.encoded(), at: 0)
         var offset = UInt64(h.prologueSize)
         try file.write(text, at: offset)
         h.textCRC = CRC32C.checksum(text)
@@ -89,8 +94,7 @@ public struct CheckpointWriter: Sendable {
             try file.write(t, at: offset)
             h.trailerCRC = CRC32C.checksum(t)
         }
-        if version == 1 { h.textCRC = 0; h.payloadCRC = 0; h.trailerCRC = 0 }
-        try file.write(h.sealed().encoded(), at: 0)
+        if version == 2 { try file.write(Array(h.sealed().encoded()[0..<h.touchSize]), at: 0) }
         if durable { try file.sync() }
         guard renameat(dir.fd.rawValue, tmpName, dir.fd.rawValue, finalName) == 0 else {
             throw KVCError.io(Errno(rawValue: errno), path: dir.pathOf(tmpName), "cannot rename into place")

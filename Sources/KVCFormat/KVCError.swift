@@ -17,8 +17,6 @@ public struct KVCError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let corrupt = Kind("corrupt")
         /// Well formed, but written for another engine generation.
         public static let incompatible = Kind("incompatible")
-        /// Another process held the file's lock for longer than we were willing to wait.
-        public static let lockTimeout = Kind("lock timeout")
         /// The caller asked for something the format cannot express.
         public static let invalidArgument = Kind("invalid argument")
         public var description: String { name }

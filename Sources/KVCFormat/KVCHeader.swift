@@ -1,5 +1,8 @@
-/// The fixed prologue of a KVC file: the engine's 48-byte header, the text
-/// length, and in v2 the four CRC32C fields (kvc-format.md, "Layout").
+/// The fixed prologue of a KVC file: the engine's 48-byte header, then in v1
+/// the text length (52 bytes in all), in v2 (ds4 PR #146) the four CRC32C
+/// fields and then the text length (68 bytes): kvc-format.md revision 2,
+/// "Layout". v2: header_crc 48, text_crc 52, payload_crc 56, toolmap_crc 60,
+/// text_bytes 64.
 ///
 /// Decoding never validates: it only needs the bytes to be there. Whether the
 /// values make sense (tokens, quant bits, ABI, header CRC) is the
@@ -10,10 +13,14 @@ public struct KVCHeader: Sendable, Equatable {
     public static let fixedSize = 48
     public static let v1PrologueSize = 52
     public static let v2PrologueSize = 68
-    /// Bytes 0..63: what the v2 header CRC covers.
-    static let headerCRCCoverage = 64
-    /// The graph-payload ABI this engine generation writes and reads.
-    public static let currentPayloadABI: UInt8 = 2
+    /// Bytes 0..63 (with 48..51 zeroed), then text_bytes: what the v2 header CRC covers.
+    static let v2HeaderSize = 64
+    static let headerCRCOffset = 48
+    /// The payload ABI of the shared-kvstore engine (byte 20); PR #146's
+    /// upstream engine writes 0. Which one is in force is `EngineABI`'s job:
+    /// nothing here decides it.
+    public static let kvstorePayloadABI: UInt8 = 2
+    public static let pr146PayloadABI: UInt8 = 0
     /// ext_flags bit 0: a tool-id map trailer follows the payload.
     public static let extToolMap: UInt8 = 1 << 0
     public static let extResponsesVisible: UInt8 = 1 << 1
@@ -43,7 +50,7 @@ public struct KVCHeader: Sendable, Equatable {
 
     public init(
         version: UInt8 = 2, quantBits: UInt8, reason: KVCReason, extFlags: UInt8 = 0, modelID: UInt8,
-        tokens: UInt32, hits: UInt32 = 0, ctxSize: UInt32, payloadABI: UInt8 = KVCHeader.currentPayloadABI,
+        tokens: UInt32, hits: UInt32 = 0, ctxSize: UInt32, payloadABI: UInt8 = KVCHeader.kvstorePayloadABI,
         createdAt: UInt64, lastUsed: UInt64, payloadBytes: UInt64, textBytes: UInt32
     ) {
         self.version = version
@@ -73,9 +80,10 @@ public struct KVCHeader: Sendable, Equatable {
     /// Where the text starts: 52 in v1, 68 in v2.
     public var prologueSize: Int { KVCHeader.prologueSize(version: version) }
 
-    /// What an in-place touch rewrites: the engine's 48 bytes in v1, the whole prologue in v2
-    /// (the header CRC covers `hits` and `last_used`).
-    public var touchSize: Int { version == 2 ? KVCHeader.v2PrologueSize : KVCHeader.fixedSize }
+    /// What an in-place touch or header rewrite writes: the engine's 48 bytes
+    /// in v1, 64 in v2 (the header CRC covers `hits` and `last_used`; the
+    /// text length after it never changes).
+    public var touchSize: Int { version == 2 ? KVCHeader.v2HeaderSize : KVCHeader.fixedSize }
 
     public static func prologueSize(version: UInt8) -> Int {
         version == 2 ? v2PrologueSize : v1PrologueSize
@@ -112,14 +120,14 @@ public struct KVCHeader: Sendable, Equatable {
             version: version, quantBits: bytes[4], reason: .unknown, extFlags: bytes[6], modelID: bytes[7],
             tokens: LE.u32(bytes, 8), hits: LE.u32(bytes, 12), ctxSize: LE.u32(bytes, 16),
             payloadABI: bytes[20], createdAt: LE.u64(bytes, 24), lastUsed: LE.u64(bytes, 32),
-            payloadBytes: LE.u64(bytes, 40), textBytes: LE.u32(bytes, 48))
+            payloadBytes: LE.u64(bytes, 40), textBytes: LE.u32(bytes, version == 2 ? 64 : 48))
         h.reasonCode = bytes[5]
         h.reserved = UInt32(bytes[21]) | UInt32(bytes[22]) << 8 | UInt32(bytes[23]) << 16
         if version == 2 {
+            h.headerCRC = LE.u32(bytes, 48)
             h.textCRC = LE.u32(bytes, 52)
             h.payloadCRC = LE.u32(bytes, 56)
             h.trailerCRC = LE.u32(bytes, 60)
-            h.headerCRC = LE.u32(bytes, 64)
         }
         return .header(h)
     }
@@ -148,20 +156,31 @@ public struct KVCHeader: Sendable, Equatable {
         LE.put64(createdAt, &b, 24)
         LE.put64(lastUsed, &b, 32)
         LE.put64(payloadBytes, &b, 40)
-        LE.put32(textBytes, &b, 48)
         if version == 2 {
+            LE.put32(headerCRC, &b, 48)
             LE.put32(textCRC, &b, 52)
             LE.put32(payloadCRC, &b, 56)
             LE.put32(trailerCRC, &b, 60)
-            LE.put32(headerCRC, &b, 64)
+            LE.put32(textBytes, &b, 64)
+        } else {
+            LE.put32(textBytes, &b, 48)
         }
         return b
     }
 
-    /// The CRC32C of bytes 0..63 as these fields encode them.
+    /// PR #146's header CRC as these fields encode it: CRC32C over the 64
+    /// header bytes with the header_crc field (48..51) taken as zero,
+    /// continued over the 4 bytes of text_bytes (64..67).
     public var computedHeaderCRC: UInt32 {
-        let b = encoded()
-        return b.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<KVCHeader.headerCRCCoverage])) }
+        var b = encoded()
+        if b.count < KVCHeader.v2PrologueSize { b += [UInt8](repeating: 0, count: KVCHeader.v2PrologueSize - b.count) }
+        for i in 0..<4 { b[KVCHeader.headerCRCOffset + i] = 0 }
+        var crc = CRC32C()
+        b.withUnsafeBytes { raw in
+            crc.update(UnsafeRawBufferPointer(rebasing: raw[0..<KVCHeader.v2HeaderSize]))
+            crc.update(UnsafeRawBufferPointer(rebasing: raw[KVCHeader.v2HeaderSize..<KVCHeader.v2PrologueSize]))
+        }
+        return crc.value
     }
 
     /// This header with its v2 header CRC recomputed (v1 has none).

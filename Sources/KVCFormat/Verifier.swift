@@ -1,7 +1,8 @@
 import SystemPackage
 
 /// Classifies a file as ok / corrupt / incompatible / ignored, exactly as
-/// kvc-format.md's "What a checker concludes" says, listing every problem.
+/// kvc-format.md revision 2's "What a checker concludes" says, listing every
+/// problem.
 ///
 /// How it reads: the prologue first, then the text (always: its SHA-1 must be
 /// the file name), then the payload (whole for v2, for its CRC; only the
@@ -10,24 +11,33 @@ import SystemPackage
 /// file, and lengths from the header are bounded by the file's real size
 /// before anything is read, so a damaged length field costs nothing.
 ///
-/// Why a second look: the engine rewrites the header (touch) and the trailer
-/// (tool map) in place, under an exclusive `flock`. A read that races such a
-/// write can see a header CRC that does not match or a half-written trailer.
-/// Text and payload are never modified in place, so what was computed over
-/// them stands; but a mismatch in the header or trailer is only reported as
-/// confirmed after it was seen again holding a shared `flock`, which excludes
-/// the writers. The unlocked first pass keeps the common case from ever
-/// delaying the engine.
+/// Why it watches the file instead of locking it: the real engine takes no
+/// locks. It touches a checkpoint with one write of the header and rewrites a
+/// tool map by truncating, writing, then rewriting the header, so a read that
+/// races either sees a torn header or a half-written trailer. What the reader
+/// can observe is the file's stamp (inode, size, mtime, ctime, `FileStamp`):
+/// taken before the first byte and after the last, equal stamps mean nothing
+/// wrote to the file meanwhile and the verdict describes one state of it.
+/// When the stamps differ and something looked wrong, the file is examined
+/// again (text and payload digests are reused: the engine never rewrites
+/// those bytes in place, and the inode is the same), a few times at most;
+/// the report says whether its last read was undisturbed. Only an
+/// undisturbed verdict may ever lead to a removal, and the removal rule
+/// (`CacheDirectory+SafeRemoval.swift`) asks for a second one after the
+/// file has settled.
 public struct Verifier: Sendable {
     public struct Options: Sendable {
         /// Bytes per read. 1 MiB keeps syscalls few and the buffer in L2-ish reach.
         public var chunkSize: Int = 1 << 20
-        /// Re-check header/trailer mismatches under a shared lock.
-        public var confirmUnderLock = true
-        /// How long to wait for a writer to let go before reporting unconfirmed.
-        public var lockTimeout: Duration = .seconds(10)
+        /// The payload ABI of the engine in force; nil: not known, no file is incompatible for its ABI.
+        public var engineABI: UInt8?
+        /// How many more looks a file that changed under a read gets before the report says so.
+        public var rereadsWhenChanged = 3
         public init() {}
     }
+
+    /// The payload ABIs whose payload starts with the DSV4 prefix: PR #146's upstream engine (0) and the shared kvstore (2).
+    static let dsv4PayloadABIs: Set<UInt8> = [KVCHeader.pr146PayloadABI, KVCHeader.kvstorePayloadABI]
 
     public var options: Options
     /// Told about every chunk read, in order, so a scrubber can pace itself and
@@ -37,6 +47,12 @@ public struct Verifier: Sendable {
     public init(options: Options = Options(), observer: (any ReadObserver)? = nil) {
         self.options = options
         self.observer = observer
+    }
+
+    public init(engineABI: UInt8?, observer: (any ReadObserver)? = nil) {
+        var o = Options()
+        o.engineABI = engineABI
+        self.init(options: o, observer: observer)
     }
 
     /// Verifies the file at `path`. Paths that are not checkpoints (other
@@ -64,38 +80,34 @@ public struct Verifier: Sendable {
         if status.isDirectory { return "directory" }
         if !status.isRegular { return "not a regular file" }
         if CheckpointName.isTemporary(name) { return "store in progress (temporary file)" }
+        if CheckpointName.isTakenAway(name) { return "kvscrubd's own name for a file being removed" }
         if !CheckpointName.isCheckpoint(name) { return "name is not <40 hex digits>.kv" }
         return nil
     }
 
     static func ignored(path: String, name: String, size: UInt64, note: String) -> VerifyReport {
         VerifyReport(path: path, name: name, verdict: .ignored, version: nil, checksums: .none, problems: [],
-                     header: nil, fileSize: size, identity: nil, note: note, confirmedUnderLock: false, bytesRead: 0)
+                     header: nil, fileSize: size, identity: nil, note: note, before: nil, after: nil, bytesRead: 0)
     }
 
     func verify(_ file: borrowing CheckpointFile, name: String) throws -> VerifyReport {
         defer { observer?.finished(fd: file.fd) }
         var scan = Scan(options: options, observer: observer)
+        var before = try file.status().stamp
         var exam = try scan.examine(file, name: name)
-        var confirmed = false
-        let racy = exam.problems.contains { $0.severity == .corrupt && ($0.region == .header || $0.region == .trailer) }
-        if racy && options.confirmUnderLock {
-            // Text and payload digests are reused: those bytes are never rewritten in place.
-            do {
-                try file.lock(exclusive: false, timeout: options.lockTimeout)
-                defer { file.unlock() }
-                exam = try scan.examine(file, name: name)
-                confirmed = true
-            } catch let e as KVCError where e.kind == .lockTimeout {
-                confirmed = false
-            }
+        var after = try file.status().stamp
+        var looks = 0
+        while before != after && exam.verdict != .ok && looks < options.rereadsWhenChanged {
+            looks += 1
+            before = after
+            exam = try scan.examine(file, name: name)
+            after = try file.status().stamp
         }
-        let st = try file.status()
         return VerifyReport(
             path: file.path, name: name, verdict: exam.verdict, version: exam.header?.version ?? exam.versionByte,
             checksums: exam.header?.version == 2 ? .crc32c : .none, problems: exam.problems, header: exam.header,
-            fileSize: st.size, identity: FileIdentity(device: st.device, inode: st.inode), note: nil,
-            confirmedUnderLock: confirmed, bytesRead: scan.bytesRead)
+            fileSize: after.size, identity: after.identity, note: nil, before: before, after: after,
+            bytesRead: scan.bytesRead)
     }
 }
 
@@ -130,7 +142,7 @@ struct Scan {
         }
     }
 
-    /// What the immutable regions hashed to, keyed by the layout that located them.
+    /// What the immutable regions hashed to, keyed by the inode and the layout that located them.
     struct BodyDigest {
         var key: [UInt64]
         var textSHA1: String?
@@ -168,9 +180,9 @@ struct Scan {
             return Examination(problems: [Problem(.header, .corrupt,
                 "magic is \(m.map { hex8($0) }.joined(separator: " ")), expected 4b 56 43 (KVC)")])
         case .unknownVersion(let v):
-            if v == 0 { return Examination(versionByte: v, problems: [Problem(.header, .corrupt, "version byte is 0")]) }
+            // Another tool or fork may own the version byte: never damage, never removed as corrupt.
             return Examination(versionByte: v, problems: [Problem(.header, .incompatible,
-                "version \(v) is newer than this checker reads (1 and 2); not checked further")])
+                "unknown version \(v) (this checker reads 1 and 2); not checked further")])
         case .header(let parsed):
             h = parsed
         }
@@ -190,9 +202,9 @@ struct Scan {
             if h.quantBits != 2 && h.quantBits != 4 {
                 problems.append(Problem(.header, .corrupt, "quant_bits is \(h.quantBits), expected 2 or 4"))
             }
-            if h.payloadABI != KVCHeader.currentPayloadABI {
+            if let abi = options.engineABI, h.payloadABI != abi {
                 problems.append(Problem(.header, .incompatible,
-                    "payload ABI is \(h.payloadABI); this engine generation reads \(KVCHeader.currentPayloadABI)"))
+                    "payload ABI is \(h.payloadABI); the engine in force reads \(abi) (another engine generation)"))
             }
         }
         guard let end = h.bodyEnd else {
@@ -214,8 +226,10 @@ struct Scan {
         if v2, let actual = digest.payloadCRC, actual != h.payloadCRC {
             problems.append(Problem(.payload, .corrupt, "payload CRC mismatch", expectedCRC: h.payloadCRC, actualCRC: actual))
         }
-        // The prefix is only meaningful for the payload ABI we know.
-        if let p = digest.prefix, h.payloadABI == KVCHeader.currentPayloadABI {
+        // The DSV4 prefix is the payload of the generations we know (ABI 0 and 2), and only
+        // for a file the engine in force can use: a fork's payload is its own business.
+        if let p = digest.prefix, headerTrusted, Verifier.dsv4PayloadABIs.contains(h.payloadABI),
+           options.engineABI.map({ $0 == h.payloadABI }) ?? true {
             if p.magic != PayloadPrefix.magicValue {
                 problems.append(Problem(.payload, .corrupt, "payload magic is \(hex32(p.magic)), expected \(hex32(PayloadPrefix.magicValue)) (DSV4)"))
             } else {
@@ -248,7 +262,7 @@ struct Scan {
                 var crc = CRC32C()
                 let got = try stream(file, from: end, length: trailerLength) { crc.update($0) }
                 if got < trailerLength {
-                    // Only an in-place trailer rewrite truncates here: the locked second look settles it.
+                    // Only an in-place trailer rewrite truncates here: the stamps will differ and the file is read again.
                     problems.append(Problem(.trailer, .corrupt, "file ended \(trailerLength - got) bytes early while the trailer was read"))
                 } else if crc.value != h.trailerCRC {
                     problems.append(Problem(.trailer, .corrupt, "trailer CRC mismatch (\(trailerLength) bytes after the payload)",
@@ -264,7 +278,8 @@ struct Scan {
     private mutating func digestBody(_ file: borrowing CheckpointFile, header h: KVCHeader, size: UInt64) throws -> BodyDigest {
         let textStart = UInt64(h.prologueSize)
         let payloadStart = textStart + UInt64(h.textBytes)
-        let key = [UInt64(h.version), UInt64(h.textBytes), h.payloadBytes, min(size, h.bodyEnd ?? 0)]
+        let st = try file.status()
+        let key = [st.device, st.inode, UInt64(h.version), UInt64(h.textBytes), h.payloadBytes, min(size, h.bodyEnd ?? 0)]
         if let body, body.key == key { return body }
         var d = BodyDigest(key: key)
         if payloadStart <= size {

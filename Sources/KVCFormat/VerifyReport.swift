@@ -70,13 +70,19 @@ public struct VerifyReport: Sendable {
     public var identity: FileIdentity?
     /// Why a path was ignored; nil for checkpoints.
     public var note: String?
-    /// True when a header or trailer mismatch was seen again with writers
-    /// excluded (`flock`), so it cannot be an in-place update caught half done.
-    public var confirmedUnderLock: Bool
+    /// The file's stamp before the first byte and after the last byte of the
+    /// read the verdict comes from (nil for ignored paths).
+    public var before: FileStamp?
+    public var after: FileStamp?
     /// How many bytes the check read.
     public var bytesRead: UInt64
 
     public var corruptProblems: [Problem] { problems.filter { $0.severity == .corrupt } }
+
+    /// Nothing wrote to, truncated or replaced the file while it was read:
+    /// the verdict describes one state of it. Only such a verdict can count
+    /// towards a removal.
+    public var unchangedDuringRead: Bool { before != nil && before == after }
 }
 
 func hex32(_ v: UInt32) -> String {

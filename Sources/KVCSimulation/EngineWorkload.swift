@@ -7,6 +7,11 @@ import KVCFormat
 /// (verified) and touch it, and tool-map rewrites on live files. Everything
 /// goes through the format module, as the real engine's sibling process would.
 ///
+/// It behaves like the real engine, never more politely: no locks, touches as
+/// one header write, tool-map rewrites as truncate, write, header (with an
+/// optional pause between the steps to widen the window), the generation's
+/// header bytes, and PR #146's unlink of a v2 file that fails a load.
+///
 /// Used by `kvc-engine-sim run`, the daemon's soak tests and the benchmarks,
 /// so they all exercise the same write patterns.
 public struct EngineWorkload {
@@ -18,6 +23,12 @@ public struct EngineWorkload {
         public var rate: Double = 20
         public var payloadBytes: UInt64 = 256 << 10
         public var version: UInt8 = 2
+        /// nil: the generation that writes `version` (v2: PR #146, v1: the shared kvstore).
+        public var generation: EngineGeneration?
+        /// Pause between the steps of a tool-map rewrite.
+        public var stepPause: Duration = .zero
+        /// Share of tool-map rewrites that write an empty map.
+        public var emptyToolMapShare = 0.1
         public var conversations = 8
         /// Share of operations that are stores / loads; the rest rewrite tool maps.
         public var storeShare = 0.35
@@ -29,6 +40,8 @@ public struct EngineWorkload {
         public var ctxSize: UInt32 = 32768
         public var maxOperations: Int?
         public init(directory: String) { self.directory = directory }
+
+        public var engine: EngineGeneration { generation ?? .writing(version: version) }
     }
 
     public struct Summary: Codable, Sendable {
@@ -43,6 +56,8 @@ public struct EngineWorkload {
         public var engineEvictions = 0
         /// Operations that raced the daemon removing the file (vanished between lookup and use).
         public var vanished = 0
+        /// Files the engine unlinked itself because a load found them corrupt (PR #146, v2).
+        public var unlinkedOnLoad = 0
         public var errors: [String] = []
     }
 
@@ -126,9 +141,10 @@ public struct EngineWorkload {
         let withMap = Bool.random(using: &rng)
         let toolMap = withMap ? randomToolMap() : nil
         if let budget = options.engineBudgetMB { try engineEvict(budgetMB: budget, incoming: text, extra: options.payloadBytes, now: now) }
-        var meta = CheckpointWriter.Metadata(reason: reason, modelID: options.modelID, quantBits: options.quantBits,
-                                             ctxSize: options.ctxSize, tokens: tokens, createdAt: now)
+        var meta = CheckpointWriter.Metadata(reason: reason, modelID: options.engine.modelByte(options.modelID),
+                                             quantBits: options.quantBits, ctxSize: options.ctxSize, tokens: tokens, createdAt: now)
         meta.hits = 0
+        meta.payloadABI = options.engine.payloadABI
         let path = try CheckpointWriter(version: options.version).store(in: options.directory, text: text, payload: payload,
                                                                        metadata: meta, toolMap: toolMap)
         stored[c] = turn + 1
@@ -139,8 +155,10 @@ public struct EngineWorkload {
 
     mutating func load(conversation c: Int, now: UInt64) throws {
         let prompt = texts[c] + Array("<|User|>A new question \(Int.random(in: 0..<1000, using: &rng))".utf8)
-        let loader = CheckpointLoader()
-        let compat = CheckpointLoader.Compatibility(modelID: options.modelID, quantBits: options.quantBits, ctxSize: options.ctxSize)
+        var loader = CheckpointLoader()
+        loader.verifierOptions.engineABI = options.engine.requiredABI
+        let compat = CheckpointLoader.Compatibility(modelID: options.engine.modelByte(options.modelID), quantBits: options.quantBits,
+                                                    ctxSize: options.ctxSize, payloadABI: options.engine.requiredABI)
         guard let hit = try loader.findTextPrefix(in: options.directory, prompt: prompt, compatibility: compat) else {
             summary.misses += 1
             log(Event(op: "miss", path: nil, detail: nil))
@@ -152,9 +170,13 @@ public struct EngineWorkload {
         } catch let e as KVCError where e.kind == .corrupt {
             summary.corruptRefused += 1
             log(Event(op: "corrupt-refused", path: path, detail: e.detail))
+            if options.engine.unlinksOnCorruptLoad(version: hit.header?.version), unlink(path) == 0 {
+                summary.unlinkedOnLoad += 1
+                log(Event(op: "engine-unlink-corrupt", path: path, detail: e.detail))
+            }
             return
         }
-        try CheckpointUpdater().touch(path: path, now: now)
+        try updater.touch(path: path, now: now)
         summary.loads += 1
         summary.hits += 1
         log(Event(op: "load", path: path, detail: nil))
@@ -162,7 +184,8 @@ public struct EngineWorkload {
 
     mutating func rewriteToolMap(now: UInt64) throws {
         let path = known[Int.random(in: 0..<known.count, using: &rng)]
-        try CheckpointUpdater().rewriteToolMap(path: path, toolMap: randomToolMap(), now: now)
+        let map = Double.random(in: 0..<1, using: &rng) < options.emptyToolMapShare ? ToolMap([]) : randomToolMap()
+        try updater.rewriteToolMap(path: path, toolMap: map, now: now)
         summary.toolMapRewrites += 1
         log(Event(op: "toolmap", path: path, detail: nil))
     }
@@ -172,14 +195,22 @@ public struct EngineWorkload {
     mutating func engineEvict(budgetMB: UInt64, incoming: [UInt8], extra: UInt64, now: UInt64) throws {
         let dir = try CacheDirectory(path: options.directory)
         let scan = try dir.scan()
-        let inc = IncomingCheckpoint(text: incoming, modelID: options.modelID, quantBits: options.quantBits,
+        let inc = IncomingCheckpoint(text: incoming, modelID: options.engine.modelByte(options.modelID), quantBits: options.quantBits,
                                      ctxSize: options.ctxSize, rejectDifferentQuant: false)
-        let plan = EvictionPlan.make(entries: scan.entries.filter { $0.unusable == nil }, budgetBytes: budgetMB << 20,
+        let usable = scan.entries.map { $0.judged(engineABI: options.engine.requiredABI) }.filter { $0.unusable == nil }
+        let plan = EvictionPlan.make(entries: usable, budgetBytes: budgetMB << 20,
                                      extraBytes: extra, now: now, incoming: inc)
         for v in plan.victims where try dir.remove(name: v.entry.fileName, identity: v.entry.identity) == .removed {
             summary.engineEvictions += 1
             log(Event(op: "engine-evict", path: dir.pathOf(v.entry.fileName), detail: nil))
         }
+    }
+
+    /// In-place updates as this generation makes them: no lock, its ABI rule, the configured pause.
+    var updater: CheckpointUpdater {
+        var u = CheckpointUpdater(engineABI: options.engine.requiredABI)
+        u.pauseBetweenSteps = options.stepPause
+        return u
     }
 
     mutating func randomToolMap() -> ToolMap {

@@ -36,7 +36,7 @@ public struct AccessPolicy: Sendable {
     }
 
     /// Requests that change the daemon's work or the cache directory.
-    public static let mutating: Set<String> = ["scrub-start", "scrub-pause", "scrub-resume", "scrub-cancel", "scrub-now", "reload", "evict-now",
+    public static let mutating: Set<String> = ["scrub-start", "scrub-pause", "scrub-resume", "scrub-cancel", "scrub-now", "reload", "evict-now", "brake-release",
                                                "test-hang-maintenance"]
 
     public func decide(_ cmd: String, peer: Peer?) -> Decision {

@@ -9,7 +9,7 @@ import KVCFormat
 /// Commands: read-only `ping`, `status`, `entries`, `explain` (with `name`),
 /// `metrics`, `scrub-status`; changing (see `AccessPolicy`) `scrub-start`,
 /// `scrub-pause`, `scrub-resume`, `scrub-cancel`, `scrub-now` (with
-/// `files`), `reload`, `evict-now`.
+/// `files`), `brake-release`, `reload`, `evict-now`.
 public struct ControlRequest: Codable, Sendable {
     public var cmd: String
     public var files: [String]?
@@ -107,6 +107,25 @@ public struct StatusReport: Codable, Sendable {
     public var counters: DaemonState.Counters
     public var lastErrors: [String]
     public var regret: Regret?
+    /// The payload ABI in force and how it was chosen; the setting (auto or a number).
+    public var engineABI: EngineABI.Resolution?
+    public var engineABISetting: String?
+    public var brake: Brake?
+    /// Files found corrupt waiting for the removal rule's second look.
+    public var pendingRemovals: Int?
+    public var settleSeconds: Double?
+
+    /// The removal brake (`RemovalBrake`).
+    public struct Brake: Codable, Sendable {
+        public var engaged: Bool
+        public var engagedAt: Double?
+        public var reason: String?
+        public var heldBack: Int
+        public var limit: String
+        public var corruptLastHour: Int
+        public var verifiedLastHour: Int
+        public var quarantine: String
+    }
 }
 
 public struct EntryReport: Codable, Sendable {

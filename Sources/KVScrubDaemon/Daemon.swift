@@ -61,6 +61,7 @@ public final class Daemon: Sendable {
                     s.counters = record.counters
                     s.recentEvictions = record.recentEvictions ?? [:]
                     s.regretLog = record.regretLog ?? []
+                    s.brake = record.brake ?? RemovalBrake()
                     s.counters.inotifyEvents = 0
                     s.counters.rescans = 0
                     s.counters.errors = 0
@@ -155,16 +156,71 @@ public final class Daemon: Sendable {
         let dir = try CacheDirectory(path: path)
         let clock = ContinuousClock()
         let t0 = clock.now
-        let scan = try dir.scan()
-        state.with { $0.replaceIndex(scan.entries) }
+        let scan = try dir.scan(engineABI: state.config.engineABI)
+        state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI) }
+        logger.info("engine payload ABI in force", metadata: ["event": "engine-abi", "abi": "\(scan.engineABI.description)"])
         for e in scan.errors {
             state.with { $0.noteError("\(e)") }
-            logger.error("cannot read a checkpoint's header", metadata: ["error": "\(e)"])
+            logger.error("cannot read a checkpoint's header; it counts against the budget and goes first", metadata: ["error": "\(e)"])
         }
+        recoverTakenAway(scan.takenAway, in: dir)
         directory.withLock { $0 = dir }
         scrubber.use(directory: dir)
         logger.info("indexed the cache directory", metadata: ["files": "\(scan.entries.count)", "ignored": "\(scan.ignored.count)",
                                                             "seconds": "\(clock.now - t0)"])
+    }
+
+    /// Settles the private names a crash left in the middle of a removal:
+    /// each is verified again, then removed (proven corrupt) or put back.
+    private func recoverTakenAway(_ names: [String], in dir: CacheDirectory) {
+        guard !names.isEmpty else { return }
+        let config = state.config
+        var holder: CacheDirectory? = nil
+        var disposal = CacheDirectory.Disposal.unlink
+        let brake = state.with { $0.brake.engaged }
+        if let target = brake ? config.brakeQuarantineDir : config.quarantineDir {
+            if (try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)) != nil,
+               let q = try? CacheDirectory(path: target) {
+                holder = q
+                disposal = .quarantine(CacheDirectory.Quarantine(fd: q.fd, path: target))
+            }
+        }
+        let verifier = Verifier(engineABI: state.with { $0.engineABI.abi })
+        for name in names {
+            let outcome = dir.recoverTakenAway(name, verifier: verifier, disposal: disposal)
+            logger.notice("settled a removal a restart interrupted", metadata: ["event": "removal-recovered", "file": "\(name)",
+                                                                               "outcome": "\(outcome)"])
+            if case .putBack(let original) = outcome, let e = try? dir.entry(named: original, engineABI: state.with({ $0.engineABI.abi })) {
+                state.with { $0.insert(e) }
+            }
+        }
+        withExtendedLifetime(holder) {}
+    }
+
+    /// Reads one name's index entry as the engine in force sees it, or an
+    /// unusable entry with its `stat` size when it cannot be read.
+    private func indexEntry(_ name: String, in dir: CacheDirectory) throws -> CacheEntry? {
+        do {
+            return try dir.entry(named: name, engineABI: state.with { $0.engineABI.abi })
+        } catch let e as KVCError where e.errno != .noSuchFileOrDirectory {
+            guard let st = try? FileStatus.of(name: name, in: dir.fd, dirPath: dir.path), st.isRegular else { throw e }
+            logger.error("cannot read an arriving checkpoint; it counts against the budget and goes first",
+                         metadata: ["event": "index-failed", "file": "\(name)", "error": "\(e)"])
+            state.with { $0.noteError("index \(name): \(e)") }
+            return CacheEntry.unreadable(name: name, status: st, error: e)
+        }
+    }
+
+    /// `engine_payload_abi: auto`: a new checkpoint the engine just stored says which ABI it writes.
+    private func learnEngineABI(from e: CacheEntry) {
+        guard state.config.engineABI == .auto, let h = e.header, EngineABI.isTrustworthy(h) else { return }
+        let r = EngineABI.Resolution(abi: h.payloadABI, source: "latest arrival", file: e.fileName)
+        let changed = state.with { s -> Bool in
+            let c = s.engineABI.abi != r.abi
+            s.setEngineABI(r)
+            return c
+        }
+        if changed { logger.notice("engine payload ABI in force changed", metadata: ["event": "engine-abi", "abi": "\(r.description)"]) }
     }
 
     /// The loop that must not hang: it feeds the watchdog, so a stuck
@@ -211,7 +267,11 @@ public final class Daemon: Sendable {
                     guard CheckpointName.isCheckpoint(name) else { continue }
                     let before = state.with { $0.index[name] }
                     do {
-                        if let entry = try dir.entry(named: name) {
+                        if var entry = try indexEntry(name, in: dir) {
+                            if before?.identity != entry.identity {
+                                learnEngineABI(from: entry)
+                                entry = entry.judged(engineABI: state.with { $0.engineABI.abi })
+                            }
                             let regret = state.with { s -> DaemonState.RegretRecord? in
                                 s.insert(entry)
                                 return before == nil ? s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) : nil
@@ -253,9 +313,11 @@ public final class Daemon: Sendable {
 
     private func rescan(_ dir: CacheDirectory) {
         do {
-            let scan = try dir.scan()
-            state.with { $0.replaceIndex(scan.entries); $0.counters.rescans += 1 }
-            for e in scan.entries { scrubber.fileArrived(e.fileName) }
+            let known = state.with { $0.index }
+            let scan = try dir.scan(engineABI: state.config.engineABI)
+            state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI); $0.counters.rescans += 1 }
+            // Only what is new or replaced needs a look soon; the rest keeps its place in the pass.
+            for e in scan.entries where known[e.fileName]?.identity != e.identity { scrubber.fileArrived(e.fileName) }
         } catch {
             state.with { $0.noteError("rescan: \(error)") }
         }
@@ -303,7 +365,11 @@ public final class Daemon: Sendable {
                 new.metricsListen = old.metricsListen
                 new.stateDir = old.stateDir
             }
+            let abiChanged = new.engineABI != old.engineABI
             state.with { $0.config = new }
+            if abiChanged, let dir = directory.withLock({ $0 }), let scan = try? dir.scan(engineABI: new.engineABI) {
+                state.with { $0.setEngineABI(scan.engineABI) }
+            }
             scrubber.wake()
             watcher.wake()
             logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)",
@@ -348,6 +414,7 @@ public final class Daemon: Sendable {
         case "scrub-resume": return ControlResponse(ok: true, message: scrubber.resume())
         case "scrub-cancel":
             do { return ControlResponse(ok: true, message: try scrubber.cancel()) } catch { return .failure(error.description) }
+        case "brake-release": return ControlResponse(ok: true, message: scrubber.releaseBrake())
         case "reload":
             if let error = reload() { return .failure("the configuration did not load; the previous settings stay: \(error)") }
             return ControlResponse(ok: true, message: "configuration reloaded")
@@ -357,7 +424,7 @@ public final class Daemon: Sendable {
             return ControlResponse(ok: true)
         default:
             return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
-                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, reload, evict-now")
+                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, brake-release, reload, evict-now")
         }
     }
 
@@ -402,6 +469,7 @@ public final class Daemon: Sendable {
                 line += ", scrub idle"
             }
             line += ", \(s.counters.corruptFound) corrupt"
+            if s.brake.engaged { line = "REMOVAL BRAKE ENGAGED: " + line }
             if s.phase != "running" { line = s.phase + ": " + line }
             return line
         }
@@ -435,7 +503,12 @@ public final class Daemon: Sendable {
                              etaSeconds: eta, current: s.scrubbing, passStartedAt: s.scrub.passStartedAt, nextPassAt: nextPass,
                              lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
                              lastCancelledAt: s.scrub.lastCancelledAt),
-                counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now))
+                counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now),
+                engineABI: s.engineABI, engineABISetting: c.engineABI.description,
+                brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,
+                             limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
+                             verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),
+                pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds)
         }
     }
 
@@ -459,7 +532,7 @@ public final class Daemon: Sendable {
         if !name.hasSuffix(".kv") { name += ".kv" }
         let all = entries()
         // A unique prefix of the sha is enough, as with git.
-        let matches = all.filter { $0.name == name || (arg.count >= 4 && $0.name.hasPrefix(arg.lowercased())) }
+        let matches = all.filter { $0.name == name || (arg.count >= 4 && $0.name.lowercased().hasPrefix(arg.lowercased())) }
         guard matches.count == 1, let e = matches.first else { return nil }
         let (budget, supersededBy, dryRun) = state.with { ($0.config.budgetBytes, $0.supersededBy[e.name], $0.config.dryRun) }
         let total = all.reduce(UInt64(0)) { $0 + $1.size }

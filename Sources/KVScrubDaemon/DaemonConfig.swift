@@ -1,4 +1,5 @@
 import Foundation
+import KVCFormat
 import Yams
 
 /// Every setting of the daemon, with its default. The config file and the
@@ -37,6 +38,12 @@ public struct DaemonConfig: Sendable, Equatable {
     public var metricsListen: String?
     /// An evicted checkpoint the engine writes again within this many hours counts as a regret.
     public var regretWindowHours: Double = 6
+    /// The payload ABI (header byte 20) of the engine beside us: `auto` learns it from the newest checkpoint.
+    public var engineABI: EngineABI = .auto
+    /// A file found corrupt is verified again only once it has been left alone this long (the engine may be rewriting it).
+    public var removalSettleSeconds: Double = 5
+    /// More proven-corrupt files than this in an hour stop removals (they go to quarantine instead).
+    public var removalBrake: RemovalBrake.Limit = .standard
 
     public init() {}
 
@@ -44,7 +51,7 @@ public struct DaemonConfig: Sendable, Equatable {
     static let reloadable: Set<String> = [
         "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
         "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
-        "admin_group", "regret_window_hours",
+        "admin_group", "regret_window_hours", "engine_payload_abi", "removal_settle_seconds", "removal_brake",
     ]
 
     /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
@@ -99,6 +106,15 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             metricsListen = value
         case "regret_window_hours": regretWindowHours = try number(value)
+        case "engine_payload_abi":
+            guard let abi = EngineABI(parsing: value) else { throw ConfigError(source, key, "expected auto or a number from 0 to 255, got '\(value)'") }
+            engineABI = abi
+        case "removal_settle_seconds": removalSettleSeconds = try number(value)
+        case "removal_brake":
+            guard let limit = RemovalBrake.Limit(parsing: value) else {
+                throw ConfigError(source, key, "expected a number of files, a percentage, both (5,5%: whichever is larger) or off, got '\(value)'")
+            }
+            removalBrake = limit
         case "log_level":
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
                 throw ConfigError(source, key, "expected trace, debug, info, notice, warning, error or critical, got '\(value)'")
@@ -185,6 +201,9 @@ public struct DaemonConfig: Sendable, Equatable {
     }
 
     public var budgetBytes: UInt64 { budgetMB << 20 }
+
+    /// Where the removal brake puts proven-corrupt files: under the state directory, never the cache.
+    public var brakeQuarantineDir: String { stateDir + "/quarantine" }
 }
 
 public struct ConfigError: Error, CustomStringConvertible, Sendable {

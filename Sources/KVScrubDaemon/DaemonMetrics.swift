@@ -27,6 +27,7 @@ public final class DaemonMetrics: Sendable {
     static let versions = ["1", "2", "unknown"]
     static let regions = Region.allCases.map(\.rawValue) + ["unknown"]
     static let causes = ["budget", "free-space", "incompatible"]
+    static let abiSources = ["configured", "newest checkpoint", "latest arrival", "none yet"]
 
     public init() {
         factory = PrometheusMetricsFactory(registry: registry)
@@ -78,6 +79,9 @@ public final class DaemonMetrics: Sendable {
             var passDone: Int
             var passTotal: Int
             var regretsLastDay: Int
+            var engineABI: EngineABI.Resolution
+            var brake: RemovalBrake
+            var pending: Int
         }
         let now = Date().timeIntervalSince1970
         let snap = state.with { s -> Snapshot in
@@ -85,7 +89,8 @@ public final class DaemonMetrics: Sendable {
                                 rate: s.scrubRate, limit: s.config.scrubRateMBps * 1e6, lastPassEnd: s.scrub.lastPass?.endedAt,
                                 paused: s.scrub.paused == true, passActive: s.scrub.passStartedAt != nil, passDone: s.scrub.filesDone,
                                 passTotal: s.passFilesTotal,
-                                regretsLastDay: s.regretLog.filter { now - $0.at <= 86400 }.count)
+                                regretsLastDay: s.regretLog.filter { now - $0.at <= 86400 }.count,
+                                engineABI: s.engineABI, brake: s.brake, pending: s.pendingRemoval.count)
             for e in s.index.values {
                 let verdict = e.unusable != nil ? "incompatible" : (s.verdicts[e.fileName].map { $0 == .ok ? "ok" : $0.rawValue } ?? "unverified")
                 let version = e.header.map { String($0.version) } ?? "unknown"
@@ -112,6 +117,14 @@ public final class DaemonMetrics: Sendable {
         gauge("kvscrubd_scrub_pass_files_done", [], snap.passActive ? Double(snap.passDone) : 0)
         gauge("kvscrubd_scrub_pass_files_total", [], snap.passActive ? Double(snap.passTotal) : 0)
         gauge("kvscrubd_regrets_last_day", [], Double(snap.regretsLastDay))
+        // The engine ABI in force (-1: not known yet) and how it was chosen, one series per way.
+        gauge("kvscrubd_engine_payload_abi", [], snap.engineABI.abi.map(Double.init) ?? -1)
+        for source in Self.abiSources {
+            gauge("kvscrubd_engine_payload_abi_source", [("source", source)], snap.engineABI.source == source ? 1 : 0)
+        }
+        gauge("kvscrubd_removal_brake_engaged", [], snap.brake.engaged ? 1 : 0)
+        gauge("kvscrubd_removal_brake_held_back_files", [], Double(snap.brake.heldBack))
+        gauge("kvscrubd_corrupt_pending_removal_files", [], Double(snap.pending))
 
         let c = snap.counters
         counter("kvscrubd_evictions_total", [("cause", "budget")], to: c.evictedBudget)

@@ -21,6 +21,10 @@ public final class DaemonState: Sendable {
         public var corruptFoundByRegion: [String: UInt64]?
         public var corruptRemovedByRegion: [String: UInt64]?
         public var regrets: UInt64?
+        /// Proven-corrupt files moved to quarantine (the brake's, or quarantine_dir) rather than unlinked.
+        public var corruptQuarantined: UInt64?
+        /// Corrupt verdicts a second look did not confirm (the file changed, or read ok after settling).
+        public var corruptUnconfirmed: UInt64?
         // This run only.
         public var inotifyEvents: UInt64 = 0
         public var rescans: UInt64 = 0
@@ -107,6 +111,20 @@ public final class DaemonState: Sendable {
         public var regretLog: [RegretRecord] = []
         /// Set by `scrub cancel`: the read in progress is abandoned.
         public var scrubAbort = false
+        /// The payload ABI of the engine in force, and how it was chosen.
+        public var engineABI = EngineABI.Resolution(abi: nil, source: "none yet")
+        /// The removal brake (persisted).
+        public var brake = RemovalBrake()
+        /// Files found corrupt, waiting for the removal rule's second look (name → when it is due).
+        public var pendingRemoval: [String: Double] = [:]
+
+        /// Puts a new ABI in force and judges the whole index against it.
+        mutating func setEngineABI(_ r: EngineABI.Resolution) {
+            guard r != engineABI else { return }
+            let changed = r.abi != engineABI.abi
+            engineABI = r
+            if changed { index = index.mapValues { $0.judged(engineABI: r.abi) } }
+        }
 
         mutating func insert(_ e: CacheEntry) {
             if let old = index[e.fileName] { totalBytes -= old.fileSize }
@@ -126,6 +144,8 @@ public final class DaemonState: Sendable {
         mutating func replaceIndex(_ entries: [CacheEntry]) {
             index = Dictionary(entries.map { ($0.fileName, $0) }, uniquingKeysWith: { a, _ in a })
             totalBytes = index.values.reduce(0) { $0 + $1.fileSize }
+            verdicts = verdicts.filter { index[$0.key] != nil }
+            supersededBy = supersededBy.filter { index[$0.key] != nil }
         }
 
         /// A checkpoint appeared: if the daemon evicted it within the window, that eviction was a regret.

@@ -52,10 +52,21 @@ public final class Evictor: Sendable {
                 if !dominated.isEmpty { state.with { s in for d in dominated { s.supersededBy[d] = arrived } } }
             }
         }
-        // Bytes to free for the budget.
+        // Bytes to free for the budget. A checkpoint larger than the whole budget evicts
+        // nothing else: the engine's `extra_bytes > budget_bytes` guard (no amount of
+        // eviction could make room for it). Only an engine with a larger budget of its
+        // own writes one; it is left out of the budget's sum, and the budget is kept
+        // for the rest.
         var needBudget: UInt64 = 0
-        if config.budgetMB > 0 && total > config.budgetBytes {
-            needBudget = total - config.budgetBytes
+        let oversized = config.budgetMB > 0 ? entries.filter { $0.fileSize > config.budgetBytes } : []
+        if let a = arrived, let big = oversized.first(where: { $0.fileName == a }) {
+            logger.warning("a checkpoint larger than the whole budget arrived; evicting nothing for it",
+                           metadata: ["event": "oversized-arrival", "file": "\(a)", "bytes": "\(big.fileSize)",
+                                      "budget": "\(config.budgetBytes)"])
+        }
+        let budgeted = total - oversized.reduce(0) { $0 + $1.fileSize }
+        if config.budgetMB > 0 && budgeted > config.budgetBytes {
+            needBudget = budgeted - config.budgetBytes
         }
         // Bytes to free for the free-space floor.
         var needSpace: UInt64 = 0
@@ -77,7 +88,8 @@ public final class Evictor: Sendable {
             logger.notice("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
                                                     "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"])
         }
-        let order = EvictionPlan.order(entries: candidates, now: now, incoming: incoming)
+        let order = EvictionPlan.order(entries: needSpace > 0 ? candidates : candidates.filter { c in !oversized.contains { $0.fileName == c.fileName } },
+                                       now: now, incoming: incoming)
         var freed: UInt64 = 0
         // Once the stop threshold is reached, culling is over until free space falls below the start again.
         defer { if needSpace > 0 && freed >= needSpace { culling.withLock { $0 = false } } }

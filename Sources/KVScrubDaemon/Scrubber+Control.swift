@@ -11,6 +11,19 @@ extension Scrubber {
     }
 
     /// Starts a pass now (and lifts a pause).
+    /// `kvscrubd brake release`: removals resume; files already quarantined stay there.
+    public func releaseBrake() -> String {
+        let was = state.with { s -> (Bool, Int) in
+            let r = (s.brake.engaged, s.brake.heldBack)
+            s.brake.release()
+            return r
+        }
+        persist(force: true)
+        guard was.0 else { return "the removal brake was not engaged" }
+        logger.notice("removal brake released by an operator", metadata: ["event": "removal-brake-released", "held_back": "\(was.1)"])
+        return "removal brake released; \(was.1) files it held back stay in \(state.config.brakeQuarantineDir)"
+    }
+
     public func startNow() throws(ControlRefusal) -> String {
         let now = Date().timeIntervalSince1970
         let running = state.with { s -> (Int, Int)? in
@@ -80,7 +93,8 @@ extension Scrubber {
     }
 
     /// Verifies the named checkpoints at once, outside any pass and unthrottled,
-    /// and removes the corrupt ones exactly as the scrub does. Names may be
+    /// and removes the corrupt ones under the same rule and brake as the scrub
+    /// (waiting out the settle time before the second look). Names may be
     /// `<sha>.kv`, a bare sha, or a path in the cache directory; anything else
     /// is reported, not touched.
     public func verifyNow(_ files: [String]) -> [FileVerdict] {
@@ -102,10 +116,14 @@ extension Scrubber {
                 return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: "none")
             }
             do {
-                let report = try dir.verify(name: name, with: Verifier())
-                state.with { if $0.index[name] != nil { $0.verdicts[name] = report.verdict } }
+                let report = try dir.verify(name: name, with: Verifier(engineABI: state.with { $0.engineABI.abi }))
+                let now = Date().timeIntervalSince1970
+                state.with {
+                    if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
+                    $0.brake.noteVerified(now: now)
+                }
                 var action = "kept"
-                if report.verdict == .corrupt { action = handleCorrupt(report, in: dir, partOfPass: false) }
+                if report.verdict == .corrupt { action = removeNow(report, in: dir) }
                 return FileVerdict(file: name, verdict: report.verdict.rawValue, checksums: report.checksums.rawValue,
                                    problems: report.problems.map { "\($0)" }, action: action)
             } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {

@@ -19,8 +19,11 @@ import Synchronization
 /// are paced and leave no page-cache footprint (`ScrubThrottle`), and between
 /// files it sleeps on a semaphore: no timer fires while there is nothing to do.
 ///
-/// Removal goes through `CacheDirectory.removeIfCorrupt`: verified again with
-/// the engine's writers excluded, on the same inode, or nothing happens.
+/// Removal follows the rule of kvc-format.md revision 2, without any help
+/// from the engine (`Scrubber+Removal.swift`): a corrupt verdict from an
+/// undisturbed read queues the file for a second look once it has been left
+/// alone for `removal_settle_seconds`; only if that look agrees is the file
+/// taken away, and past the removal brake's limit it is quarantined instead.
 public final class Scrubber: Sendable {
     let state: DaemonState
     let logger: Logger
@@ -29,6 +32,8 @@ public final class Scrubber: Sendable {
     let throttle: ScrubThrottle
     private let wakeup = DispatchSemaphore(value: 0)
     private let newFiles = MutexBox<[String: Double]>([:])
+    /// The first corrupt verdict of each file waiting for the removal rule's second look.
+    let firstVerdicts = MutexBox<[String: VerifyReport]>([:])
     let directory = MutexBox<CacheDirectory?>(nil)
     private let lastPersist = MutexBox(0.0)
 
@@ -65,6 +70,10 @@ public final class Scrubber: Sendable {
             guard let dir else { _ = wakeup.wait(timeout: .now() + 1); continue }
             // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
             if state.with({ $0.scrub.paused == true }) { _ = wakeup.wait(timeout: .now() + 3600); continue }
+            if let name = nextDuePendingRemoval(now: now) {
+                _ = confirmRemoval(name, in: dir, observer: throttle)
+                continue
+            }
             if let name = nextDueNewFile(now: now) {
                 scrub(name, in: dir, partOfPass: false)
                 continue
@@ -87,10 +96,19 @@ public final class Scrubber: Sendable {
                 continue
             }
             let nextNew = newFiles.withLock { $0.values.min() }
-            let until = min(nextStart, nextNew ?? .infinity) - now
+            let nextRemoval = state.with { $0.pendingRemoval.values.min() }
+            let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
             _ = wakeup.wait(timeout: .now() + max(0.01, min(until, 3600)))
         }
         persist(force: true)
+    }
+
+    private func nextDuePendingRemoval(now: Double) -> String? {
+        state.with { s in
+            guard let (name, _) = s.pendingRemoval.filter({ $0.value <= now }).min(by: { $0.value < $1.value }) else { return nil }
+            s.pendingRemoval.removeValue(forKey: name)
+            return name
+        }
     }
 
     private func nextDueNewFile(now: Double) -> String? {
@@ -141,10 +159,14 @@ public final class Scrubber: Sendable {
         defer { state.with { $0.scrubbing = nil } }
         var bytes: UInt64 = 0
         do {
-            let report = try dir.verify(name: name, with: Verifier(observer: throttle))
+            let report = try dir.verify(name: name, with: Verifier(engineABI: state.with { $0.engineABI.abi }, observer: throttle))
             bytes = report.bytesRead
-            state.with { if $0.index[name] != nil { $0.verdicts[name] = report.verdict } }
-            if report.verdict == .corrupt { _ = handleCorrupt(report, in: dir, partOfPass: partOfPass) }
+            let now = Date().timeIntervalSince1970
+            state.with {
+                if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
+                $0.brake.noteVerified(now: now)
+            }
+            if report.verdict == .corrupt { _ = foundCorrupt(report, partOfPass: partOfPass) }
         } catch is ScrubThrottle.ScrubStopped {
             return // abandoned for shutdown or `scrub cancel`: the cursor stays before this file
         } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
@@ -163,69 +185,6 @@ public final class Scrubber: Sendable {
         }
     }
 
-    /// Logs a corrupt verdict and removes (or quarantines) the file if a check under the lock confirms it; returns what was done.
-    func handleCorrupt(_ report: VerifyReport, in dir: CacheDirectory, partOfPass: Bool) -> String {
-        let config = state.config
-        let first = report.corruptProblems.first
-        var meta: Logger.Metadata = ["file": "\(report.name)", "region": "\(first?.region.rawValue ?? "?")",
-                                     "detail": "\(first?.detail ?? "")", "bytes": "\(report.fileSize)"]
-        if let e = first?.expectedCRC, let a = first?.actualCRC {
-            meta["expected_crc"] = "\(String(format: "0x%08x", e))"
-            meta["actual_crc"] = "\(String(format: "0x%08x", a))"
-        }
-        meta["event"] = "corrupt-found"
-        logger.warning("corrupt file found", metadata: meta)
-        let region = first?.region.rawValue ?? "unknown"
-        if config.dryRun {
-            state.with { s in
-                s.counters.countCorrupt(region: region, removed: false)
-                if partOfPass { s.scrub.corruptFound += 1 }
-            }
-            logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
-            return "kept (dry run)"
-        }
-        guard let identity = report.identity else { return "kept (no identity)" }
-        do {
-            var quarantine: CacheDirectory.Quarantine? = nil
-            var qdir: CacheDirectory? = nil
-            if let q = config.quarantineDir {
-                try FileManager.default.createDirectory(atPath: q, withIntermediateDirectories: true)
-                qdir = try CacheDirectory(path: q)
-                quarantine = CacheDirectory.Quarantine(fd: qdir!.fd, path: q)
-            }
-            let outcome = try dir.removeIfCorrupt(name: report.name, identity: identity, verifier: Verifier(), quarantine: quarantine)
-            withExtendedLifetime(qdir) {}
-            switch outcome {
-            case .removed(let r), .quarantined(let r, _):
-                let p = r.corruptProblems.first
-                var m = meta
-                m["event"] = "corrupt-removed"
-                m["region"] = "\(p?.region.rawValue ?? "?")"
-                if case .quarantined(_, let to) = outcome { m["quarantined_to"] = "\(to)" }
-                let confirmed = p?.region.rawValue ?? region
-                state.with { s in
-                    s.remove(report.name)
-                    s.counters.countCorrupt(region: confirmed, removed: true)
-                    if partOfPass { s.scrub.corruptFound += 1; s.scrub.removed += 1 }
-                }
-                logger.warning(quarantine == nil ? "corrupt file removed" : "corrupt file moved to quarantine", metadata: m)
-                if case .quarantined(_, let to) = outcome { return "quarantined to \(to)" }
-                return "removed"
-            case .notCorrupt(let r):
-                logger.notice("not corrupt on a second look with writers excluded; kept",
-                              metadata: ["event": "corrupt-unconfirmed", "file": "\(report.name)", "verdict": "\(r.verdict.rawValue)"])
-                return "kept (not corrupt on a second look with writers excluded: \(r.verdict.rawValue))"
-            case .replaced, .vanished:
-                logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(report.name)"])
-                return "none (replaced or removed meanwhile)"
-            }
-        } catch {
-            state.with { $0.noteError("remove corrupt \(report.name): \(error)") }
-            logger.error("cannot remove corrupt file", metadata: meta.merging(["event": "remove-failed", "error": "\(error)"]) { $1 })
-            return "kept (cannot remove: \(error))"
-        }
-    }
-
     /// Writes the state file at most every 2 s unless forced.
     func persist(force: Bool) {
         let now = Date().timeIntervalSince1970
@@ -235,7 +194,7 @@ public final class Scrubber: Sendable {
         }
         guard due else { return }
         let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters,
-                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog) }
+                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog, brake: $0.brake) }
         do { try store.save(record) } catch {
             state.with { $0.noteError("save state \(store.path): \(error)") }
             logger.error("cannot save state", metadata: ["path": "\(store.path)", "error": "\(error)"])

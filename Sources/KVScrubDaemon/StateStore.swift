@@ -12,9 +12,13 @@ public struct StateStore: Sendable {
         public var counters: DaemonState.Counters
         public var recentEvictions: [String: DaemonState.EvictionRecord]?
         public var regretLog: [DaemonState.RegretRecord]?
+        /// The removal brake: engaged until an operator releases it, across restarts.
+        public var brake: RemovalBrake?
 
         public init(scrub: DaemonState.ScrubProgress, counters: DaemonState.Counters,
-                    recentEvictions: [String: DaemonState.EvictionRecord]? = nil, regretLog: [DaemonState.RegretRecord]? = nil) {
+                    recentEvictions: [String: DaemonState.EvictionRecord]? = nil, regretLog: [DaemonState.RegretRecord]? = nil,
+                    brake: RemovalBrake? = nil) {
+            self.brake = brake
             self.scrub = scrub
             self.counters = counters
             self.recentEvictions = recentEvictions

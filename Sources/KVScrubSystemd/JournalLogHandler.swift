@@ -99,6 +99,8 @@ public enum KVScrubMessageID {
         "scrub-pass-finished": "1e9d7c5b3a2f4e6d8c0b9a7f5e3d1c23",
         "budget-exceeded": "9b8a7c6d5e4f4a3b9c2d1e0f8a7b6c54",
         "regret": "66257d03c5044d388335df09b6fbf60d",
+        "removal-brake-engaged": "3e8f198528904ae69f3c6abd09d365cd",
+        "corrupt-kept": "ccb74004027a4318a603fa7ffe849721",
     ]
 
     public static func id(forEvent event: String) -> String? { byEvent[event] }

@@ -30,6 +30,31 @@ struct EngineFlags: ParsableArguments {
     @Option(name: .customLong("ctx-size"), help: "Context size the engine runs with.")
     var ctxSize: UInt32 = 32768
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Engine generation to play: pr146 (upstream ds4 with PR #146: header bytes 7 and 20 are 0, a v2 file that fails a load is unlinked) or kvstore (the shared kvstore: model id and payload ABI 2, other ABIs refused). Default: pr146 for v2, kvstore for v1.",
+        valueName: "pr146|kvstore"))
+    var generation: String?
+
+    @Option(name: .customLong("step-pause-ms"), help: "Pause this many milliseconds between the steps of a tool-map rewrite (truncate, write, header), to widen the window a checker can see.")
+    var stepPauseMS: Double = 0
+
+    var engine: EngineGeneration {
+        get throws {
+            guard let generation else { return .writing(version: try version) }
+            guard let g = EngineGeneration(rawValue: generation) else { throw ValidationError("--generation must be pr146 or kvstore, not \(generation)") }
+            return g
+        }
+    }
+
+    /// In-place updates as the engine makes them: no lock, the generation's ABI rule, the pause.
+    var updater: CheckpointUpdater {
+        get throws {
+            var u = CheckpointUpdater(engineABI: try engine.requiredABI)
+            u.pauseBetweenSteps = .milliseconds(Int64(stepPauseMS))
+            return u
+        }
+    }
+
     var version: UInt8 {
         get throws {
             switch format {
@@ -109,9 +134,11 @@ struct StoreCommand: ParsableCommand {
         let t = tokens ?? max(1, min(UInt32(text.count / 4), maxTokens))
         guard t >= 1, t <= maxTokens else { throw fail("--tokens \(t) does not fit a \(payloadBytes)-byte payload (at most \(maxTokens))") }
         let created = createdAt ?? now()
-        var meta = CheckpointWriter.Metadata(reason: r, modelID: engine.modelID, quantBits: engine.quantBits,
+        let gen = try engine.engine
+        var meta = CheckpointWriter.Metadata(reason: r, modelID: gen.modelByte(engine.modelID), quantBits: engine.quantBits,
                                              ctxSize: engine.ctxSize, tokens: t, createdAt: created, lastUsed: lastUsed)
         meta.hits = hits
+        meta.payloadABI = gen.payloadABI
         let map: ToolMap? = toolMapEntries > 0 ? ToolMap((0..<toolMapEntries).map {
             ToolMap.Entry(id: "call_\(seed)_\($0)", dsml: "<|DSML|invoke name=\"t\($0)\"></|DSML|invoke>")
         }) : nil
@@ -162,16 +189,24 @@ struct LoadCommand: ParsableCommand {
         } else {
             throw ValidationError("give --prompt or --prompt-file")
         }
-        let loader = CheckpointLoader()
+        let gen = try engine.engine
+        var loader = CheckpointLoader()
+        loader.verifierOptions.engineABI = gen.requiredABI
         do {
-            let compat = CheckpointLoader.Compatibility(modelID: engine.modelID, quantBits: engine.quantBits, ctxSize: engine.ctxSize)
+            let compat = CheckpointLoader.Compatibility(modelID: gen.modelByte(engine.modelID), quantBits: engine.quantBits,
+                                                        ctxSize: engine.ctxSize, payloadABI: gen.requiredABI)
             guard let e = try loader.findTextPrefix(in: engine.dir, prompt: bytes, compatibility: compat) else {
                 printJSON(Result(hit: false))
                 return
             }
             let path = engine.dir + "/" + e.fileName
-            let loaded = try loader.load(path: path)
-            if !noTouch { try CheckpointUpdater().touch(path: path, now: now()) }
+            let loaded: CheckpointLoader.Loaded
+            do { loaded = try loader.load(path: path) } catch let err as KVCError where err.kind == .corrupt {
+                // PR #146: a v2 file that fails its checks on load is unlinked (and stored afresh later).
+                if gen.unlinksOnCorruptLoad(version: e.header?.version) { _ = unlink(path) }
+                throw err
+            }
+            if !noTouch { try engine.updater.touch(path: path, now: now()) }
             printJSON(Result(hit: true, path: path, tokens: loaded.header.tokens, text_bytes: loaded.header.textBytes,
                              checksums: loaded.checksums.rawValue))
         } catch let e as KVCError {
@@ -181,7 +216,10 @@ struct LoadCommand: ParsableCommand {
 }
 
 struct TouchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "touch", abstract: "Record a hit on a checkpoint (hits, last_used).")
+    static let configuration = CommandConfiguration(commandName: "touch", abstract: "Record a hit on a checkpoint (hits, last_used) with one write of the header, as the engine does (no lock).")
+
+    @Option(name: .long, help: ArgumentHelp("Engine generation: pr146 (any payload ABI) or kvstore (refuses ABIs other than 2).", valueName: "pr146|kvstore"))
+    var generation: String = "pr146"
 
     @Option(name: .long, help: "Set hits to this value (default: one more).")
     var hits: UInt32?
@@ -194,17 +232,26 @@ struct TouchCommand: ParsableCommand {
 
     func run() throws {
         do {
-            let h = try CheckpointUpdater().touch(path: path, hits: hits, now: at ?? now())
+            guard let g = EngineGeneration(rawValue: generation) else { throw ValidationError("--generation must be pr146 or kvstore") }
+            let h = try CheckpointUpdater(engineABI: g.requiredABI).touch(path: path, hits: hits, now: at ?? now())
             print("\(path): hits \(h.hits), last_used \(h.lastUsed)")
         } catch let e as KVCError { throw fail("\(e)") }
     }
 }
 
 struct ToolMapCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "toolmap", abstract: "Rewrite a checkpoint's tool-map trailer.")
+    static let configuration = CommandConfiguration(
+        commandName: "toolmap",
+        abstract: "Rewrite a checkpoint's tool-map trailer as the engine does: truncate at the payload end, write the map, rewrite the header (no lock).")
 
-    @Option(name: .long, help: "Number of entries in the new map (at least 1).")
+    @Option(name: .long, help: "Number of entries in the new map (0: an empty map; the file then ends at the payload and ext bit 0 is cleared).")
     var entries: Int = 2
+
+    @Option(name: .long, help: ArgumentHelp("Engine generation: pr146 (any payload ABI) or kvstore (refuses ABIs other than 2).", valueName: "pr146|kvstore"))
+    var generation: String = "pr146"
+
+    @Option(name: .customLong("step-pause-ms"), help: "Pause this many milliseconds between the steps.")
+    var stepPauseMS: Double = 0
 
     @Option(name: .long, help: "Seed for the entries.")
     var seed: UInt64 = 1
@@ -213,10 +260,13 @@ struct ToolMapCommand: ParsableCommand {
     var path: String
 
     func run() throws {
-        guard entries >= 1 else { throw ValidationError("--entries must be at least 1 (the engine never writes an empty map)") }
+        guard entries >= 0 else { throw ValidationError("--entries must be 0 or more") }
+        guard let g = EngineGeneration(rawValue: generation) else { throw ValidationError("--generation must be pr146 or kvstore") }
         let map = ToolMap((0..<entries).map { ToolMap.Entry(id: "call_\(seed)_\($0)", dsml: "<|DSML|invoke name=\"t\($0)\"></|DSML|invoke>") })
         do {
-            try CheckpointUpdater().rewriteToolMap(path: path, toolMap: map, now: now())
+            var u = CheckpointUpdater(engineABI: g.requiredABI)
+            u.pauseBetweenSteps = .milliseconds(Int64(stepPauseMS))
+            try u.rewriteToolMap(path: path, toolMap: map, now: now())
             print("\(path): tool map of \(entries) entries")
         } catch let e as KVCError { throw fail("\(e)") }
     }
@@ -266,6 +316,8 @@ struct RunCommand: ParsableCommand {
         o.maxOperations = operations
         o.payloadBytes = payloadBytes
         o.version = try engine.version
+        o.generation = try engine.engine
+        o.stepPause = .milliseconds(Int64(engine.stepPauseMS))
         o.conversations = conversations
         o.engineBudgetMB = engineBudgetMB
         o.modelID = engine.modelID

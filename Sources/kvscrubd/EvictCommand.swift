@@ -8,8 +8,9 @@ struct EvictCommand: ParsableCommand {
         abstract: "Remove the lowest-scoring checkpoints until a directory is under a byte budget.",
         discussion: """
             Victims are chosen exactly as ds4's engine chooses them: lowest eviction score first, older last_used
-            first on equal scores, then by name. Files the engine cannot use (other version or payload ABI,
-            unreadable header) score 0 and go first. Each victim is removed only if its name still names the
+            first on equal scores, then by name. Files the engine cannot use (another payload ABI than --engine-abi,
+            an unknown version, an unreadable header or file, shorter than its header says) score 0 and go first.
+            A checkpoint larger than the whole budget is left out of the sum and evicts nothing else. Each victim is removed only if its name still names the
             inode that was scored. Only <sha>.kv files directly in DIR are ever considered.
             Exit status: 0 success (under budget, or --dry-run); 2 usage or I/O error.
             """)
@@ -26,6 +27,8 @@ struct EvictCommand: ParsableCommand {
     @Flag(name: .long, help: "Print one JSON object instead of text.")
     var json = false
 
+    @OptionGroup var abi: EngineABIOption
+
     @Argument(help: "The cache directory.")
     var dir: String
 
@@ -40,13 +43,14 @@ struct EvictCommand: ParsableCommand {
         let scan: CacheDirectory.Scan
         do {
             directory = try CacheDirectory(path: dir)
-            scan = try directory.scan()
+            scan = try directory.scan(engineABI: abi.setting)
         } catch {
             Output.error("\(error)")
             throw ExitCode(2)
         }
-        for e in scan.errors { Output.error("\(e) (not counted)") }
-        let plan = EvictionPlan.make(entries: scan.entries, budgetBytes: budgetMB << 20, now: at)
+        for e in scan.errors { Output.error("\(e) (unreadable: counted with its size, evicted first)") }
+        let budget = budgetMB << 20
+        let plan = EvictionPlan.make(entries: scan.entries.filter { $0.fileSize <= budget }, budgetBytes: budget, now: at)
         var victims: [VictimJSON] = []
         var failed = false
         for v in plan.victims {
@@ -68,11 +72,11 @@ struct EvictCommand: ParsableCommand {
                                       unusable: v.entry.unusable, outcome: outcome))
         }
         let report = ReportJSON(dir: dir, budget_bytes: budgetMB << 20, total_bytes: plan.totalBytes,
-                                remaining_bytes: plan.remainingBytes, dry_run: dryRun, victims: victims)
+                                remaining_bytes: plan.remainingBytes, dry_run: dryRun, victims: victims, engine_abi: scan.engineABI)
         if json {
             print(Output.json(report))
         } else {
-            print("\(dir): \(Output.bytes(plan.totalBytes)) in \(scan.entries.count) checkpoints, budget \(Output.bytes(budgetMB << 20))")
+            print("\(dir): \(Output.bytes(plan.totalBytes)) in \(scan.entries.count) checkpoints, budget \(Output.bytes(budgetMB << 20)); engine payload ABI \(scan.engineABI.description)")
             for v in victims {
                 print("  " + Output.pad(v.outcome, 10) + " " + v.name + "  score " + String(format: "%.6g", v.score) +
                       "  " + Output.bytes(v.size) + (v.unusable.map { "  (unusable: \($0))" } ?? ""))
@@ -101,5 +105,6 @@ struct EvictCommand: ParsableCommand {
         var remaining_bytes: UInt64
         var dry_run: Bool
         var victims: [VictimJSON]
+        var engine_abi: EngineABI.Resolution
     }
 }

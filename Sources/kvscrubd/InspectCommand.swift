@@ -7,7 +7,8 @@ struct InspectCommand: ParsableCommand {
         commandName: "inspect",
         abstract: "Print every header field of checkpoint files and their eviction score.",
         discussion: """
-            Reads only the prologue (52 bytes for v1, 68 for v2): nothing is verified; use `verify` for that.
+            Reads only the prologue (52 bytes for v1, 68 for v2: header_crc at 48, text_crc, payload_crc, toolmap_crc,
+            text_bytes at 64): only the v2 header CRC is checked; use `verify` for the rest.
             The score is ds4's eviction score (see kvc(5)) at --now, without an incoming checkpoint.
             Exit status: 0 success; 2 usage error or a path that could not be read.
             """)
@@ -29,6 +30,8 @@ struct InspectCommand: ParsableCommand {
             if let e = item.error { Output.error(e); failed = true; continue }
             let name = String(item.path.split(separator: "/").last ?? "")
             guard CheckpointName.isCheckpoint(name) else { continue }
+            // Only regular files are opened: a FIFO named like a checkpoint would block open(2) forever.
+            if let st = try? FileStatus.of(path: item.path), !st.isRegular { Output.error("\(item.path): not a regular file; skipped"); continue }
             do {
                 let e = try CacheEntry.read(path: item.path)
                 let j = EntryJSON(path: item.path, entry: e, score: EvictionScore.score(e, now: at))
@@ -57,8 +60,9 @@ struct InspectCommand: ParsableCommand {
             ("created_at", "\(h.createdAt)"), ("last_used", "\(h.lastUsed)"),
             ("payload_bytes", "\(h.payloadBytes)"), ("text_bytes", "\(h.textBytes)"),
             ("file_size", "\(entry.fileSize) (\(Output.bytes(entry.fileSize)))"),
-        ] + (h.version == 2 ? [("text_crc", Output.crc(h.textCRC)), ("payload_crc", Output.crc(h.payloadCRC)),
-                               ("trailer_crc", Output.crc(h.trailerCRC)), ("header_crc", Output.crc(h.headerCRC))] : [])
+        ] + (h.version == 2 ? [("header_crc", Output.crc(h.headerCRC) + (h.computedHeaderCRC == h.headerCRC ? " (holds)" : " (computed \(Output.crc(h.computedHeaderCRC)): mismatch)")),
+                               ("text_crc", Output.crc(h.textCRC)), ("payload_crc", Output.crc(h.payloadCRC)),
+                               ("toolmap_crc", Output.crc(h.trailerCRC))] : [])
             + [("score", String(format: "%.9g", j.score) + (entry.unusable.map { " (unusable: \($0))" } ?? ""))]
         for (k, v) in rows { print("  " + Output.pad(k + ":", 15) + v) }
         print("")

@@ -12,7 +12,7 @@ struct KVScrubd: AsyncParsableCommand {
             Exit status: 0 success; 1 something was found corrupt (verify); 2 usage or I/O error.
             """,
         version: KVScrubdVersion.string,
-        subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, ExplainCommand.self, ScrubCommand.self, MetricsCommand.self,
+        subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, ExplainCommand.self, ScrubCommand.self, BrakeCommand.self, MetricsCommand.self,
                       ReloadCommand.self, EvictNowCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
     )
 }

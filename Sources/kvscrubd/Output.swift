@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import KVCFormat
 
@@ -56,5 +57,30 @@ enum PathExpansion {
             }
         }
         return out
+    }
+}
+
+/// `--engine-abi`, shared by `verify`, `evict` (and `run`, through its settings).
+struct EngineABIOption: ParsableArguments {
+    @Option(name: .customLong("engine-abi"), help: ArgumentHelp(
+        "Payload ABI (header byte 20) of the engine that uses the cache: auto (the newest checkpoint's, by created_at, among those with a valid header) or a number (0: upstream ds4 with PR #146; 2: the shared kvstore). Files of another ABI are incompatible, never corrupt.",
+        valueName: "auto|N"))
+    var engineABI: String = "auto"
+
+    func validate() throws {
+        guard EngineABI(parsing: engineABI) != nil else { throw ValidationError("--engine-abi must be auto or a number from 0 to 255, not '\(engineABI)'") }
+    }
+
+    var setting: EngineABI { EngineABI(parsing: engineABI) ?? .auto }
+
+    /// The ABI in force for a set of paths: their checkpoints' headers decide under `auto`.
+    func resolve(_ items: [PathExpansion.Item]) -> EngineABI.Resolution {
+        guard setting == .auto else { return setting.resolve(headers: []) }
+        let entries = items.compactMap { item -> CacheEntry? in
+            guard item.error == nil, let st = try? FileStatus.of(path: item.path), st.isRegular,
+                  CheckpointName.isCheckpoint(String(item.path.split(separator: "/").last ?? "")) else { return nil }
+            return try? CacheEntry.read(path: item.path)
+        }
+        return setting.resolve(entries: entries)
     }
 }

@@ -77,6 +77,10 @@ enum StatusText {
     static func render(_ s: StatusReport) -> String {
         var lines: [String] = []
         func row(_ k: String, _ v: String) { lines.append(Output.pad(k + ":", 11) + v) }
+        if let b = s.brake, b.engaged {
+            lines += brakeLines(b)
+            row("action", "inspect the quarantined files (kvscrubd verify \(b.quarantine)), then 'kvscrubd brake release'")
+        }
         row("state", s.state + (s.dryRun ? " (dry run: nothing is removed)" : ""))
         row("cache", s.cacheDir)
         let pct = s.budgetBytes > 0 ? String(format: " (%.0f%%)", Double(s.bytes) * 100 / Double(s.budgetBytes)) : ""
@@ -85,9 +89,13 @@ enum StatusText {
         if let free = s.freeBytes, let fs = s.filesystemBytes, fs > 0 {
             row("space", String(format: "%@ free of %@ (%.1f%%)", Output.bytes(free), Output.bytes(fs), Double(free) * 100 / Double(fs)))
         }
+        if let abi = s.engineABI { row("engine", "payload ABI \(abi.description) (engine_payload_abi: \(s.engineABISetting ?? "auto"))") }
         scrubRows(s.scrub, row)
         let c = s.counters
-        row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)")
+        row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)" +
+            ((c.corruptQuarantined ?? 0) > 0 ? ", \(c.corruptQuarantined!) of them to quarantine" : "") +
+            ((s.pendingRemovals ?? 0) > 0 ? "; \(s.pendingRemovals!) awaiting a second look" : "") +
+            ((c.corruptUnconfirmed ?? 0) > 0 ? "; \(c.corruptUnconfirmed!) not confirmed (file changed or read ok)" : ""))
         row("evicted", "\(c.evictedFiles) files, \(Output.bytes(c.evictedBytes)) " +
             "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
         if let r = s.regret {
@@ -96,6 +104,17 @@ enum StatusText {
         }
         row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
         return lines.joined(separator: "\n")
+    }
+
+    /// The removal brake, at the top of `status` when engaged, and `brake status`.
+    static func brakeLines(_ b: StatusReport.Brake) -> [String] {
+        guard b.engaged else {
+            return ["removal brake: off (limit \(b.limit); last hour: \(b.corruptLastHour) proven corrupt of \(b.verifiedLastHour) verified)"]
+        }
+        let since = b.engagedAt.map { " " + DurationText.short(Date().timeIntervalSince1970 - $0) + " ago" } ?? ""
+        return ["REMOVAL BRAKE ENGAGED\(since): \(b.reason ?? "too many corrupt files")",
+                "  \(b.heldBack) corrupt files held back in \(b.quarantine) instead of removed; a format or engine-version",
+                "  mismatch or a failing disk is likelier than that much independent damage"]
     }
 
     /// The scrub part, shared by `status` and `scrub status`.

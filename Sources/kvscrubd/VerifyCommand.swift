@@ -9,23 +9,29 @@ struct VerifyCommand: ParsableCommand {
         discussion: """
             PATH is a file or a directory (its entries, not recursive). v2 files have all four CRC32C fields
             recomputed; v1 files carry no checksum, so only their structure is checked ("checksums: none (v1)").
-            A header or trailer mismatch is re-checked holding a shared flock, so an engine update caught half
-            done is not reported as damage.
+            Files whose payload ABI is not the engine's (--engine-abi) and unknown version bytes are incompatible,
+            never corrupt. Each file's inode, size, mtime and ctime are compared before and after its read: a file
+            the engine rewrote meanwhile is read again, and a verdict from a disturbed read is marked as such.
             Exit status: 0 nothing corrupt; 1 at least one file corrupt; 2 usage or I/O error (and nothing corrupt).
             """)
 
     @Flag(name: .long, help: "Print one JSON object instead of a table.")
     var json = false
 
+    @OptionGroup var abi: EngineABIOption
+
     @Argument(help: "Checkpoint files or cache directories.")
     var paths: [String]
 
     func run() throws {
-        let verifier = Verifier()
+        let items = PathExpansion.expand(paths)
+        let engine = abi.resolve(items)
+        let verifier = Verifier(engineABI: engine.abi)
         var files: [FileJSON] = []
         var errors: [ErrorJSON] = []
         var summary = SummaryJSON()
-        for item in PathExpansion.expand(paths) {
+        if !json { print("engine payload ABI: \(engine.description)") }
+        for item in items {
             if let e = item.error { errors.append(ErrorJSON(path: item.path, error: e)); continue }
             do {
                 let r = try verifier.verify(path: item.path)
@@ -37,7 +43,7 @@ struct VerifyCommand: ParsableCommand {
             }
         }
         if json {
-            print(Output.json(ReportJSON(files: files, summary: summary, errors: errors)))
+            print(Output.json(ReportJSON(files: files, summary: summary, errors: errors, engine_abi: engine)))
         } else {
             for e in errors { Output.error(e.error) }
             print("\(files.count) files: \(summary.ok) ok, \(summary.corrupt) corrupt, \(summary.incompatible) incompatible, \(summary.ignored) ignored" +
@@ -59,9 +65,8 @@ struct VerifyCommand: ParsableCommand {
             if let e = p.expectedCRC, let a = p.actualCRC { s += " (expected \(Output.crc(e)), actual \(Output.crc(a)))" }
             print(s)
         }
-        if r.verdict == .corrupt && !r.confirmedUnderLock &&
-            r.problems.contains(where: { $0.region == .header || $0.region == .trailer }) {
-            print("    note: not confirmed with writers excluded (a writer held the lock)")
+        if r.verdict == .corrupt && !r.unchangedDuringRead {
+            print("    note: the file changed while it was read (the engine may be rewriting it); verify it again")
         }
     }
 
@@ -82,7 +87,8 @@ struct VerifyCommand: ParsableCommand {
         var problems: [ProblemJSON]
         var size: UInt64
         var note: String?
-        var confirmed_under_lock: Bool
+        /// Identity, size, mtime and ctime were the same before and after the read.
+        var unchanged_during_read: Bool
 
         init(_ r: VerifyReport) {
             path = r.path
@@ -96,7 +102,7 @@ struct VerifyCommand: ParsableCommand {
             }
             size = r.fileSize
             note = r.note
-            confirmed_under_lock = r.confirmedUnderLock
+            unchanged_during_read = r.unchangedDuringRead
         }
     }
 
@@ -121,5 +127,6 @@ struct VerifyCommand: ParsableCommand {
         var files: [FileJSON]
         var summary: SummaryJSON
         var errors: [ErrorJSON]
+        var engine_abi: EngineABI.Resolution
     }
 }

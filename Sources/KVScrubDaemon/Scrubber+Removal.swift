@@ -1,0 +1,205 @@
+import Foundation
+import KVCFormat
+import Logging
+
+/// What the scrubber does with a corrupt verdict: the removal rule of
+/// kvc-format.md revision 2, and the removal brake.
+///
+/// A first corrupt verdict proves something only if nothing touched the file
+/// while it was read; otherwise the file is simply checked again shortly, as
+/// a new arrival would be. An undisturbed verdict queues the file for a second
+/// look, due once the file has been left alone for `removal_settle_seconds`
+/// (a touch or tool-map rewrite in flight moves its mtime and ctime, and so
+/// moves the due time). The second look (`CacheDirectory.removeIfCorrupt`)
+/// reads the whole file again and must agree, on the same stamp; then the
+/// brake decides: within its limit the file is unlinked (or moved to
+/// `quarantine_dir` when one is set), past it the file goes to the brake's
+/// quarantine under the state directory, or stays where it is when that
+/// fails. Every outcome is logged; the ones that remove or hold back a file
+/// carry a MESSAGE_ID.
+extension Scrubber {
+    /// A verdict of corrupt from the scrub (a pass or a new file). Returns what was done, in words.
+    @discardableResult
+    func foundCorrupt(_ report: VerifyReport, partOfPass: Bool) -> String {
+        let config = state.config
+        var meta = Self.metadata(report)
+        if config.dryRun {
+            state.with { s in
+                s.counters.countCorrupt(region: meta["region"].map { "\($0)" } ?? "unknown", removed: false)
+                if s.scrub.passStartedAt != nil { s.scrub.corruptFound += 1 }
+            }
+            meta["event"] = "corrupt-found"
+            logger.warning("corrupt file found", metadata: meta)
+            logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
+            return "kept (dry run)"
+        }
+        guard report.unchangedDuringRead, let after = report.after else {
+            meta["event"] = "corrupt-unconfirmed"
+            logger.info("corrupt verdict from a read the file changed under; checking it again shortly", metadata: meta)
+            state.with { $0.counters.corruptUnconfirmed = ($0.counters.corruptUnconfirmed ?? 0) + 1 }
+            fileArrived(report.name)
+            return "kept (the file changed while it was read; it is checked again)"
+        }
+        let due = after.lastChange + config.removalSettleSeconds
+        firstVerdicts.withLock { $0[report.name] = report }
+        state.with { $0.pendingRemoval[report.name] = due }
+        meta["event"] = "corrupt-suspected"
+        meta["settle_seconds"] = "\(config.removalSettleSeconds)"
+        logger.notice("corrupt verdict; the file is verified again once left alone for the settle time", metadata: meta)
+        wake()
+        return "pending: verified again once unchanged for \(DurationText.short(config.removalSettleSeconds))"
+    }
+
+    /// The removal rule's second look and take-away, for a file queued by `foundCorrupt`. Returns what was done.
+    @discardableResult
+    func confirmRemoval(_ name: String, in dir: CacheDirectory, observer: (any ReadObserver)?) -> String {
+        guard let first = firstVerdicts.withLock({ $0.removeValue(forKey: name) }) else { return "none (nothing pending)" }
+        state.with { $0.scrubAbort = false }
+        do {
+            let outcome = try secondLook(name, first: first, in: dir, observer: observer)
+            if case .notSettled(let wait) = outcome {
+                firstVerdicts.withLock { $0[name] = first }
+                state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + wait }
+                return "pending: the file changed less than the settle time ago"
+            }
+            return settle(outcome, first: first)
+        } catch is ScrubThrottle.ScrubStopped {
+            // Stopped, paused or cancelled mid-read: the second look is due again, nothing was decided.
+            firstVerdicts.withLock { $0[name] = first }
+            state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + 1 }
+            return "pending: interrupted"
+        } catch {
+            state.with { $0.noteError("remove corrupt \(name): \(error)") }
+            logger.error("cannot remove corrupt file", metadata: Self.metadata(first).merging(["event": "remove-failed", "error": "\(error)"]) { $1 })
+            return "kept (cannot remove: \(error))"
+        }
+    }
+
+    /// `scrub now`: the whole rule at once for a file just found corrupt, waiting out the settle time here.
+    func removeNow(_ first: VerifyReport, in dir: CacheDirectory) -> String {
+        let queued = foundCorrupt(first, partOfPass: false)
+        guard queued.hasPrefix("pending") else { return queued }
+        // Taken off the scrub thread's queue: this caller does the second look itself.
+        state.with { _ = $0.pendingRemoval.removeValue(forKey: first.name) }
+        _ = firstVerdicts.withLock { $0.removeValue(forKey: first.name) }
+        do {
+            for _ in 0..<20 {
+                let outcome = try secondLook(first.name, first: first, in: dir, observer: nil)
+                if case .notSettled(let wait) = outcome {
+                    Thread.sleep(forTimeInterval: min(wait, 60))
+                    continue
+                }
+                return settle(outcome, first: first)
+            }
+            return "kept (the file kept changing; the scrub checks it again)"
+        } catch {
+            state.with { $0.noteError("remove corrupt \(first.name): \(error)") }
+            return "kept (cannot remove: \(error))"
+        }
+    }
+
+    private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
+                            observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
+        let config = state.config
+        let verifier = Verifier(engineABI: state.with { $0.engineABI.abi }, observer: observer)
+        var holder: CacheDirectory? = nil
+        defer { withExtendedLifetime(holder) {} }
+        return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
+                                       now: { Date().timeIntervalSince1970 }) { report in
+            let admitted = state.with { $0.brake.admitRemoval(now: Date().timeIntervalSince1970, limit: config.removalBrake) }
+            if !admitted { brakeEngagedIfNew(report) }
+            let target = admitted ? config.quarantineDir : config.brakeQuarantineDir
+            guard let target else { return .unlink }
+            do {
+                try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
+                let q = try CacheDirectory(path: target)
+                holder = q
+                return .quarantine(CacheDirectory.Quarantine(fd: q.fd, path: target))
+            } catch {
+                logger.error("cannot open the quarantine directory; the corrupt file stays in place",
+                             metadata: ["event": "quarantine-failed", "path": "\(target)", "error": "\(error)"])
+                return nil
+            }
+        }
+    }
+
+    /// Logs the engagement once, loudly, with its own MESSAGE_ID.
+    private func brakeEngagedIfNew(_ report: VerifyReport) {
+        let (first, reason) = state.with { ($0.brake.heldBack == 1, $0.brake.reason ?? "") }
+        guard first else { return }
+        persist(force: true)
+        logger.critical("removal brake engaged: corrupt files are quarantined, not removed, until an operator runs 'kvscrubd brake release'",
+                        metadata: ["event": "removal-brake-engaged", "reason": "\(reason)", "file": "\(report.name)",
+                                   "quarantine": "\(state.config.brakeQuarantineDir)"])
+    }
+
+    /// Counts, logs and reports one outcome of the second look.
+    private func settle(_ outcome: CacheDirectory.SafeRemovalOutcome, first: VerifyReport) -> String {
+        let name = first.name
+        switch outcome {
+        case .removed(let r), .quarantined(let r, _), .keptInPlace(let r, _):
+            var m = Self.metadata(r)
+            let region = m["region"].map { "\($0)" } ?? "unknown"
+            var removed = true
+            var action = "removed"
+            var event = "corrupt-removed"
+            var message = "corrupt file removed"
+            if case .quarantined(_, let to) = outcome {
+                m["quarantined_to"] = "\(to)"
+                action = "quarantined to \(to)"
+                message = "corrupt file moved to quarantine"
+            } else if case .keptInPlace(_, let why) = outcome {
+                removed = false
+                m["why"] = "\(why)"
+                action = "kept in place (\(why))"
+                event = "corrupt-kept"
+                message = "corrupt file kept in place"
+            }
+            m["event"] = "corrupt-found"
+            logger.warning("corrupt file found", metadata: m)
+            state.with { s in
+                if removed { s.remove(name) }
+                s.counters.countCorrupt(region: region, removed: removed)
+                if case .quarantined = outcome { s.counters.corruptQuarantined = (s.counters.corruptQuarantined ?? 0) + 1 }
+                if s.scrub.passStartedAt != nil {
+                    s.scrub.corruptFound += 1
+                    if removed { s.scrub.removed += 1 }
+                }
+            }
+            m["event"] = "\(event)"
+            logger.warning("\(message)", metadata: m)
+            persist(force: true)
+            return action
+        case .notCorrupt(let r):
+            state.with { s in
+                s.counters.corruptUnconfirmed = (s.counters.corruptUnconfirmed ?? 0) + 1
+                if s.index[name] != nil { s.verdicts[name] = r.verdict }
+            }
+            logger.notice("not corrupt on a second look after the file settled; kept",
+                          metadata: ["event": "corrupt-unconfirmed", "file": "\(name)", "verdict": "\(r.verdict.rawValue)"])
+            return "kept (not corrupt on a second look: \(r.verdict.rawValue))"
+        case .changed:
+            state.with { $0.counters.corruptUnconfirmed = ($0.counters.corruptUnconfirmed ?? 0) + 1 }
+            logger.info("the file changed since its corrupt verdict; checking it again", metadata: ["event": "corrupt-unconfirmed", "file": "\(name)"])
+            fileArrived(name)
+            return "kept (the file changed since the verdict; it is checked again)"
+        case .notSettled:
+            return "pending"
+        case .replaced, .vanished:
+            logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(name)"])
+            return "none (replaced or removed meanwhile)"
+        }
+    }
+
+    static func metadata(_ report: VerifyReport) -> Logger.Metadata {
+        let first = report.corruptProblems.first
+        var meta: Logger.Metadata = ["file": "\(report.name)", "region": "\(first?.region.rawValue ?? "unknown")",
+                                     "detail": "\(first?.detail ?? "")", "bytes": "\(report.fileSize)"]
+        if let e = first?.expectedCRC, let a = first?.actualCRC {
+            meta["expected_crc"] = "\(String(format: "0x%08x", e))"
+            meta["actual_crc"] = "\(String(format: "0x%08x", a))"
+        }
+        return meta
+    }
+}
