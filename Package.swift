@@ -98,12 +98,15 @@ let package = Package(
         ),
         .testTarget(
             name: "KVCFormatTests",
-            dependencies: ["KVCFormat", "KVCSimulation", "CReferenceScore"],
+            dependencies: ["KVCFormat", "KVCSimulation", "CReferenceScore", "CReferenceKVC"],
             resources: [.copy("Golden")]
         ),
         // The engine's own eviction score, compiled from its C source, so parity is
         // checked against the real formula and not against our reading of it.
         .target(name: "CReferenceScore", path: "Tests/CReferenceScore"),
+        // An independent C reference of the v2 header CRC, store, touch, tool-map rewrite and
+        // load checks, written from kvc-format.md revision 2; cross-tested against KVCFormat.
+        .target(name: "CReferenceKVC", path: "Tests/CReferenceKVC"),
         .testTarget(
             name: "KVScrubDaemonTests",
             dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux"]

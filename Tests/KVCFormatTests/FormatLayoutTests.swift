@@ -13,10 +13,12 @@ import KVCSimulation
         return Array(try! Data(contentsOf: url))
     }
 
+    /// v1 as the shared-kvstore engine writes it (model 1, ABI 2); v2 as PR #146's upstream engine does (bytes 7 and 20 zero).
     func writeGoldenInputs(version: UInt8, into dir: String) throws -> String {
-        var meta = CheckpointWriter.Metadata(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 3,
+        var meta = CheckpointWriter.Metadata(reason: .cold, modelID: version == 2 ? 0 : 1, quantBits: 4, ctxSize: 4096, tokens: 3,
                                              createdAt: 1_700_000_000, lastUsed: 1_700_000_100)
         meta.hits = 5
+        meta.payloadABI = version == 2 ? 0 : 2
         return try CheckpointWriter(version: version).store(
             in: dir, text: FormatLayoutTests.goldenText,
             payload: SyntheticPayload(byteCount: 1200, tokens: 3, ctxSize: 4096, seed: 7),
@@ -27,6 +29,11 @@ import KVCSimulation
     func writer_reproducesGoldenFile_byteForByte(version: Int) throws {
         let dir = TempDir()
         let path = try writeGoldenInputs(version: UInt8(version), into: dir.path)
+        if ProcessInfo.processInfo.environment["KVC_UPDATE_GOLDEN"] == "1" {
+            // Regenerating is a deliberate act: the layout tests below check the new bytes field by field.
+            let dest = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/golden-v\(version).kv")
+            try Data(Bytes.read(path)).write(to: dest)
+        }
         #expect(Bytes.read(path) == golden(version))
         #expect(path.hasSuffix("/" + TextDigest.sha1Hex(FormatLayoutTests.goldenText) + ".kv"))
     }
@@ -49,19 +56,26 @@ import KVCSimulation
         #expect(b.count == 52 + 28 + 1200 + 8 + 8 + 8 + 39)
     }
 
-    @Test func goldenV2_crcFieldsCoverWhatTheSpecSays() {
+    /// PR #146's layout (kvc-format.md revision 2): header_crc at 48, text_crc 52, payload_crc 56,
+    /// toolmap_crc 60, text_bytes 64, text at 68; the header CRC covers bytes 0..63 with its own
+    /// field zeroed, continued over text_bytes. Checked with a bit-at-a-time CRC, not our own.
+    @Test func goldenV2_isThePR146Layout_andItsCRCsCoverWhatTheSpecSays() {
         let b = golden(2)
-        #expect(b[3] == 2)
-        #expect(Array(b[68..<96]) == FormatLayoutTests.goldenText)          // text at 68 in v2
         let le = { (o: Int) in UInt32(b[o]) | UInt32(b[o + 1]) << 8 | UInt32(b[o + 2]) << 16 | UInt32(b[o + 3]) << 24 }
+        #expect(b[3] == 2 && b[7] == 0 && b[20] == 0)                      // version 2, model_id 0, payload ABI 0
+        #expect(le(64) == 28)                                               // text_bytes at 64
+        #expect(Array(b[68..<96]) == FormatLayoutTests.goldenText)          // text at 68
         #expect(le(52) == bitwiseCRC32C(Array(b[68..<96])))                 // text CRC
         #expect(le(56) == bitwiseCRC32C(Array(b[96..<1296])))               // payload CRC
-        #expect(le(60) == bitwiseCRC32C(Array(b[1296...])))                 // trailer CRC: to end of file
-        #expect(le(64) == bitwiseCRC32C(Array(b[0..<64])))                  // header CRC over 0..63
-        // Past the CRC fields the v2 file is the v1 file shifted by 16 bytes, but for the version byte.
+        #expect(le(60) == bitwiseCRC32C(Array(b[1296...])))                 // tool-map CRC: to end of file
+        var covered = Array(b[0..<68])
+        covered.replaceSubrange(48..<52, with: [0, 0, 0, 0])
+        #expect(le(48) == bitwiseCRC32C(covered))                           // header CRC at 48
+        // The fields the engine shares with v1 sit where v1 has them.
         let v1 = golden(1)
         #expect(Array(b[68...]) == Array(v1[52...]))
-        #expect(Array(b[4..<52]) == Array(v1[4..<52]))
+        #expect(Array(b[8..<20]) == Array(v1[8..<20]) && Array(b[24..<48]) == Array(v1[24..<48]))
+        #expect(Array(b[64..<68]) == Array(v1[48..<52]))
     }
 
     @Test(arguments: [1, 2])
@@ -69,7 +83,7 @@ import KVCSimulation
         let dir = TempDir()
         let path = dir.file(TextDigest.sha1Hex(FormatLayoutTests.goldenText) + ".kv")
         Bytes.write(golden(version), to: path)
-        let r = try Verifier().verify(path: path)
+        let r = try Verifier(engineABI: version == 2 ? 0 : 2).verify(path: path)
         #expect(r.verdict == .ok, "\(r.problems)")
         #expect(r.checksums == (version == 2 ? .crc32c : .none))
         #expect(r.problems.isEmpty)
@@ -123,5 +137,15 @@ import KVCSimulation
         #expect(CheckpointName.isTemporary(sha + ".kv.tmp.123"))
         #expect(CheckpointName.sha(of: "x" + sha.dropFirst() + ".kv") == nil)
         #expect(CheckpointName.sha(of: sha + ".kvx") == nil)
+    }
+
+    @Test func takenAwayNames_neverLookLikeCheckpoints_andCarryTheOriginal() {
+        let name = String(repeating: "AB", count: 20) + ".kv"
+        let taken = CheckpointName.takenAwayName(for: name, inode: 1234)
+        #expect(!CheckpointName.isCheckpoint(taken))
+        #expect(!CheckpointName.isTemporary(taken))
+        #expect(CheckpointName.originalName(ofTakenAway: taken) == name)
+        #expect(CheckpointName.originalName(ofTakenAway: ".kvscrubd-taken.x.kv.12") == nil)
+        #expect(CheckpointName.originalName(ofTakenAway: name) == nil)
     }
 }

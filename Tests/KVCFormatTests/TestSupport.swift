@@ -23,10 +23,11 @@ enum Fixture {
                       payloadBytes: UInt64 = 4096, tokens: UInt32 = 5, reason: KVCReason = .cold,
                       toolMap: ToolMap? = nil, hits: UInt32 = 0, createdAt: UInt64 = Fixture.createdAt,
                       lastUsed: UInt64? = nil, modelID: UInt8 = 1, quantBits: UInt8 = 4, ctxSize: UInt32 = 4096,
-                      seed: UInt64 = 3) throws -> String {
+                      seed: UInt64 = 3, payloadABI: UInt8 = KVCHeader.kvstorePayloadABI) throws -> String {
         var meta = CheckpointWriter.Metadata(reason: reason, modelID: modelID, quantBits: quantBits, ctxSize: ctxSize,
                                              tokens: tokens, createdAt: createdAt, lastUsed: lastUsed)
         meta.hits = hits
+        meta.payloadABI = payloadABI
         return try CheckpointWriter(version: version).store(
             in: dir, text: Array(text.utf8),
             payload: SyntheticPayload(byteCount: payloadBytes, tokens: tokens, ctxSize: ctxSize, seed: seed),

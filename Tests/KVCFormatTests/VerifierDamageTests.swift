@@ -39,7 +39,7 @@ import KVCSimulation
         #expect(hp.first?.expectedCRC == before.headerCRC)
         #expect(hp.first?.actualCRC == Bytes.header(p).computedHeaderCRC)
         #expect(hp.first?.actualCRC != hp.first?.expectedCRC)
-        #expect(r.confirmedUnderLock)
+        #expect(r.unchangedDuringRead)
     }
 
     @Test func v2_damagedCRCFieldItself_isCorruptHeader() throws {
@@ -83,7 +83,7 @@ import KVCSimulation
 
     // MARK: incompatible
 
-    @Test(arguments: [UInt8(3), 200])
+    @Test(arguments: [UInt8(0), 3, 200])
     func unknownVersion_isIncompatible_notCorrupt(version: UInt8) throws {
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: 2)
@@ -101,18 +101,26 @@ import KVCSimulation
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version)
         Bytes.mutateHeader(p, reseal: true) { $0.payloadABI = 3 }
-        let r = try verify(p)
+        let r = try Verifier(engineABI: 2).verify(path: p)
         #expect(r.verdict == .incompatible)
         #expect(r.problems.map(\.region) == [.header])
+        // Nothing hard-codes an ABI: with the fork's own ABI in force the same file is ok,
+        // and with none known (an empty directory's auto) nothing is incompatible for its ABI.
+        #expect(try Verifier(engineABI: 3).verify(path: p).verdict == .ok)
+        #expect(try Verifier(engineABI: nil).verify(path: p).verdict == .ok)
     }
 
-    @Test func versionZero_isCorrupt() throws {
+    @Test(arguments: [UInt8(1), 2])
+    func pr146Generation_bytes7And20Zero_isOkUnderItsOwnABI_andIncompatibleUnderTheKvstore(version: UInt8) throws {
         let d = TempDir()
-        let p = try Fixture.store(in: d.path, version: 1)
-        var b = Bytes.read(p)
-        b[3] = 0
-        Bytes.write(b, to: p)
-        #expect(try verify(p).verdict == .corrupt)
+        let p = try Fixture.store(in: d.path, version: version, modelID: 0, payloadABI: 0)
+        #expect(Bytes.read(p)[7] == 0 && Bytes.read(p)[20] == 0)
+        let ok = try Verifier(engineABI: 0).verify(path: p)
+        #expect(ok.verdict == .ok, "\(ok.problems)")
+        #expect(ok.problems.isEmpty)
+        let other = try Verifier(engineABI: 2).verify(path: p)
+        #expect(other.verdict == .incompatible)
+        #expect(other.corruptProblems.isEmpty)
     }
 
     // MARK: text and name
@@ -215,7 +223,7 @@ import KVCSimulation
         #expect(r.verdict == .corrupt)
         #expect(r.corruptProblems.map(\.region) == [.trailer])
         #expect(r.corruptProblems.first?.expectedCRC != nil)
-        #expect(r.confirmedUnderLock)
+        #expect(r.unchangedDuringRead)
     }
 
     @Test(arguments: [UInt8(1), 2])
