@@ -108,8 +108,9 @@ public struct StatusReport: Codable, Sendable {
     public var lastErrors: [String]
     public var regret: Regret?
     /// The payload ABI in force and how it was chosen; the setting (auto or a number).
-    public var engineABI: EngineABI.Resolution?
-    public var engineABISetting: String?
+    /// (`Abi`, not `ABI`: the socket's JSON is snake_case, `engine_abi`, and must round-trip.)
+    public var engineAbi: EngineABI.Resolution?
+    public var engineAbiSetting: String?
     public var brake: Brake?
     /// Files found corrupt waiting for the removal rule's second look.
     public var pendingRemovals: Int?

@@ -504,7 +504,7 @@ public final class Daemon: Sendable {
                              lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
                              lastCancelledAt: s.scrub.lastCancelledAt),
                 counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now),
-                engineABI: s.engineABI, engineABISetting: c.engineABI.description,
+                engineAbi: s.engineABI, engineAbiSetting: c.engineABI.description,
                 brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,
                              limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
                              verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),

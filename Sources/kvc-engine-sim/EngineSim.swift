@@ -10,7 +10,7 @@ struct EngineSim: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvc-engine-sim",
         abstract: "Write and use a KVC checkpoint cache the way ds4's engine does (a test and demo stand-in).",
-        subcommands: [StoreCommand.self, LoadCommand.self, TouchCommand.self, ToolMapCommand.self, RunCommand.self]
+        subcommands: [StoreCommand.self, LoadCommand.self, TouchCommand.self, ToolMapCommand.self, RunCommand.self, ChurnCommand.self]
     )
 }
 
@@ -337,5 +337,79 @@ struct RunCommand: ParsableCommand {
         }
         let summary = workload.run()
         printJSON(summary)
+    }
+}
+
+struct ChurnCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "churn",
+        abstract: "Rewrite checkpoints in place as the engine does, as fast as asked: touches (one header write) and tool-map rewrites (truncate, write, header), no lock. Prints a JSON summary.",
+        discussion: "Each step picks one of FILE at random (seeded). A file that vanished is skipped; a file the engine would refuse (damaged v2 header, other ABI) is counted and left alone, as the engine would.")
+
+    @Option(name: .long, help: "How long to run, in seconds.")
+    var duration: Double = 10
+
+    @Option(name: .long, help: "Stop after this many rewrites.")
+    var operations: Int?
+
+    @Option(name: .customLong("step-pause-ms"), help: "Pause this many milliseconds between the steps of a tool-map rewrite.")
+    var stepPauseMS: Double = 0
+
+    @Option(name: .customLong("idle-ms"), help: "Pause this many milliseconds between rewrites.")
+    var idleMS: Double = 0
+
+    @Option(name: .customLong("toolmap-share"), help: "Share of rewrites that are tool-map rewrites (the rest are touches).")
+    var toolMapShare: Double = 0.5
+
+    @Option(name: .long, help: ArgumentHelp("Engine generation: pr146 (any payload ABI) or kvstore (refuses ABIs other than 2).", valueName: "pr146|kvstore"))
+    var generation: String = "pr146"
+
+    @Option(name: .long, help: "Seed.")
+    var seed: UInt64 = 1
+
+    @Argument(help: "Checkpoint files to rewrite.")
+    var files: [String]
+
+    struct Summary: Encodable {
+        var touches = 0
+        var toolmaps = 0
+        var vanished = 0
+        var refused = 0
+        var errors: [String] = []
+    }
+
+    func run() throws {
+        guard !files.isEmpty else { throw ValidationError("give at least one FILE") }
+        guard let g = EngineGeneration(rawValue: generation) else { throw ValidationError("--generation must be pr146 or kvstore") }
+        var u = CheckpointUpdater(engineABI: g.requiredABI)
+        u.pauseBetweenSteps = .milliseconds(Int64(stepPauseMS))
+        var rng = SplitMix64(seed: seed)
+        var s = Summary()
+        let clock = ContinuousClock()
+        let end = clock.now + .milliseconds(Int64(duration * 1000))
+        var n: UInt64 = 0
+        while clock.now < end && (operations.map { s.touches + s.toolmaps < $0 } ?? true) {
+            n += 1
+            let path = files[Int(rng.next() % UInt64(files.count))]
+            do {
+                if Double(rng.next() % 1000) / 1000 < toolMapShare {
+                    let count = Int(rng.next() % 4)
+                    let map = ToolMap((0..<count).map { ToolMap.Entry(id: "call_\(n)_\($0)", dsml: String(repeating: "x", count: Int(rng.next() % 300))) })
+                    try u.rewriteToolMap(path: path, toolMap: map, now: now())
+                    s.toolmaps += 1
+                } else {
+                    try u.touch(path: path, now: now())
+                    s.touches += 1
+                }
+            } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+                s.vanished += 1
+            } catch let e as KVCError where e.kind == .corrupt || e.kind == .incompatible || e.kind == .notACheckpoint {
+                s.refused += 1
+            } catch {
+                s.errors.append("\(error)")
+            }
+            if idleMS > 0 { usleep(UInt32(idleMS * 1000)) }
+        }
+        printJSON(s)
     }
 }

@@ -71,6 +71,15 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("regret-window-hours"), help: ArgumentHelp("An evicted file written again within this many hours is a regret (regret_window_hours; default 6).", valueName: "h"))
     var regretWindow: String?
 
+    @Option(name: .customLong("engine-abi"), help: ArgumentHelp("Payload ABI (header byte 20) of the engine beside us: auto learns it from the newest checkpoint; 0 is upstream ds4 with PR #146, 2 the shared kvstore (engine_payload_abi; default auto).", valueName: "auto|N"))
+    var engineABI: String?
+
+    @Option(name: .customLong("removal-settle-seconds"), help: ArgumentHelp("A corrupt file is verified again, and only then removed, once nothing has changed it for this long (removal_settle_seconds; default 5).", valueName: "s"))
+    var removalSettle: String?
+
+    @Option(name: .customLong("removal-brake"), help: ArgumentHelp("Stop removing (quarantine instead) past this many proven-corrupt files in an hour: files, percent of files verified, both (the larger), or off (removal_brake; default 5,5%).", valueName: "N,P%"))
+    var removalBrake: String?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (log_level; default info).", valueName: "level"))
     var logLevel: String?
 
@@ -95,6 +104,9 @@ struct RunCommand: AsyncParsableCommand {
         add("admin_group", adminGroup)
         add("metrics_listen", metricsListen)
         add("regret_window_hours", regretWindow)
+        add("engine_payload_abi", engineABI)
+        add("removal_settle_seconds", removalSettle)
+        add("removal_brake", removalBrake)
         return p
     }
 

@@ -89,7 +89,7 @@ enum StatusText {
         if let free = s.freeBytes, let fs = s.filesystemBytes, fs > 0 {
             row("space", String(format: "%@ free of %@ (%.1f%%)", Output.bytes(free), Output.bytes(fs), Double(free) * 100 / Double(fs)))
         }
-        if let abi = s.engineABI { row("engine", "payload ABI \(abi.description) (engine_payload_abi: \(s.engineABISetting ?? "auto"))") }
+        if let abi = s.engineAbi { row("engine", "payload ABI \(abi.description) (engine_payload_abi: \(s.engineAbiSetting ?? "auto"))") }
         scrubRows(s.scrub, row)
         let c = s.counters
         row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)" +

@@ -16,8 +16,9 @@ import KVCFormat
 
     @Test func verify_cleanDirectory_exits0_andJSONHasTheDocumentedShape() throws {
         let d = TempDir()
+        // One engine writes a directory: PR #146's upstream engine, v2 and v1 files alike (bytes 7 and 20 zero).
         let v2 = try store(d.path, ["--seed", "1", "--tool-map", "2"])
-        let v1 = try store(d.path, ["--seed", "2", "--format", "v1"])
+        let v1 = try store(d.path, ["--seed", "2", "--format", "v1", "--generation", "pr146"])
         try Data("x".utf8).write(to: URL(fileURLWithPath: d.file("README")))
         let r = try Tool.run("kvscrubd", ["verify", "--json", d.path])
         #expect(r.status == 0, "\(r.stderr)")
@@ -36,6 +37,28 @@ import KVCFormat
         }
         let s = try #require(j["summary"] as? [String: Int])
         #expect(s == ["ok": 2, "corrupt": 0, "incompatible": 0, "ignored": 1])
+        let abi = try #require(j["engine_abi"] as? [String: Any])
+        #expect(abi["abi"] as? Int == 0 && abi["source"] as? String == "newest checkpoint")
+    }
+
+    @Test func verify_engineABI_decidesWhichGenerationIsIncompatible_neverCorrupt() throws {
+        let d = TempDir()
+        let pr146 = try store(d.path, ["--seed", "1", "--created-at", "1000"])
+        let kvstore = try store(d.path, ["--seed", "2", "--format", "v1", "--created-at", "2000"])
+        // auto: the newest checkpoint (the kvstore one) says ABI 2, so the PR #146 file is incompatible.
+        var r = try Tool.run("kvscrubd", ["verify", "--json", d.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        var byPath = Dictionary(uniqueKeysWithValues: ((r.json as? [String: Any])?["files"] as? [[String: Any]] ?? []).map { ($0["path"] as! String, $0) })
+        #expect(byPath[pr146]?["verdict"] as? String == "incompatible")
+        #expect(byPath[kvstore]?["verdict"] as? String == "ok")
+        // --engine-abi 0: the other way round.
+        r = try Tool.run("kvscrubd", ["verify", "--json", "--engine-abi", "0", d.path])
+        byPath = Dictionary(uniqueKeysWithValues: ((r.json as? [String: Any])?["files"] as? [[String: Any]] ?? []).map { ($0["path"] as! String, $0) })
+        #expect(byPath[pr146]?["verdict"] as? String == "ok")
+        #expect(byPath[kvstore]?["verdict"] as? String == "incompatible")
+        #expect(((r.json as? [String: Any])?["engine_abi"] as? [String: Any])?["source"] as? String == "configured")
+        let bad = try Tool.run("kvscrubd", ["verify", "--engine-abi", "two", d.path])
+        #expect(bad.status == 2 && bad.stderr.contains("--engine-abi"))
     }
 
     @Test func verify_corruptFile_exits1_andNamesRegionAndCRCs() throws {
@@ -94,7 +117,8 @@ import KVCFormat
     @Test func inspect_printsEveryHeaderFieldAndTheScore() throws {
         let d = TempDir()
         let p = try store(d.path, ["--reason", "shutdown", "--hits", "4", "--created-at", "1000", "--last-used", "2000",
-                                   "--tokens", "100", "--model-id", "3", "--quant-bits", "2", "--ctx-size", "8192"])
+                                   "--tokens", "100", "--model-id", "3", "--quant-bits", "2", "--ctx-size", "8192",
+                                   "--generation", "kvstore"])
         let r = try Tool.run("kvscrubd", ["inspect", "--json", "--now", "2000", p])
         #expect(r.status == 0, "\(r.stderr)")
         let e = try #require(((r.json as? [String: Any])?["entries"] as? [[String: Any]])?.first)

@@ -1,0 +1,280 @@
+import Foundation
+import Testing
+import KVCFormat
+import KVCSimulation
+import KVScrubDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The daemon next to an engine that behaves like the real one: no locks,
+/// touches as one header write, tool-map rewrites as truncate, write, header
+/// with a widened window between the steps (`kvc-engine-sim churn`), the
+/// daemon scrubbing unthrottled with passes forced and `scrub now` aimed at
+/// the files being rewritten. kvc-format.md revision 2's removal rule is what
+/// keeps the good files: nothing here cooperates with the daemon.
+///
+/// KVSCRUBD_CHURN_SECONDS sets the churn's length (default 25 s in the suite;
+/// e.g. KVSCRUBD_CHURN_SECONDS=600 swift test --filter LockFreeEngineTests).
+@Suite(.serialized) struct LockFreeEngineTests {
+    static var seconds: Double { Double(ProcessInfo.processInfo.environment["KVSCRUBD_CHURN_SECONDS"] ?? "") ?? 25 }
+
+    /// Stores `count` good checkpoints as PR #146's engine writes them (v1 and v2 alternately).
+    static func storeGood(_ dir: String, count: Int, seedBase: UInt64, payload: Int = 128 << 10) throws -> [String] {
+        try (0..<count).map { i in
+            let r = try Tool.run("kvc-engine-sim", ["store", "--dir", dir, "--format", i % 2 == 0 ? "v2" : "v1", "--generation", "pr146",
+                                                    "--seed", "\(seedBase + UInt64(i))", "--text-bytes", "3000",
+                                                    "--payload-bytes", "\(payload)", "--tool-map", "2"])
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+
+    static func startChurn(_ files: [String], seconds: Double, log: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvc-engine-sim")
+        p.arguments = ["churn", "--duration", "\(seconds)", "--step-pause-ms", "5", "--seed", "7"] + files
+        FileManager.default.createFile(atPath: log, contents: nil)
+        p.standardOutput = FileHandle(forWritingAtPath: log)
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    static func churnSummary(_ log: String) -> [String: Any] {
+        ((try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: log)))) as? [String: Any]) ?? [:]
+    }
+
+    func scrubNow(_ d: DaemonProcess, _ files: [String]) throws -> [FileVerdict] {
+        var c = ControlClient(path: d.socket)
+        c.timeout = 120
+        return try c.send(ControlRequest(cmd: "scrub-now", files: files)).verdicts ?? []
+    }
+
+    @Test func lockFreeRewrites_withTheDaemonScrubbingFlatOut_removeNoGoodFile() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let files = try Self.storeGood(cache, count: 12, seedBase: 100)
+        let d = try DaemonProcess(root: root, extra: [
+            "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0"], cacheDir: cache)
+        let churn = try Self.startChurn(files, seconds: Self.seconds, log: root.file("churn.json"))
+        defer { if churn.isRunning { churn.terminate() } }
+        var scrubNows = 0
+        var rng = SplitMix64(seed: 3)
+        while churn.isRunning {
+            // Aimed at files being rewritten: every verdict must be kept or put off, never a removal.
+            let picks = (0..<3).map { _ in files[Int(rng.next() % UInt64(files.count))] }
+            for v in try scrubNow(d, picks) {
+                #expect(!v.action.hasPrefix("removed") && !v.action.hasPrefix("quarantined"), "\(v.file): \(v.action)")
+            }
+            scrubNows += 1
+            _ = try? d.request("scrub-start")
+        }
+        churn.waitUntilExit()
+        // The files settle once the churn stops; every pending second look must then read ok.
+        try waitUntil("no removal pending", timeout: 60) { (try d.status().pendingRemovals ?? 0) == 0 }
+        let final = try d.status()
+        _ = d.stop()
+        let summary = Self.churnSummary(root.file("churn.json"))
+        let rewrites = (summary["touches"] as? Int ?? 0) + (summary["toolmaps"] as? Int ?? 0)
+        #expect(rewrites >= Int(2000 * Self.seconds / 25), "in-place rewrites: \(rewrites)")
+        #expect((summary["toolmaps"] as? Int ?? 0) >= rewrites / 4)
+        #expect((summary["errors"] as? [Any])?.isEmpty == true, "\(summary)")
+        for f in files { #expect(FileManager.default.fileExists(atPath: f), "good file lost: \(f)") }
+        #expect(final.counters.corruptRemoved == 0 && final.counters.corruptFound == 0)
+        #expect(d.events("corrupt-removed").isEmpty && d.events("corrupt-kept").isEmpty)
+        // The race was real: the daemon did see half-done rewrites, and the rule put every one off.
+        let seen = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count
+        #expect(seen > 0, "the daemon never saw a rewrite half done: the test did not race")
+        #expect(scrubNows >= 5)
+        let verify = try Tool.run("kvscrubd", ["verify", "--json", cache])
+        #expect(((verify.json as? [String: Any])?["summary"] as? [String: Int])?["ok"] == 12, "\(verify.stdout.prefix(1500))")
+    }
+
+    @Test func damageInEveryRegion_underChurn_isRemoved_onlyAfterTheSettleTime() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let churned = try Self.storeGood(cache, count: 8, seedBase: 200)
+        let d = try DaemonProcess(root: root, extra: [
+            "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0",
+            "--removal-brake", "50"], cacheDir: cache)
+        let churn = try Self.startChurn(churned, seconds: 30, log: root.file("churn.json"))
+        defer { if churn.isRunning { churn.terminate() } }
+        // Files damaged in place, one per region each version can show, arriving while the churn runs.
+        var damaged = try Damage.corruptSet(cache, version: 2, seedBase: 300)
+        damaged.merge(try Damage.corruptSet(cache, version: 1, seedBase: 400)) { a, _ in a }
+        damaged.merge(try Self.sizeDamaged(cache)) { a, _ in a }
+        var changedAt: [String: Double] = [:]
+        for name in damaged.keys {
+            let st = try FileStatus.of(path: cache + "/" + name)
+            changedAt[name] = Double(max(st.modifiedAtNanos, st.changedAtNanos)) / 1e9
+        }
+        var removedAt: [String: Double] = [:]
+        try waitUntil("every damaged file removed", timeout: 90) {
+            let now = Date().timeIntervalSince1970
+            for name in damaged.keys where removedAt[name] == nil && !FileManager.default.fileExists(atPath: cache + "/" + name) {
+                removedAt[name] = now
+            }
+            return removedAt.count == damaged.count
+        }
+        churn.waitUntilExit()
+        _ = d.stop()
+        let settle = 5.0 // the default removal_settle_seconds
+        let delays = damaged.keys.map { removedAt[$0]! - changedAt[$0]! }.sorted()
+        for name in damaged.keys {
+            #expect(removedAt[name]! - changedAt[name]! >= settle, "\(name) (\(damaged[name]!)) removed before the file had settled")
+        }
+        let removed = Dictionary(d.events("corrupt-removed").compactMap { e in e["file"].map { ($0, e["region"] ?? "") } }) { a, _ in a }
+        for (name, region) in damaged {
+            #expect(removed[name] != nil, "\(name): damaged in \(region), not removed by the daemon")
+        }
+        for f in churned { #expect(FileManager.default.fileExists(atPath: f), "good file lost: \(f)") }
+        print("damage to removal, \(delays.count) files, settle \(settle) s: p50 \(String(format: "%.2f", delays[delays.count / 2])) s, " +
+              "max \(String(format: "%.2f", delays.last!)) s")
+    }
+
+    /// A v2 file cut short inside its payload (the size region).
+    static func sizeDamaged(_ dir: String) throws -> [String: String] {
+        let p = try Damage.store(dir, version: 2, seed: 500)
+        Damage.edit(p) { $0.removeLast(20_000) }
+        return [String(p.split(separator: "/").last!): "size"]
+    }
+
+    /// Revision 1's invented v2 layout (text_bytes at 48, header CRC at 64 over bytes 0..63): a
+    /// foreign layout under the same magic, as a fork or a misread would present it.
+    static func revision1Layout(_ path: String) {
+        Damage.edit(path) { b in
+            let textBytes = Array(b[64..<68])
+            b.replaceSubrange(48..<52, with: textBytes)
+            let crc = CRC32C.checksum(Array(b[0..<64]))
+            b.replaceSubrange(64..<68, with: (0..<4).map { UInt8(truncatingIfNeeded: crc >> (8 * UInt32($0))) })
+        }
+    }
+
+    @Test func thirtyFilesInAForeignLayout_theBrakeStopsRemovals_andKeepsTheRest() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        var names: [String] = []
+        for i in 0..<30 {
+            let p = try Damage.store(cache, version: 2, seed: UInt64(600 + i), payload: 16 << 10)
+            Self.revision1Layout(p)
+            names.append(String(p.split(separator: "/").last!))
+        }
+        #expect(try Verifier().verify(path: cache + "/" + names[0]).verdict == .corrupt, "the foreign layout reads as damage")
+        var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
+            "--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.5"], cacheDir: cache)
+        try waitUntil("all 30 judged", timeout: 60) {
+            let s = try d!.status()
+            return s.counters.corruptFound == 30 && (s.pendingRemovals ?? 0) == 0
+        }
+        let s = try d!.status()
+        let quarantine = root.file("state") + "/quarantine"
+        let inQuarantine = Set((try? FileManager.default.contentsOfDirectory(atPath: quarantine)) ?? [])
+        let inCache = checkpoints(in: cache)
+        let unlinked = names.filter { !inCache.contains($0) && !inQuarantine.contains($0) }
+        #expect(unlinked.count <= 5, "removed past the brake: \(unlinked.count)")
+        #expect(unlinked.count + inQuarantine.count + inCache.count == 30)
+        #expect(inQuarantine.count >= 25)
+        #expect(s.brake?.engaged == true && s.brake?.heldBack == inQuarantine.count)
+        #expect(s.brake?.reason?.contains("more than the limit of 5") == true, "\(String(describing: s.brake?.reason))")
+        #expect(d!.events("removal-brake-engaged").count == 1)
+        let text = try Tool.run("kvscrubd", ["status", "--socket", d!.socket])
+        #expect(text.stdout.hasPrefix("REMOVAL BRAKE ENGAGED"), "\(text.stdout)")
+        #expect(text.stdout.contains("action:"))
+        let metrics = try d!.request("metrics").metrics ?? ""
+        #expect(metrics.contains("kvscrubd_removal_brake_engaged 1"))
+        // The brake survives a restart; only an operator lifts it.
+        _ = d!.stop()
+        d = nil
+        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"], cacheDir: cache)
+        #expect(try d!.status().brake?.engaged == true)
+        let brake = try Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket])
+        #expect(brake.status == 1 && brake.stdout.contains("REMOVAL BRAKE ENGAGED"))
+        let release = try Tool.run("kvscrubd", ["brake", "release", "--socket", d!.socket])
+        #expect(release.status == 0, "\(release.stderr)")
+        #expect(release.stdout.contains("released"))
+        #expect(try d!.status().brake?.engaged == false)
+        #expect(try Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket]).status == 0)
+    }
+
+    @Test func aPR146Directory_isAllOk_andTheABIFollowsTheEngine() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        _ = try Self.storeGood(cache, count: 6, seedBase: 700, payload: 32 << 10)
+        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0",
+                                                                       "--scrub-new-file-delay", "0"], cacheDir: cache)
+        var s = try d.status()
+        #expect(s.engineAbi?.abi == 0 && s.engineAbi?.source == "newest checkpoint")
+        #expect(s.incompatibleFiles == 0)
+        try waitUntil("the first pass verified every file", timeout: 30) { try d.status().scrub.lastPass != nil }
+        let entries = try d.request("entries").entries ?? []
+        #expect(entries.count == 6 && entries.allSatisfy { $0.unusable == nil && $0.verdict == "ok" }, "\(entries.map { ($0.name, $0.verdict, $0.unusable) })")
+        // A shared-kvstore engine takes over the directory: its first store says ABI 2.
+        let r = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "9",
+                                                "--payload-bytes", "\(32 << 10)"])
+        #expect(r.status == 0)
+        try waitUntil("the latest arrival sets the ABI", timeout: 10) { try d.status().engineAbi?.abi == 2 }
+        s = try d.status()
+        #expect(s.engineAbi?.source == "latest arrival")
+        #expect(s.incompatibleFiles == 6)
+        let metrics = try d.request("metrics").metrics ?? ""
+        #expect(metrics.contains("kvscrubd_engine_payload_abi 2"))
+        #expect(metrics.contains("kvscrubd_engine_payload_abi_source{source=\"latest arrival\"} 1"))
+        let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket])
+        #expect(text.stdout.contains("payload ABI 2 (shared kvstore), latest arrival"), "\(text.stdout)")
+        #expect(d.events("corrupt-removed").isEmpty && checkpoints(in: cache).count == 7)
+    }
+
+    @Test func upperCaseNames_shortFiles_oversizedNewcomers_andLeftoverPrivateNames() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        // Upper-case hex: the engine accepts it, so the daemon indexes it under its own name.
+        let lower = try Damage.store(cache, version: 2, seed: 800, payload: 200 << 10)
+        let upperName = String(lower.split(separator: "/").last!).dropLast(3).uppercased() + ".kv"
+        try FileManager.default.moveItem(atPath: lower, toPath: cache + "/" + upperName)
+        // Shorter than its header says: no engine can index it; it counts with its stat size and goes first.
+        let short = try Damage.store(cache, version: 2, seed: 801, payload: 400 << 10)
+        Damage.edit(short) { $0.removeLast(100 << 10) }
+        let shortName = String(short.split(separator: "/").last!)
+        // A removal interrupted after the take-away: a good file under its private name...
+        let good = try Damage.store(cache, version: 1, seed: 802, payload: 100 << 10)
+        let goodName = String(good.split(separator: "/").last!)
+        let goodTaken = CheckpointName.takenAwayName(for: goodName, inode: 1)
+        try FileManager.default.moveItem(atPath: good, toPath: cache + "/" + goodTaken)
+        // ...and a corrupt one.
+        let bad = try Damage.store(cache, version: 2, seed: 803, payload: 100 << 10)
+        Damage.edit(bad) { $0[$0.count / 2] ^= 1 }
+        let badName = String(bad.split(separator: "/").last!)
+        try FileManager.default.moveItem(atPath: bad, toPath: cache + "/" + CheckpointName.takenAwayName(for: badName, inode: 2))
+
+        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1", "--scrub-rate-mbps", "0", "--evict-interval", "3600"], cacheDir: cache)
+        // Start-up settled the leftovers: the good one is back under its name, the corrupt one gone.
+        #expect(FileManager.default.fileExists(atPath: good))
+        #expect(!FileManager.default.fileExists(atPath: cache + "/" + goodTaken))
+        #expect(!((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).contains { $0.hasPrefix(".kvscrubd-taken.") })
+        #expect(d.events("removal-recovered").count == 2)
+        let entries = try d.request("entries").entries ?? []
+        #expect(entries.contains { $0.name == upperName && $0.unusable == nil })
+        let shortEntry = try #require(entries.first { $0.name == shortName })
+        #expect(shortEntry.unusable?.contains("shorter than prologue + text + payload") == true)
+        #expect(shortEntry.size == (try FileStatus.of(path: short)).size, "counted with its stat size")
+        #expect(shortEntry.rank == 1, "an unusable file goes first")
+
+        // A newcomer larger than the whole 1 MiB budget evicts nothing else.
+        let before = checkpoints(in: cache)
+        let big = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "5",
+                                                  "--payload-bytes", "\(3 << 20)"])
+        #expect(big.status == 0)
+        try waitUntil("the daemon saw the newcomer", timeout: 10) { !d.events("oversized-arrival").isEmpty }
+        let evictResponse = try d.request("evict-now")
+        #expect(evictResponse.ok)
+        // Without the oversized file the rest (about 0.75 MiB) is under budget: nothing else goes.
+        #expect(checkpoints(in: cache).isSuperset(of: before), "evicted: \(before.subtracting(checkpoints(in: cache)))")
+        #expect(d.events("evicted").isEmpty)
+    }
+}
