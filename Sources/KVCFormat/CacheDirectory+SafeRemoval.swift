@@ -139,13 +139,48 @@ extension CacheDirectory {
     }
 
     /// Moves a held file into quarantine as `<name>`, or `<name>.<inode>` when that is taken; returns its new path.
+    /// Across file systems (or systemd's bind mounts, which rename(2) treats alike) the file
+    /// is copied and synced first, and only then is the private name unlinked.
     func moveIntoQuarantine(_ taken: String, as name: String, inode: UInt64, quarantine q: Quarantine) throws -> String {
         for target in [name, "\(name).\(inode)"] {
             if kvc_rename_noreplace(fd.rawValue, taken, q.fd.rawValue, target) == 0 { return q.path + "/" + target }
             let e = Errno(rawValue: errno)
+            if e == .improperLink {
+                guard try copy(taken, into: q, as: target) else { continue }
+                guard unlinkat(fd.rawValue, taken, 0) == 0 else {
+                    throw KVCError.io(Errno(rawValue: errno), path: pathOf(taken), "copied into quarantine, but cannot remove")
+                }
+                return q.path + "/" + target
+            }
             if e != .fileExists { throw KVCError.io(e, path: pathOf(taken), "cannot move into quarantine \(q.path)") }
         }
         throw KVCError(.io, path: pathOf(taken), "quarantine \(q.path) already holds \(name) and \(name).\(inode)")
+    }
+
+    /// Copies `name` into `q` as a new file `target` (false when `target` exists), synced before returning.
+    private func copy(_ name: String, into q: Quarantine, as target: String) throws -> Bool {
+        let src = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
+        let dst: CheckpointFile
+        do {
+            dst = try CheckpointFile.open(in: q.fd, name: target, dirPath: q.path, flags: O_WRONLY | O_CREAT | O_EXCL)
+        } catch let e as KVCError where e.errno == .fileExists {
+            return false
+        }
+        do {
+            let buffer = ReadBuffer(count: 1 << 20)
+            var offset: UInt64 = 0
+            while true {
+                let n = try src.read(at: offset, into: buffer.bytes)
+                if n == 0 { break }
+                try dst.write(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<n]), at: offset)
+                offset += UInt64(n)
+            }
+            try dst.sync()
+        } catch {
+            _ = unlinkat(q.fd.rawValue, target, 0)
+            throw error
+        }
+        return true
     }
 
     public enum LeftoverOutcome: Sendable, Equatable {

@@ -68,9 +68,12 @@ import Testing
     @Test func formatDoc_andManPage_agreeOnTheLayoutOffsets() throws {
         let doc = try String(contentsOfFile: Self.repo + "/docs/FORMAT.md", encoding: .utf8)
         let man = try Self.manText("kvc.5")
-        for (offset, field) in [(52, "text_crc"), (56, "payload_crc"), (60, "trailer_crc"), (64, "header_crc"), (48, "text_bytes")] {
-            #expect(doc.contains("| \(offset) | 4 | \(field) |"))
-            #expect(man.contains("\(offset)|4|\(field)|"))
+        // PR #146's v2: header_crc at 48, the data CRCs, text_bytes at 64 (v1 keeps text_bytes at 48).
+        for (offset, field) in [(48, "header_crc"), (52, "text_crc"), (56, "payload_crc"), (60, "toolmap_crc"), (64, "text_bytes"),
+                                (48, "text_bytes")] {
+            #expect(doc.contains("| \(offset) | 4 | \(field) |"), "FORMAT.md: \(offset) \(field)")
+            #expect(man.contains("\(offset)|4|\(field)|"), "kvc(5): \(offset) \(field)")
         }
+        #expect(!doc.contains("trailer_crc") && !man.contains("trailer_crc"), "revision 1's field name")
     }
 }
