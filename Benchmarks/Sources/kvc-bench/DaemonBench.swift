@@ -43,7 +43,10 @@ struct DaemonBench: ParsableCommand {
     @Option(name: .customLong("control-requests"), help: "Requests per client for the control-socket figure.")
     var controlRequests: Int = 100
 
-    @Option(help: "Run one part only: latency, startup, scrub or control.")
+    @Option(name: .customLong("removal-files"), help: "Damaged arrivals for the damage-to-removal figure.")
+    var removalFiles: Int = 40
+
+    @Option(help: "Run one part only: latency, startup, scrub, control or removal.")
     var only: String?
 
     func run() throws {
@@ -57,6 +60,48 @@ struct DaemonBench: ParsableCommand {
         if only == nil || only == "startup" { try startup(work + "/startup") }
         if only == nil || only == "scrub" { try pageCacheAndRate(work + "/scrub") }
         if only == nil || only == "control" { try control(work + "/control") }
+        if only == nil || only == "removal" { try removal(work + "/removal") }
+    }
+
+    // MARK: - damage to removal
+
+    /// How long a corrupt checkpoint stays in the cache at the default
+    /// settings (new-file check after 2 s, removal_settle_seconds 5): damaged
+    /// v2 files renamed in one every 100 ms, each timed from its arrival to the
+    /// moment its name is gone. The reference is the floor the removal rule
+    /// itself sets (the settle time after the file's last change); the brake
+    /// is off so every file is removed.
+    func removal(_ base: String) throws {
+        let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, extra: ["--scrub-rate-mbps", "0", "--removal-brake", "off", "--budget-mb", "0"])
+        defer { d.stop() }
+        let stage = base + "/stage"
+        try FileManager.default.createDirectory(atPath: stage, withIntermediateDirectories: true)
+        var arrived: [String: Double] = [:]
+        for i in 0..<removalFiles {
+            let p = try storeSmall(in: stage, seed: UInt64(50_000 + i))
+            var b = Array(FileManager.default.contents(atPath: p)!)
+            b[b.count / 2] ^= 0x01 // a payload byte: the payload CRC no longer holds
+            try Data(b).write(to: URL(fileURLWithPath: p))
+            let name = String(p.split(separator: "/").last!)
+            let now = Date().timeIntervalSince1970
+            guard rename(p, d.cache + "/" + name) == 0 else { throw ValidationErrorText("rename failed") }
+            arrived[name] = now
+            usleep(100_000)
+        }
+        var delays: [Double] = []
+        let deadline = Date().addingTimeInterval(120)
+        while delays.count < arrived.count && Date() < deadline {
+            for (name, t) in arrived where !FileManager.default.fileExists(atPath: d.cache + "/" + name) {
+                delays.append(Date().timeIntervalSince1970 - t)
+                arrived.removeValue(forKey: name)
+            }
+            usleep(5_000)
+        }
+        guard arrived.isEmpty else { throw ValidationErrorText("\(arrived.count) damaged files were not removed within 120 s") }
+        let (p50, p99) = (percentile(delays, 0.5), percentile(delays, 0.99))
+        let settle = 5.0
+        print(String(format: "INFO  damage to removal, %d damaged v2 arrivals, default settings (settle %.0f s, new-file delay 2 s): p50 %.2f s, p99 %.2f s, max %.2f s; the removal rule's floor is the settle time: p50 ratio %.3f, p99 ratio %.3f",
+                     delays.count, settle, p50, p99, delays.max() ?? 0, p50 / settle, p99 / settle))
     }
 
     // MARK: - control socket under load
