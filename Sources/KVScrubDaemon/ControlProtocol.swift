@@ -29,6 +29,8 @@ public struct ControlResponse: Codable, Sendable {
     public var explanation: Explanation?
     /// Prometheus text exposition format.
     public var metrics: String?
+    /// With `entries`: the payload ABI the entries were judged against.
+    public var engineAbi: EngineABI.Resolution?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, status: StatusReport? = nil, entries: [EntryReport]? = nil,
                 scrub: StatusReport.Scrub? = nil, verdicts: [FileVerdict]? = nil, explanation: Explanation? = nil, metrics: String? = nil) {

@@ -48,7 +48,7 @@ public final class ControlServer: Sendable {
                     try ch.pipeline.syncOperations.addHandler(LineHandler(handler: handler, connections: connections, logger: logger))
                 }
             }
-            .withBoundSocket(descriptor: descriptor)
+            .withBoundSocket(descriptor)
             .get()
         return ControlServer(channel: channel, path: path, ownsPath: false)
     }
@@ -188,7 +188,9 @@ final class LineHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         if pending.readableBytes > ControlServer.maxRequestBytes {
             queue(context: context, context.eventLoop.makeSucceededFuture(.failure("request longer than \(ControlServer.maxRequestBytes) bytes")))
-            tail?.whenComplete { _ in context.close(promise: nil) }
+            // The tail completes on this channel's event loop: the bound context is only touched there.
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            tail?.whenComplete { _ in bound.value.close(promise: nil) }
             pending.clear()
             return
         }

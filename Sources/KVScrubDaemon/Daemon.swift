@@ -402,7 +402,10 @@ public final class Daemon: Sendable {
         switch request.cmd {
         case "ping": return ControlResponse(ok: true)
         case "status": return ControlResponse(ok: true, status: status())
-        case "entries": return ControlResponse(ok: true, entries: entries())
+        case "entries":
+            var r = ControlResponse(ok: true, entries: entries())
+            r.engineAbi = state.with { $0.engineABI }
+            return r
         case "explain":
             guard let name = request.name, !name.isEmpty else { return .failure("explain needs a file: {\"cmd\":\"explain\",\"name\":\"<sha>\"}") }
             return explain(name).map { ControlResponse(ok: true, explanation: $0) } ?? .failure("no checkpoint \(name) in the index")

@@ -115,6 +115,11 @@ extension Scrubber {
             guard CheckpointName.isCheckpoint(name) else {
                 return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: "none")
             }
+            // One rule for hex case, as the engine's: a name in either case finds the file the index knows.
+            if !FileManager.default.fileExists(atPath: dir.pathOf(name)), let sha = CheckpointName.sha(of: name),
+               let known = state.with({ $0.index.values.first { $0.sha == sha }?.fileName }) {
+                name = known
+            }
             do {
                 let report = try dir.verify(name: name, with: Verifier(engineABI: state.with { $0.engineABI.abi }))
                 let now = Date().timeIntervalSince1970

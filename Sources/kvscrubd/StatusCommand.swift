@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVCFormat
 import KVScrubDaemon
 
 /// Flags every socket client shares.
@@ -58,8 +59,10 @@ struct EntriesCommand: ParsableCommand {
     @OptionGroup var options: SocketOptions
 
     func run() throws {
-        let entries = try options.send(ControlRequest(cmd: "entries")).entries ?? []
-        if options.json { options.printJSON(["entries": entries]); return }
+        let reply = try options.send(ControlRequest(cmd: "entries"))
+        let entries = reply.entries ?? []
+        if options.json { options.printJSON(EntriesJSON(entries: entries, engineAbi: reply.engineAbi)); return }
+        if let abi = reply.engineAbi { print("engine payload ABI: \(abi.description)") }
         print(Output.pad("RANK", 6) + Output.pad("SCORE", 14) + Output.pad("HITS", 7) + Output.pad("EFF.HITS", 10) +
               Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + Output.pad("VERDICT", 9) + "FILE")
         for e in entries {
@@ -70,6 +73,11 @@ struct EntriesCommand: ParsableCommand {
         }
         print("\(entries.count) checkpoints; rank 1 is evicted first; VERDICT is the last scrub's since the daemon started; 'kvscrubd explain SHA' says why")
     }
+}
+
+struct EntriesJSON: Encodable {
+    var entries: [EntryReport]
+    var engineAbi: EngineABI.Resolution?
 }
 
 /// The `zpool status`-like summary.

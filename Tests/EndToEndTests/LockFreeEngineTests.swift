@@ -226,6 +226,10 @@ import Glibc
         #expect(metrics.contains("kvscrubd_engine_payload_abi_source{source=\"latest arrival\"} 1"))
         let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket])
         #expect(text.stdout.contains("payload ABI 2 (shared kvstore), latest arrival"), "\(text.stdout)")
+        let listed = try Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
+        let j = listed.json as? [String: Any]
+        #expect((j?["engine_abi"] as? [String: Any])?["abi"] as? Int == 2, "\(listed.stdout.prefix(500))")
+        #expect(((j?["entries"] as? [[String: Any]]) ?? []).filter { $0["unusable"] != nil }.count == 6)
         #expect(d.events("corrupt-removed").isEmpty && checkpoints(in: cache).count == 7)
     }
 

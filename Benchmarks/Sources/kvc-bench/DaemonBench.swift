@@ -90,7 +90,7 @@ struct DaemonBench: ParsableCommand {
         }
         var delays: [Double] = []
         let deadline = Date().addingTimeInterval(120)
-        while delays.count < arrived.count && Date() < deadline {
+        while !arrived.isEmpty && Date() < deadline {
             for (name, t) in arrived where !FileManager.default.fileExists(atPath: d.cache + "/" + name) {
                 delays.append(Date().timeIntervalSince1970 - t)
                 arrived.removeValue(forKey: name)
