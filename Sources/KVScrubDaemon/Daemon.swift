@@ -367,8 +367,9 @@ public final class Daemon: Sendable {
             }
             let abiChanged = new.engineABI != old.engineABI
             state.with { $0.config = new }
-            if abiChanged, let dir = directory.withLock({ $0 }), let scan = try? dir.scan(engineABI: new.engineABI) {
-                state.with { $0.setEngineABI(scan.engineABI) }
+            if abiChanged {
+                // From the headers already in the index: no file is read again.
+                state.with { $0.setEngineABI(new.engineABI.resolve(entries: Array($0.index.values))) }
             }
             scrubber.wake()
             watcher.wake()

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KVCFormat
 import KVScrubDaemon
 
 @Suite struct ConfigTests {
@@ -7,7 +8,7 @@ import KVScrubDaemon
     static let keys = ["cache_dir", "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds",
                        "dry_run", "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir",
                        "socket_path", "socket_mode", "socket_group", "state_dir", "log_level", "admin_group", "metrics_listen",
-                       "regret_window_hours"]
+                       "regret_window_hours", "engine_payload_abi", "removal_settle_seconds", "removal_brake"]
 
     @Test func exampleConfig_parses_andEqualsTheDefaults() throws {
         let c = try DaemonConfig.resolve(file: Self.repo + "/packaging/kvscrubd.conf", flags: [])
@@ -52,6 +53,15 @@ import KVScrubDaemon
         }
     }
 
+    @Test func engineABIAndRemovalSettings_parse() throws {
+        var c = DaemonConfig()
+        try c.apply([("engine_payload_abi", "0"), ("removal_brake", "10,2%"), ("removal_settle_seconds", "2.5")], source: "test")
+        #expect(c.engineABI == .fixed(0) && c.removalSettleSeconds == 2.5)
+        #expect(c.removalBrake == RemovalBrake.Limit(files: 10, percent: 2))
+        try c.apply([("engine_payload_abi", "auto"), ("removal_brake", "off")], source: "test")
+        #expect(c.engineABI == .auto && c.removalBrake.off)
+    }
+
     @Test func flagsOverrideTheFile_andErrorsNameTheKey() throws {
         let dir = NSTemporaryDirectory() + "cfg-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -62,7 +72,9 @@ import KVScrubDaemon
         #expect(c.budgetMB == 20 && c.scrubRateMBps == 3)
         for (bad, key) in [("budget_mb: -1", "budget_mb"), ("bogus: 1", "bogus"), ("dry_run: maybe", "dry_run"),
                            ("free_space_start_percent: 5", "free_space_stop_percent"), ("cache_dir: relative/path", "cache_dir"),
-                           ("- a\n- b", "mapping"), ("budget_mb: [", "YAML")] {
+                           ("- a\n- b", "mapping"), ("budget_mb: [", "YAML"), ("engine_payload_abi: two", "engine_payload_abi"),
+                           ("engine_payload_abi: 256", "engine_payload_abi"), ("removal_brake: lots", "removal_brake"),
+                           ("removal_settle_seconds: -1", "removal_settle_seconds")] {
             try bad.write(toFile: f, atomically: true, encoding: .utf8)
             #expect { try DaemonConfig.resolve(file: f, flags: []) } throws: { "\($0)".contains(key) }
         }
