@@ -88,6 +88,8 @@ import Glibc
         let seen = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count
         #expect(seen > 0, "the daemon never saw a rewrite half done: the test did not race")
         #expect(scrubNows >= 5)
+        print("lock-free churn, \(Self.seconds) s: \(rewrites) in-place rewrites (\(summary["touches"] ?? 0) touches, \(summary["toolmaps"] ?? 0) tool maps), " +
+              "\(scrubNows) scrub-now rounds, \(seen) half-done states seen and put off, \(final.counters.corruptRemoved) removed")
         let verify = try Tool.run("kvscrubd", ["verify", "--json", cache])
         #expect(((verify.json as? [String: Any])?["summary"] as? [String: Int])?["ok"] == 12, "\(verify.stdout.prefix(1500))")
     }
