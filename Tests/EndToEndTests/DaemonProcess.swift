@@ -21,7 +21,7 @@ final class DaemonProcess {
         socket = root.file("ctl.sock")
         logPath = root.file("daemon.log")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvscrubd")
         process.arguments = ["run", "--cache-dir", cache, "--state-dir", stateDir, "--socket", socket, "--log-level", "debug"] + extra
         process.standardError = FileHandle(forWritingAtPath: logPath)

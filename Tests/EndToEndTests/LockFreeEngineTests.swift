@@ -34,7 +34,7 @@ import Glibc
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvc-engine-sim")
         p.arguments = ["churn", "--duration", "\(seconds)", "--step-pause-ms", "5", "--seed", "7"] + files
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         p.standardOutput = FileHandle(forWritingAtPath: log)
         p.standardError = FileHandle.nullDevice
         try p.run()

@@ -108,7 +108,7 @@ import Glibc
         #expect(FileManager.default.fileExists(atPath: cache + "/" + names[0]))
         // Missing, and a path outside the cache directory: reported, nothing touched.
         let outside = root.file("elsewhere.kv")
-        FileManager.default.createFile(atPath: outside, contents: Data([1, 2, 3]))
+        _ = FileManager.default.createFile(atPath: outside, contents: Data([1, 2, 3]))
         let odd = try Tool.run("kvscrubd", ["scrub", "now", "--json"] + sock + [String(repeating: "ab", count: 20), outside])
         #expect(odd.status == 2)
         let verdicts = (Self.json(odd)["files"] as? [[String: Any]] ?? []).compactMap { $0["verdict"] as? String }

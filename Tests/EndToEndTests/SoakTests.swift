@@ -28,7 +28,7 @@ import Glibc
             p.arguments = ["run", "--dir", d.cache, "--format", format, "--generation", "pr146", "--duration", "\(Self.seconds)", "--rate", "25",
                            "--payload-bytes", "\(384 << 10)", "--seed", "\(i + 1)", "--conversations", "6",
                            "--log", root.file("engine-\(format).log")]
-            p.standardOutput = FileHandle(forWritingAtPath: { FileManager.default.createFile(atPath: root.file("engine-\(format).out"), contents: nil); return root.file("engine-\(format).out") }())
+            p.standardOutput = FileHandle(forWritingAtPath: { _ = FileManager.default.createFile(atPath: root.file("engine-\(format).out"), contents: nil); return root.file("engine-\(format).out") }())
             p.standardError = FileHandle.nullDevice
             try p.run()
             engines.append(p)

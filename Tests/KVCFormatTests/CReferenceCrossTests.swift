@@ -62,7 +62,7 @@ import KVCSimulation
     func cCheck(_ path: String) -> (Int32, String) {
         var why = [CChar](repeating: 0, count: 256)
         let rc = ref_kvc_check(path, &why, why.count)
-        return (rc, String(cString: why))
+        return (rc, String(decoding: why.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
     @Test(arguments: [UInt8(1), 2])
