@@ -6,6 +6,8 @@ let package = Package(
     products: [
         // The engine links this one: it must stay free of daemon, socket and systemd code.
         .library(name: "KVCFormat", targets: ["KVCFormat"]),
+        // For Fuzz/ (the fuzz targets of the daemon's parsers); not an API.
+        .library(name: "KVScrubDaemon", targets: ["KVScrubDaemon"]),
         .executable(name: "kvscrubd", targets: ["kvscrubd"]),
         .executable(name: "kvc-engine-sim", targets: ["kvc-engine-sim"]),
     ],

@@ -146,6 +146,11 @@ public struct DaemonConfig: Sendable, Equatable {
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ConfigError(path, nil, "cannot read: \(error.localizedDescription)")
         }
+        return try pairs(fromYAML: text, source: path)
+    }
+
+    /// Parses a config file's text; `source` names it in errors.
+    public static func pairs(fromYAML text: String, source path: String) throws(ConfigError) -> [(String, String)] {
         // compose, not load: the scalars' own text is kept, so `socket_mode: 0660`
         // stays octal text instead of becoming YAML 1.1's integer 432.
         let node: Node?
