@@ -59,6 +59,20 @@ extension CacheDirectory {
         public init(fd: FileDescriptor, path: String) { self.fd = fd; self.path = path }
     }
 
+    /// The points of the rule a crash test stops the process at (`onStep`), in order.
+    public enum RemovalStep: String, Sendable, CaseIterable {
+        /// The second look agreed: the file is proven corrupt.
+        case verdict
+        /// The name was renamed to the private name.
+        case renamed
+        /// The private name was checked to hold the verified inode.
+        case inodeChecked = "inode-checked"
+        /// About to unlink (or move to quarantine).
+        case unlinking
+        /// Unlinked (or moved to quarantine).
+        case unlinked
+    }
+
     /// What to do with a file once it is proven corrupt and taken away.
     public enum Disposal {
         case unlink
@@ -76,7 +90,8 @@ extension CacheDirectory {
     /// dispose of the file, or nil to keep it in place (what it returns is
     /// carried out only if the take-away holds the verified inode).
     public func removeIfCorrupt(name: String, first: VerifyReport, verifier: Verifier, settle: Double,
-                                now: () -> Double, decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
+                                now: () -> Double, onStep: (RemovalStep) -> Void = { _ in },
+                                decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
         guard !name.contains("/"), CheckpointName.isCheckpoint(name) else {
             throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a checkpoint's")
         }
@@ -94,24 +109,29 @@ extension CacheDirectory {
         let second = try verifier.verify(file, name: name)
         guard second.unchangedDuringRead, second.before == stamp else { return .changed }
         guard second.verdict == .corrupt else { return .notCorrupt(second) }
+        onStep(.verdict)
         guard let disposal = decide(second) else { return .keptInPlace(second, why: "held back: nothing to move it to") }
-        return try takeAway(name: name, stamp: stamp, report: second, disposal: disposal)
+        return try takeAway(name: name, stamp: stamp, report: second, disposal: disposal, onStep: onStep)
     }
 
     /// Step 3: rename to the private name, check it is the verified inode, then dispose of it.
-    func takeAway(name: String, stamp: FileStamp, report: VerifyReport, disposal: Disposal) throws -> SafeRemovalOutcome {
+    func takeAway(name: String, stamp: FileStamp, report: VerifyReport, disposal: Disposal,
+                  onStep: (RemovalStep) -> Void = { _ in }) throws -> SafeRemovalOutcome {
         let taken = CheckpointName.takenAwayName(for: name, inode: stamp.identity.inode)
         guard renameat(fd.rawValue, name, fd.rawValue, taken) == 0 else {
             let e = Errno(rawValue: errno)
             if e == .noSuchFileOrDirectory { return .vanished }
             throw KVCError.io(e, path: pathOf(name), "cannot rename to \(taken)")
         }
+        onStep(.renamed)
         let held = try FileStatus.of(name: taken, in: fd, dirPath: path)
         guard held.identity == stamp.identity, held.size == stamp.size, held.modifiedAtNanos == stamp.modifiedAtNanos else {
             // Not the file verified: the engine stored a new one after the second look. Put it back, never over a newer one.
             try putBack(taken, as: name)
             return .replaced
         }
+        onStep(.inodeChecked)
+        onStep(.unlinking)
         switch disposal {
         case .unlink:
             guard unlinkat(fd.rawValue, taken, 0) == 0 else {
@@ -119,10 +139,12 @@ extension CacheDirectory {
                 try? putBack(taken, as: name)
                 throw KVCError.io(e, path: pathOf(taken), "cannot remove")
             }
+            onStep(.unlinked)
             return .removed(report)
         case .quarantine(let q):
             do {
                 let to = try moveIntoQuarantine(taken, as: name, inode: stamp.identity.inode, quarantine: q)
+                onStep(.unlinked)
                 return .quarantined(report, to: to)
             } catch {
                 try putBack(taken, as: name)

@@ -37,14 +37,15 @@ public final class Daemon: Sendable {
     /// Test-only fault: when set, the maintenance loop hangs, so a test can see the watchdog fire.
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
     private let hangMaintenance = StopFlag()
-    private let testFaults = ProcessInfo.processInfo.environment["KVSCRUBD_TEST_FAULTS"] == "1"
+    private let faults = TestFaults()
+    private var testFaults: Bool { faults.enabled }
 
     public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger) throws {
         state = DaemonState(config: config)
         self.configFile = configFile
         self.flags = flags
         self.logger = logger
-        store = StateStore(directory: config.stateDir)
+        store = StateStore(directory: config.stateDir, faults: faults)
         scrubber = Scrubber(state: state, store: store, stopping: stopping, logger: logger)
         evictor = Evictor(state: state, logger: logger)
         watcher = try DirectoryWatcher()
@@ -54,8 +55,11 @@ public final class Daemon: Sendable {
         // Trap signals before anything slow, so an early SIGTERM is a clean stop.
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
         let config = state.config
+        store.removeStaleTemporaries()
+        var pendingAtStart: [String] = []
         do {
             if let record = try store.load() {
+                pendingAtStart = record.pendingRemovals ?? []
                 state.with { s in
                     s.scrub = record.scrub
                     s.counters = record.counters
@@ -75,6 +79,10 @@ public final class Daemon: Sendable {
             logger.warning("state file unreadable; starting with fresh counters", metadata: ["path": "\(store.path)", "error": "\(error)"])
         }
         try openDirectory(config.cacheDir, create: true)
+        // Files whose removal a restart interrupted before the second look: looked at afresh.
+        for name in pendingAtStart where state.with({ $0.index[name] != nil }) {
+            scrubber.fileArrived(name)
+        }
 
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server: ControlServer
@@ -501,9 +509,10 @@ public final class Daemon: Sendable {
                 state: s.phase, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
                 filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.index.values.filter { $0.unusable != nil }.count,
-                scrub: .init(active: s.scrub.passStartedAt != nil, filesDone: s.scrub.filesDone,
+                // Between passes nothing is done of the next one (the last pass has its own summary).
+                scrub: .init(active: s.scrub.passStartedAt != nil, filesDone: s.scrub.passStartedAt != nil ? s.scrub.filesDone : 0,
                              filesTotal: s.scrub.passStartedAt != nil ? s.passFilesTotal : filesTotal,
-                             bytesDone: s.scrub.bytesDone, bytesTotal: bytesTotal, rateBytesPerSecond: s.scrubRate, limitMBps: c.scrubRateMBps,
+                             bytesDone: s.scrub.passStartedAt != nil ? s.scrub.bytesDone : 0, bytesTotal: bytesTotal, rateBytesPerSecond: s.scrubRate, limitMBps: c.scrubRateMBps,
                              etaSeconds: eta, current: s.scrubbing, passStartedAt: s.scrub.passStartedAt, nextPassAt: nextPass,
                              lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
                              lastCancelledAt: s.scrub.lastCancelledAt),

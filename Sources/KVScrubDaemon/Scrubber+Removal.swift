@@ -46,6 +46,7 @@ extension Scrubber {
         meta["event"] = "corrupt-suspected"
         meta["settle_seconds"] = "\(config.removalSettleSeconds)"
         logger.notice("corrupt verdict; the file is verified again once left alone for the settle time", metadata: meta)
+        persist(force: true) // a restart before the second look verifies the file again
         wake()
         return "pending: verified again once unchanged for \(DurationText.short(config.removalSettleSeconds))"
     }
@@ -104,8 +105,9 @@ extension Scrubber {
         let verifier = Verifier(engineABI: state.with { $0.engineABI.abi }, observer: observer)
         var holder: CacheDirectory? = nil
         defer { withExtendedLifetime(holder) {} }
+        let faults = store.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
-                                       now: { Date().timeIntervalSince1970 }) { report in
+                                       now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in
             let admitted = state.with { $0.brake.admitRemoval(now: Date().timeIntervalSince1970, limit: config.removalBrake) }
             if !admitted { brakeEngagedIfNew(report) }
             let target = admitted ? config.quarantineDir : config.brakeQuarantineDir

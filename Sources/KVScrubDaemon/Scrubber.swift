@@ -194,7 +194,8 @@ public final class Scrubber: Sendable {
         }
         guard due else { return }
         let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters,
-                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog, brake: $0.brake) }
+                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog, brake: $0.brake,
+                                                    pendingRemovals: $0.pendingRemoval.isEmpty ? nil : $0.pendingRemoval.keys.sorted()) }
         do { try store.save(record) } catch {
             state.with { $0.noteError("save state \(store.path): \(error)") }
             logger.error("cannot save state", metadata: ["path": "\(store.path)", "error": "\(error)"])

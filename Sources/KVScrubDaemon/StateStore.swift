@@ -1,10 +1,16 @@
 import Foundation
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The daemon's small state file (`<state_dir>/state.json`): scrub progress
 /// and the counters that matter across restarts. Written whole to a temporary
-/// file and renamed, so a crash leaves the old or the new state, never half.
-/// It lives outside the cache directory, so it can never be taken for, or
-/// collide with, a checkpoint.
+/// file of its own (one name per save, so concurrent savers never share one),
+/// synced, renamed over the old file, and the directory synced: a crash at any
+/// point leaves the old state or the new, never half of one. It lives outside
+/// the cache directory, so it can never be taken for, or collide with, a
+/// checkpoint.
 public struct StateStore: Sendable {
     public struct Record: Codable, Sendable, Equatable {
         public var version = 1
@@ -14,11 +20,14 @@ public struct StateStore: Sendable {
         public var regretLog: [DaemonState.RegretRecord]?
         /// The removal brake: engaged until an operator releases it, across restarts.
         public var brake: RemovalBrake?
+        /// Files found corrupt whose second look had not happened: verified again after a restart.
+        public var pendingRemovals: [String]?
 
         public init(scrub: DaemonState.ScrubProgress, counters: DaemonState.Counters,
                     recentEvictions: [String: DaemonState.EvictionRecord]? = nil, regretLog: [DaemonState.RegretRecord]? = nil,
-                    brake: RemovalBrake? = nil) {
+                    brake: RemovalBrake? = nil, pendingRemovals: [String]? = nil) {
             self.brake = brake
+            self.pendingRemovals = pendingRemovals
             self.scrub = scrub
             self.counters = counters
             self.recentEvictions = recentEvictions
@@ -26,9 +35,29 @@ public struct StateStore: Sendable {
         }
     }
 
-    public let path: String
+    /// Why a save failed, with the errno and the step.
+    public struct SaveError: Error, CustomStringConvertible {
+        public let step: String
+        public let errno: Errno
+        public var description: String { "\(step): \(errno)" }
+    }
 
-    public init(directory: String) { path = directory + "/state.json" }
+    public let path: String
+    let faults: TestFaults
+
+    public init(directory: String, faults: TestFaults = TestFaults()) {
+        path = directory + "/state.json"
+        self.faults = faults
+    }
+
+    /// Removes the temporary files of saves a crash interrupted (never the state file itself).
+    public func removeStaleTemporaries() {
+        let dir = (path as NSString).deletingLastPathComponent
+        let prefix = (path as NSString).lastPathComponent + ".tmp."
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefix) {
+            unlink(dir + "/" + name)
+        }
+    }
 
     public func load() throws -> Record? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
@@ -41,8 +70,33 @@ public struct StateStore: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        let tmp = path + ".tmp"
-        try enc.encode(record).write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        let data = try enc.encode(record)
+        let tmp = "\(path).tmp.\(getpid()).\(UInt64.random(in: 0...UInt64.max))"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SaveError(step: "create \(tmp)", errno: Errno(rawValue: errno)) }
+        var written = false
+        defer { if !written { unlink(tmp) } }
+        do {
+            defer { close(fd) }
+            if faults.stateWriteFails() { throw SaveError(step: "write \(tmp) (injected fault)", errno: .ioError) }
+            try data.withUnsafeBytes { raw in
+                var off = 0
+                while off < raw.count {
+                    let n = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        throw SaveError(step: "write \(tmp)", errno: Errno(rawValue: errno))
+                    }
+                    off += n
+                }
+            }
+            guard fsync(fd) == 0 else { throw SaveError(step: "fsync \(tmp)", errno: Errno(rawValue: errno)) }
+        }
+        faults.reached("state-written")
+        guard rename(tmp, path) == 0 else { throw SaveError(step: "rename to \(path)", errno: Errno(rawValue: errno)) }
+        written = true
+        faults.reached("state-renamed")
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
     }
 }

@@ -253,6 +253,9 @@ struct ToolMapCommand: ParsableCommand {
     @Option(name: .customLong("step-pause-ms"), help: "Pause this many milliseconds between the steps.")
     var stepPauseMS: Double = 0
 
+    @Option(name: .customLong("kill-at"), help: ArgumentHelp("Die by SIGKILL right after this step, as an engine crash there would: truncated (file cut at the payload's end) or trailerWritten (new map written, header not yet).", valueName: "step"))
+    var killAt: String?
+
     @Option(name: .long, help: "Seed for the entries.")
     var seed: UInt64 = 1
 
@@ -266,6 +269,10 @@ struct ToolMapCommand: ParsableCommand {
         do {
             var u = CheckpointUpdater(engineABI: g.requiredABI)
             u.pauseBetweenSteps = .milliseconds(Int64(stepPauseMS))
+            if let killAt {
+                guard CheckpointUpdater.Step(rawValue: killAt) != nil else { throw ValidationError("--kill-at must be truncated or trailerWritten") }
+                u.onStep = { step in if step.rawValue == killAt { kill(getpid(), SIGKILL) } }
+            }
             try u.rewriteToolMap(path: path, toolMap: map, now: now())
             print("\(path): tool map of \(entries) entries")
         } catch let e as KVCError { throw fail("\(e)") }

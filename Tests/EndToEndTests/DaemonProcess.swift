@@ -14,7 +14,8 @@ final class DaemonProcess {
     let logPath: String
     let process = Process()
 
-    init(root: TempDir, extra: [String] = [], cacheDir: String? = nil) throws {
+    init(root: TempDir, extra: [String] = [], cacheDir: String? = nil, environment: [String: String] = [:],
+         waitForSocket: Bool = true) throws {
         self.root = root
         cache = cacheDir ?? root.file("cache")
         stateDir = root.file("state")
@@ -27,7 +28,9 @@ final class DaemonProcess {
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         try process.run()
+        guard waitForSocket else { return }
         try waitUntil("the daemon answers on its socket", timeout: 20) { (try? self.request("ping"))?.ok == true }
     }
 

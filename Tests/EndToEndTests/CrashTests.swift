@@ -1,0 +1,175 @@
+import Foundation
+import Testing
+import KVCFormat
+import KVScrubDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Crashes at every step, for real: the daemon SIGKILLed at each step of a
+/// removal and of a state save (TestFaults), the engine SIGKILLed in the
+/// middle of a tool-map rewrite; and disk faults: a full state file system
+/// (a real tmpfs), a read-only cache (a real remount), EIO on the state file
+/// (injected: see TestFaults for why).
+@Suite(.serialized) struct CrashTests {
+    /// Four good checkpoints and one with a damaged payload, in `cache`.
+    static func populate(_ cache: String) throws -> (good: [String], corrupt: String) {
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let good = try (0..<4).map { try Damage.store(cache, version: UInt8($0 % 2 + 1), seed: UInt64(900 + $0), payload: 48 << 10) }
+        let bad = try Damage.store(cache, version: 2, seed: 950, payload: 48 << 10)
+        Damage.edit(bad) { $0[$0.count / 2] ^= 1 }
+        return (good, String(bad.split(separator: "/").last!))
+    }
+
+    static func takenAway(_ dir: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { CheckpointName.isTakenAway($0) }
+    }
+
+    static let fast = ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.2", "--scrub-new-file-delay", "0"]
+
+    @Test(arguments: CacheDirectory.RemovalStep.allCases.map(\.rawValue) + ["state-written", "state-renamed"])
+    func sigkillAtEachStep_losesNothingGood_andTheRestartFinishesTheJob(step: String) throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        let (good, corrupt) = try Self.populate(cache)
+        let crashed = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
+                                        environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_KILL_AT": step], waitForSocket: false)
+        try waitUntil("the daemon kills itself at \(step)", timeout: 30) { !crashed.process.isRunning }
+        #expect(crashed.process.terminationReason == .uncaughtSignal && crashed.process.terminationStatus == SIGKILL)
+        // What the crash left behind, step by step.
+        let underName = FileManager.default.fileExists(atPath: cache + "/" + corrupt)
+        let taken = Self.takenAway(cache)
+        switch step {
+        case "verdict", "state-written", "state-renamed": #expect(underName && taken.isEmpty)
+        case "renamed", "inode-checked", "unlinking": #expect(!underName && taken.count == 1)
+        default: #expect(!underName && taken.isEmpty)
+        }
+        for g in good { #expect(FileManager.default.fileExists(atPath: g), "\(step): good file gone: \(g)") }
+
+        // A plain restart settles everything: leftovers verified again, the corrupt file removed.
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try waitUntil("the corrupt file removed and no private name left", timeout: 30) {
+            !FileManager.default.fileExists(atPath: cache + "/" + corrupt) && Self.takenAway(cache).isEmpty
+        }
+        try waitUntil("nothing pending", timeout: 30) { (try d.status().pendingRemovals ?? 0) == 0 }
+        let s = try d.status()
+        _ = d.stop()
+        for g in good {
+            #expect(FileManager.default.fileExists(atPath: g), "\(step): good file gone after the restart: \(g)")
+            #expect(try Verifier().verify(path: g).verdict == .ok)
+        }
+        #expect(s.counters.corruptRemoved <= s.counters.corruptFound)
+        #expect(s.scrub.filesDone <= s.scrub.filesTotal)
+        // The state file is whole, and no temporary of an interrupted save is left.
+        let record = try StateStore(directory: root.file("state")).load()
+        #expect(record != nil)
+        let stateFiles = (try? FileManager.default.contentsOfDirectory(atPath: root.file("state"))) ?? []
+        #expect(!stateFiles.contains { $0.contains(".tmp.") }, "\(stateFiles)")
+    }
+
+    /// The engine dies half way through a tool-map rewrite: the daemon's
+    /// verdict on what it left is the engine's own on load, and a removal
+    /// happens only under the removal rule.
+    @Test(arguments: [("v1", "truncated"), ("v1", "trailerWritten"), ("v2", "truncated"), ("v2", "trailerWritten")])
+    func engineKilledMidToolMapRewrite_daemonAgreesWithTheEngine(format: String, step: String) throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let textFile = root.file("text")
+        try Data(("The prompt of an engine that will crash, " + format + " " + step).utf8).write(to: URL(fileURLWithPath: textFile))
+        let stored = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", format, "--text-file", textFile,
+                                                     "--payload-bytes", "\(40 << 10)", "--tool-map", "2"])
+        #expect(stored.status == 0)
+        let path = stored.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let killed = try Tool.run("kvc-engine-sim", ["toolmap", "--entries", "3", "--kill-at", step, path])
+        #expect(killed.status == SIGKILL, "the simulator must die at \(step)")
+        // The engine's view, on a copy (PR #146's engine unlinks a v2 file it refuses).
+        let copy = root.file("copy")
+        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: path, toPath: copy + "/" + (path as NSString).lastPathComponent)
+        let prompt = root.file("prompt")
+        try (String(contentsOfFile: textFile, encoding: .utf8) + " and more").write(toFile: prompt, atomically: true, encoding: .utf8)
+        let load = try Tool.run("kvc-engine-sim", ["load", "--dir", copy, "--format", format, "--prompt-file", prompt, "--no-touch"])
+        let engineRefuses = load.status != 0
+        // The daemon's view.
+        let verify = try Tool.run("kvscrubd", ["verify", "--json", path])
+        let verdict = (((verify.json as? [String: Any])?["files"] as? [[String: Any]])?.first?["verdict"] as? String) ?? "?"
+        #expect(engineRefuses == (verdict == "corrupt"), "engine refuses: \(engineRefuses), daemon: \(verdict) (\(load.stderr))")
+        // v2 leftovers fail a CRC; v1 after the map was written is whole (v1 has no CRC to miss).
+        #expect(verdict == (format == "v1" && step == "trailerWritten" ? "ok" : "corrupt"))
+        // Under the daemon: removed once settled if and only if corrupt.
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        if verdict == "corrupt" {
+            try waitUntil("the leftover removed", timeout: 30) { !FileManager.default.fileExists(atPath: path) }
+            #expect(d.events("corrupt-removed").count == 1)
+        } else {
+            try waitUntil("the first pass over", timeout: 30) { try d.status().scrub.lastPass != nil }
+            #expect(FileManager.default.fileExists(atPath: path))
+        }
+        _ = d.stop()
+    }
+
+    @Test func stateFileSystemFull_isReported_keepsServing_andRecovers() throws {
+        let root = TempDir()
+        let state = root.file("state")
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        #expect(try Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", state]) == 0)
+        defer { _ = try? Tool.runSystem("/bin/umount", ["-l", state]) }
+        // Fill it: ENOSPC for real.
+        let filler = state + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT, 0o600)
+        let block = [UInt8](repeating: 1, count: 4096)
+        while block.withUnsafeBytes({ write(fd, $0.baseAddress, 4096) }) == 4096 {}
+        #expect(errno == ENOSPC)
+        close(fd)
+        let cache = root.file("cache")
+        let (good, _) = try Self.populate(cache)
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("save state") } }
+        #expect(try d.status().lastErrors.contains { $0.contains("No space left") })
+        #expect(try d.request("scrub-pause").ok, "the daemon keeps answering")
+        for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
+        // Space again: the next save goes through.
+        unlink(filler)
+        #expect(try d.request("scrub-resume").ok)
+        try waitUntil("state.json written", timeout: 20) { (try? StateStore(directory: state).load()) != nil }
+        _ = d.stop()
+        #expect(try StateStore(directory: state).load()?.scrub.paused == nil)
+    }
+
+    @Test func stateWriteEIO_injected_isReported_andTheNextSaveWorks() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        _ = try Self.populate(cache)
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
+                                  environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_STATE_EIO": "1"])
+        try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
+        #expect(try d.request("scrub-pause").ok)
+        #expect(try StateStore(directory: root.file("state")).load()?.scrub.paused == true)
+        _ = d.stop()
+    }
+
+    @Test func readOnlyCache_keepsServing_removesNothing_andRecoversWhenWritable() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        #expect(try Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=32m", "tmpfs", cache]) == 0)
+        defer { _ = try? Tool.runSystem("/bin/umount", ["-l", cache]) }
+        let (good, corrupt) = try Self.populate(cache)
+        #expect(try Tool.runSystem("/bin/mount", ["-o", "remount,ro", cache]) == 0)
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try waitUntil("the failed removal reported", timeout: 30) { try d.status().lastErrors.contains { $0.contains("remove corrupt") } }
+        #expect(try d.request("status").ok)
+        #expect(FileManager.default.fileExists(atPath: cache + "/" + corrupt))
+        for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
+        #expect(Self.takenAway(cache).isEmpty)
+        #expect(try Tool.runSystem("/bin/mount", ["-o", "remount,rw", cache]) == 0)
+        var c = ControlClient(path: d.socket)
+        c.timeout = 60
+        let v = try c.send(ControlRequest(cmd: "scrub-now", files: [corrupt])).verdicts ?? []
+        #expect(v.first?.action == "removed", "\(v)")
+        #expect(!FileManager.default.fileExists(atPath: cache + "/" + corrupt))
+        for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
+        _ = d.stop()
+    }
+}
