@@ -67,6 +67,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -100,7 +101,8 @@ let package = Package(
         ),
         .testTarget(
             name: "KVCFormatTests",
-            dependencies: ["KVCFormat", "KVCSimulation", "CReferenceScore", "CReferenceKVC"],
+            dependencies: ["KVCFormat", "KVCSimulation", "CReferenceScore", "CReferenceKVC",
+                           .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             resources: [.copy("Golden")]
         ),
         // The engine's own eviction score, compiled from its C source, so parity is
@@ -117,7 +119,8 @@ let package = Package(
             name: "EndToEndTests",
             // The executables are dependencies so `swift test` builds them; the
             // tests run them as real processes and never import them.
-            dependencies: ["KVCFormat", "KVCSimulation", "KVScrubDaemon", "kvscrubd", "kvc-engine-sim"]
+            dependencies: ["KVCFormat", "KVCSimulation", "KVScrubDaemon", "kvscrubd", "kvc-engine-sim",
+                           .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
     ]
 )

@@ -2,7 +2,7 @@ import Foundation
 import KVCFormat
 import Metrics
 import Prometheus
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The daemon's Prometheus metrics, through swift-metrics with the
 /// swift-prometheus backend on a registry of our own (no global
@@ -18,9 +18,9 @@ public final class DaemonMetrics: Sendable {
     private let registry = PrometheusCollectorRegistry()
     private let factory: PrometheusMetricsFactory
     /// Each counter's value as last exported, keyed by name and labels.
-    private let exported = Mutex<[String: Int64]>([:])
-    private let counters = Mutex<[String: Metrics.Counter]>([:])
-    private let meters = Mutex<[String: Metrics.Meter]>([:])
+    private let exported = NIOLockedValueBox<[String: Int64]>([:])
+    private let counters = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+    private let meters = NIOLockedValueBox<[String: Metrics.Meter]>([:])
 
     // "corrupt" stays in the index only under dry_run (otherwise it is removed at once).
     static let verdicts = ["ok", "corrupt", "incompatible", "unverified"]
@@ -38,8 +38,8 @@ public final class DaemonMetrics: Sendable {
     }
 
     /// The metric made once per name and labels: the registry refuses a second registration.
-    private static func cached<M: Sendable>(_ table: borrowing Mutex<[String: M]>, _ k: String, make: () -> M) -> M {
-        table.withLock { m in
+    private static func cached<M: Sendable>(_ table: NIOLockedValueBox<[String: M]>, _ k: String, make: () -> M) -> M {
+        table.withLockedValue { m in
             if let existing = m[k] { return existing }
             let made = make()
             m[k] = made
@@ -51,7 +51,7 @@ public final class DaemonMetrics: Sendable {
         let k = key(name, labels)
         let c = Self.cached(counters, k) { Metrics.Counter(label: name, dimensions: labels, factory: factory) }
         let target = Int64(clamping: value)
-        let delta = exported.withLock { e -> Int64 in
+        let delta = exported.withLockedValue { e -> Int64 in
             let d = target - (e[k] ?? 0)
             if d > 0 { e[k] = target }
             return d

@@ -1,5 +1,6 @@
 import Foundation
 import KVCFormat
+import NIOConcurrencyHelpers
 import Synchronization
 
 /// What every part of the daemon shares: the index, the counters, the scrub
@@ -190,11 +191,14 @@ public final class DaemonState: Sendable {
         }
     }
 
-    private let inner: Mutex<Inner>
+    /// NIO's lock (a pthread mutex) rather than Synchronization.Mutex: ThreadSanitizer sees a
+    /// pthread mutex's ordering, and reports every access behind a Synchronization.Mutex on Linux
+    /// as a race (its futex path is not instrumented), which would hide real races among false ones.
+    private let inner: NIOLockedValueBox<Inner>
 
-    public init(config: DaemonConfig) { inner = Mutex(Inner(config: config)) }
+    public init(config: DaemonConfig) { inner = NIOLockedValueBox(Inner(config: config)) }
 
-    public func with<T>(_ body: (inout Inner) -> T) -> T { inner.withLock { body(&$0) } }
+    public func with<T>(_ body: (inout Inner) -> T) -> T { inner.withLockedValue { body(&$0) } }
 
     public var config: DaemonConfig { with { $0.config } }
 }

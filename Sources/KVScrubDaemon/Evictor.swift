@@ -142,11 +142,11 @@ public final class Evictor: Sendable {
     }
 }
 
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A small lock-protected value for state a part keeps between calls.
 final class MutexBox<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ v: T) { m = Mutex(v) }
-    func withLock<R>(_ body: (inout T) -> R) -> R { m.withLock { body(&$0) } }
+    private let m: NIOLockedValueBox<T>
+    init(_ v: T) { m = NIOLockedValueBox(v) }
+    func withLock<R>(_ body: (inout T) -> R) -> R { m.withLockedValue { body(&$0) } }
 }

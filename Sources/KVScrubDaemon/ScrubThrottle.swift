@@ -2,7 +2,7 @@ import CLinux
 import Foundation
 import KVCFormat
 import SystemPackage
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -46,8 +46,8 @@ final class ScrubThrottle: ReadObserver {
 
     let state: DaemonState
     let stopping: StopFlag
-    private let pacing = Mutex(Pacing())
-    private let snapshot = Mutex<Snapshot?>(nil)
+    private let pacing = NIOLockedValueBox(Pacing())
+    private let snapshot = NIOLockedValueBox<Snapshot?>(nil)
     static let pageSize = UInt64(kvs_page_size())
 
     init(state: DaemonState, stopping: StopFlag) {
@@ -64,7 +64,7 @@ final class ScrubThrottle: ReadObserver {
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { return }
-        let same = snapshot.withLock { s in s.map { $0.fd == fd.rawValue && $0.device == UInt64(st.st_dev) && $0.inode == UInt64(st.st_ino) } ?? false }
+        let same = snapshot.withLockedValue { s in s.map { $0.fd == fd.rawValue && $0.device == UInt64(st.st_dev) && $0.inode == UInt64(st.st_ino) } ?? false }
         guard !same else { return }
         let size = UInt64(max(0, st.st_size))
         let pages = Int((size + ScrubThrottle.pageSize - 1) / ScrubThrottle.pageSize)
@@ -72,11 +72,11 @@ final class ScrubThrottle: ReadObserver {
         let n = size == 0 ? 0 : map.withUnsafeMutableBufferPointer { kvs_resident_pages(fd.rawValue, 0, size, $0.baseAddress, $0.count) }
         // If mincore cannot tell, assume cached: never drop a page we are not sure we brought in.
         if n <= 0 { map = [UInt8](repeating: 1, count: max(pages, 1)) }
-        snapshot.withLock { $0 = Snapshot(fd: fd.rawValue, device: UInt64(st.st_dev), inode: UInt64(st.st_ino), resident: map) }
+        snapshot.withLockedValue { $0 = Snapshot(fd: fd.rawValue, device: UInt64(st.st_dev), inode: UInt64(st.st_ino), resident: map) }
     }
 
     func finished(fd: FileDescriptor) {
-        let snap = snapshot.withLock { s -> Snapshot? in
+        let snap = snapshot.withLockedValue { s -> Snapshot? in
             defer { s = nil }
             return s?.fd == fd.rawValue ? s : nil
         }
@@ -98,7 +98,7 @@ final class ScrubThrottle: ReadObserver {
     }
 
     func didRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {
-        if let resident = snapshot.withLock({ $0?.fd == fd.rawValue ? $0?.resident : nil }) {
+        if let resident = snapshot.withLockedValue({ $0?.fd == fd.rawValue ? $0?.resident : nil }) {
             let first = Int(offset / ScrubThrottle.pageSize)
             // Whole pages only: a page shared with the next chunk is dropped when that chunk (or the file) is done.
             let last = Int((offset + UInt64(count)) / ScrubThrottle.pageSize)
@@ -106,7 +106,7 @@ final class ScrubThrottle: ReadObserver {
         }
         let rateMBps = state.config.scrubRateMBps
         let now = ContinuousClock.now
-        let sleepFor: Duration = pacing.withLock { p in
+        let sleepFor: Duration = pacing.withLockedValue { p in
             if now - p.last > .seconds(1) { p.start = now; p.bytes = 0 }
             p.last = now
             p.bytes += UInt64(count)
@@ -131,6 +131,6 @@ final class ScrubThrottle: ReadObserver {
             Thread.sleep(forTimeInterval: Double(slice.components.attoseconds) / 1e18 + Double(slice.components.seconds))
             remaining -= slice
         }
-        pacing.withLock { $0.last = ContinuousClock.now }
+        pacing.withLockedValue { $0.last = ContinuousClock.now }
     }
 }

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,12 +22,12 @@ import Glibc
 public final class TestFaults: Sendable {
     public let enabled: Bool
     let killAt: String?
-    private let stateEIO: Mutex<Int>
+    private let stateEIO: NIOLockedValueBox<Int>
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
         killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
-        stateEIO = Mutex(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
+        stateEIO = NIOLockedValueBox(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
     }
 
     /// Dies here, at once, if a test asked for a crash at `step`.
@@ -38,7 +38,7 @@ public final class TestFaults: Sendable {
 
     /// True when this state save must fail as a disk returning EIO would make it.
     func stateWriteFails() -> Bool {
-        stateEIO.withLock { n in
+        stateEIO.withLockedValue { n in
             guard n > 0 else { return false }
             n -= 1
             return true

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Synchronization
 import Testing
 @testable import KVCFormat
@@ -78,13 +79,13 @@ import KVCSimulation
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: 2, toolMap: Fixture.map)
         let end = Int(Bytes.header(p).bodyEnd!)
-        let seen = Mutex<[(CheckpointUpdater.Step, Int, Bool)]>([])
+        let seen = NIOLockedValueBox<[(CheckpointUpdater.Step, Int, Bool)]>([])
         var u = CheckpointUpdater()
         u.onStep = { step in
             // Another process's view at each step: size, and whether the header already flags the new map.
             let b = Bytes.read(p)
             let flagged = Bytes.header(p).trailerCRC == CRC32C.checksum(Array(b[end...]))
-            seen.withLock { $0.append((step, b.count, flagged)) }
+            seen.withLockedValue { $0.append((step, b.count, flagged)) }
             // No lock held: a shared flock from someone else is granted at once.
             let fd = open(p, O_RDONLY)
             #expect(flock(fd, LOCK_SH | LOCK_NB) == 0)
@@ -92,7 +93,7 @@ import KVCSimulation
         }
         let newMap = ToolMap([ToolMap.Entry(id: "call_9", dsml: String(repeating: "d", count: 300))])
         try u.rewriteToolMap(path: p, toolMap: newMap, now: 5)
-        let steps = seen.withLock { $0 }
+        let steps = seen.withLockedValue { $0 }
         #expect(steps.map(\.0) == [.truncated, .trailerWritten, .headerWritten])
         #expect(steps[0].1 == end)                                  // truncated at the payload's end
         #expect(steps[1].1 == end + newMap.encoded().count && !steps[1].2) // map written, header still the old one
@@ -111,7 +112,7 @@ import KVCSimulation
         let name = String(p.split(separator: "/").last!)
         let stop = Flag()
         let updates = Atomic<Int>(0)
-        let failures = Mutex<[String]>([])
+        let failures = NIOLockedValueBox<[String]>([])
         // A real thread, like the engine's own process: not the test's task pool.
         let writer = Thread {
             var n: UInt64 = 0
@@ -123,7 +124,7 @@ import KVCSimulation
                 do {
                     try u.touch(path: p, now: n)
                     try u.rewriteToolMap(path: p, toolMap: maps[Int(n % 3)], now: n)
-                } catch { failures.withLock { $0.append("\(error)") } }
+                } catch { failures.withLockedValue { $0.append("\(error)") } }
                 updates.add(1, ordering: .relaxed)
             }
         }
@@ -151,14 +152,14 @@ import KVCSimulation
         #expect(torn > 0, "the lock-free writer must have been seen half way")
         #expect(FileManager.default.fileExists(atPath: p))
         #expect(try Verifier().verify(path: p).verdict == .ok)
-        #expect(failures.withLock { $0 }.isEmpty)
+        #expect(failures.withLockedValue { $0 }.isEmpty)
     }
 }
 
 /// A stop signal shared with a detached task.
 final class Flag: Sendable {
-    private let storage = Mutex(false)
-    var isSet: Bool { storage.withLock { $0 } }
-    func set() { storage.withLock { $0 = true } }
+    private let storage = NIOLockedValueBox(false)
+    var isSet: Bool { storage.withLockedValue { $0 } }
+    func set() { storage.withLockedValue { $0 = true } }
 }
 
