@@ -392,8 +392,9 @@ public final class Daemon: Sendable {
     }
 
     /// Answers from memory on the socket's event loop; the two requests that
-    /// read files or wait for the maintenance loop run later, off it.
-    func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
+    /// read files or wait for the maintenance loop run later, off it. Public
+    /// for the control fuzz target (Fuzz/), which feeds it arbitrary requests.
+    public func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
         let policy = AccessPolicy(adminGroup: state.config.adminGroup)
         if case .refused(let why) = policy.decide(request.cmd, peer: peer) {
             logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(request.cmd)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])

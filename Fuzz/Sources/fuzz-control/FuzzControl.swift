@@ -1,7 +1,7 @@
 import Foundation
 import FuzzDriver
 import Logging
-@testable import KVScrubDaemon
+import KVScrubDaemon
 
 /// Arbitrary bytes as one control-socket request line: decoded as the server
 /// decodes it, then answered by the daemon's own request handling (status,
