@@ -137,6 +137,21 @@ import Glibc
         #expect(try StateStore(directory: state).load()?.scrub.paused == nil)
     }
 
+    /// The state fuzz target's one finding: an empty state.json (Foundation leaked its read buffer on it).
+    @Test(arguments: ["", "{\"version\":1", "\u{0}garbage"])
+    func unreadableStateFile_isReported_andTheDaemonStartsFresh(content: String) throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        _ = try Self.populate(cache)
+        try FileManager.default.createDirectory(atPath: root.file("state"), withIntermediateDirectories: true)
+        try Data(content.utf8).write(to: URL(fileURLWithPath: root.file("state") + "/state.json"))
+        #expect(throws: (any Error).self) { try StateStore(directory: root.file("state")).load() }
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        #expect(d.log.contains("state file unreadable"))
+        try waitUntil("a valid state file written again", timeout: 20) { (try? StateStore(directory: root.file("state")).load()) != nil }
+        _ = d.stop()
+    }
+
     @Test func stateWriteEIO_injected_isReported_andTheNextSaveWorks() throws {
         let root = TempDir()
         let cache = root.file("cache")
