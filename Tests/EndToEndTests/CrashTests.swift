@@ -100,7 +100,10 @@ import Glibc
         // Under the daemon: removed once settled if and only if corrupt.
         let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         if verdict == "corrupt" {
-            try waitUntil("the leftover removed", timeout: 30) { !FileManager.default.fileExists(atPath: path) }
+            // The file goes before the line that logs it is written: wait for both.
+            try waitUntil("the leftover removed and its removal logged", timeout: 30) {
+                !FileManager.default.fileExists(atPath: path) && !d.events("corrupt-removed").isEmpty
+            }
             #expect(d.events("corrupt-removed").count == 1)
         } else {
             try waitUntil("the first pass over", timeout: 30) { try d.status().scrub.lastPass != nil }
