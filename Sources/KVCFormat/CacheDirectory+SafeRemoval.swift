@@ -53,10 +53,24 @@ extension CacheDirectory {
         case keptInPlace(VerifyReport, why: String)
     }
 
-    public struct Quarantine {
-        public let fd: FileDescriptor
-        public let path: String
-        public init(fd: FileDescriptor, path: String) { self.fd = fd; self.path = path }
+    /// A quarantine directory, held open for as long as this value lives.
+    public struct Quarantine: Sendable {
+        public let directory: CacheDirectory
+        public var fd: FileDescriptor { directory.fd }
+        public var path: String { directory.path }
+        public init(directory: CacheDirectory) { self.directory = directory }
+
+        /// Opens `path` as a quarantine, creating it and any missing parents (mode 0700).
+        public static func open(creating path: String) throws -> Quarantine {
+            var prefix = ""
+            for part in path.split(separator: "/") {
+                prefix += "/" + part
+                if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                    throw KVCError.io(Errno(rawValue: errno), path: prefix, "cannot create the quarantine directory")
+                }
+            }
+            return Quarantine(directory: try CacheDirectory(path: path))
+        }
     }
 
     /// The points of the rule a crash test stops the process at (`onStep`), in order.

@@ -131,18 +131,6 @@ public final class CacheDirectory: Sendable {
         return .removed
     }
 
-    /// Moves `name` into `quarantine` (same file system) if it still names `identity`.
-    public func quarantine(name: String, identity: FileIdentity, into quarantine: FileDescriptor, quarantinePath: String) throws -> RemovalOutcome {
-        let st: FileStatus
-        do { st = try FileStatus.of(name: name, in: fd, dirPath: path) } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
-            return .vanished
-        }
-        guard st.isRegular, st.device == identity.device, st.inode == identity.inode else { return .replaced }
-        guard renameat(fd.rawValue, name, quarantine.rawValue, name) == 0 else {
-            throw KVCError.io(Errno(rawValue: errno), path: pathOf(name), "cannot move into quarantine \(quarantinePath)")
-        }
-        return .removed
-    }
 }
 
 extension CacheDirectory {

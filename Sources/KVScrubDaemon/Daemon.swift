@@ -183,15 +183,10 @@ public final class Daemon: Sendable {
     private func recoverTakenAway(_ names: [String], in dir: CacheDirectory) {
         guard !names.isEmpty else { return }
         let config = state.config
-        var holder: CacheDirectory? = nil
         var disposal = CacheDirectory.Disposal.unlink
         let brake = state.with { $0.brake.engaged }
-        if let target = brake ? config.brakeQuarantineDir : config.quarantineDir {
-            if (try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)) != nil,
-               let q = try? CacheDirectory(path: target) {
-                holder = q
-                disposal = .quarantine(CacheDirectory.Quarantine(fd: q.fd, path: target))
-            }
+        if let target = brake ? config.brakeQuarantineDir : config.quarantineDir, let q = try? CacheDirectory.Quarantine.open(creating: target) {
+            disposal = .quarantine(q)
         }
         let verifier = Verifier(engineABI: state.with { $0.engineABI.abi })
         for name in names {
@@ -202,7 +197,6 @@ public final class Daemon: Sendable {
                 state.with { $0.insert(e) }
             }
         }
-        withExtendedLifetime(holder) {}
     }
 
     /// Reads one name's index entry as the engine in force sees it, or an

@@ -103,8 +103,6 @@ extension Scrubber {
                             observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
         let config = state.config
         let verifier = Verifier(engineABI: state.with { $0.engineABI.abi }, observer: observer)
-        var holder: CacheDirectory? = nil
-        defer { withExtendedLifetime(holder) {} }
         let faults = store.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
                                        now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in
@@ -113,11 +111,7 @@ extension Scrubber {
             let target = admitted ? config.quarantineDir : config.brakeQuarantineDir
             guard let target else { return .unlink }
             do {
-                try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true,
-                                                        attributes: [.posixPermissions: 0o700])
-                let q = try CacheDirectory(path: target)
-                holder = q
-                return .quarantine(CacheDirectory.Quarantine(fd: q.fd, path: target))
+                return .quarantine(try .open(creating: target))
             } catch {
                 logger.error("cannot open the quarantine directory; the corrupt file stays in place",
                              metadata: ["event": "quarantine-failed", "path": "\(target)", "error": "\(error)"])

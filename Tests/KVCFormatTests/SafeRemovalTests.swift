@@ -84,7 +84,7 @@ import Testing
         let q = try CacheDirectory(path: qPath)
         let dir = try CacheDirectory(path: d.path)
         let outcome = try dir.removeIfCorrupt(name: name, first: first, verifier: Verifier(), settle: 0, now: { Date().timeIntervalSince1970 + 60 }) { _ in
-            .quarantine(CacheDirectory.Quarantine(fd: q.fd, path: qPath))
+            .quarantine(CacheDirectory.Quarantine(directory: q))
         }
         guard case .quarantined(_, let to) = outcome else { Issue.record("expected quarantined, got \(outcome)"); return }
         #expect(to == qPath + "/" + name)
