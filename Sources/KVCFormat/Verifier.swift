@@ -33,6 +33,12 @@ public struct Verifier: Sendable {
         public var engineABI: UInt8?
         /// How many more looks a file that changed under a read gets before the report says so.
         public var rereadsWhenChanged = 3
+        /// Read a v1 file's whole payload too, and report the CRC32C of its text and payload
+        /// (`VerifyReport.bodyChecksums`), so they can be recorded (`RecordedChecksum`).
+        public var checksumV1Body = false
+        /// Checksums recorded for this file earlier: compared when their key matches the file
+        /// (same inode, lengths and created_at); a difference is damage to the text or payload.
+        public var recorded: RecordedChecksum?
         public init() {}
     }
 
@@ -52,6 +58,15 @@ public struct Verifier: Sendable {
     public init(engineABI: UInt8?, observer: (any ReadObserver)? = nil) {
         var o = Options()
         o.engineABI = engineABI
+        self.init(options: o, observer: observer)
+    }
+
+    /// The daemon's verifier: v1 bodies checksummed, and compared with `recorded` when there is one.
+    public init(engineABI: UInt8?, recorded: RecordedChecksum?, observer: (any ReadObserver)? = nil) {
+        var o = Options()
+        o.engineABI = engineABI
+        o.checksumV1Body = true
+        o.recorded = recorded
         self.init(options: o, observer: observer)
     }
 
@@ -87,7 +102,8 @@ public struct Verifier: Sendable {
 
     static func ignored(path: String, name: String, size: UInt64, note: String) -> VerifyReport {
         VerifyReport(path: path, name: name, verdict: .ignored, version: nil, checksums: .none, problems: [],
-                     header: nil, fileSize: size, identity: nil, note: note, before: nil, after: nil, bytesRead: 0)
+                     header: nil, fileSize: size, identity: nil, note: note, before: nil, after: nil, bytesRead: 0,
+                     bodyChecksums: nil)
     }
 
     func verify(_ file: borrowing CheckpointFile, name: String) throws -> VerifyReport {
@@ -105,9 +121,10 @@ public struct Verifier: Sendable {
         }
         return VerifyReport(
             path: file.path, name: name, verdict: exam.verdict, version: exam.header?.version ?? exam.versionByte,
-            checksums: exam.header?.version == 2 ? .crc32c : .none, problems: exam.problems, header: exam.header,
+            checksums: exam.header?.version == 2 ? .crc32c : (exam.comparedWithRecord ? .recorded : .none),
+            problems: exam.problems, header: exam.header,
             fileSize: after.size, identity: after.identity, note: nil, before: before, after: after,
-            bytesRead: scan.bytesRead)
+            bytesRead: scan.bytesRead, bodyChecksums: exam.bodyChecksums)
     }
 }
 
@@ -135,6 +152,10 @@ struct Scan {
         var header: KVCHeader?
         var versionByte: UInt8?
         var problems: [Problem]
+        /// v1 only, with `checksumV1Body`: what the text and payload hashed to, and the key they belong to.
+        var bodyChecksums: BodyChecksums?
+        /// v1 only: the file matched `Options.recorded`'s key and its checksums were compared.
+        var comparedWithRecord = false
         var verdict: Verdict {
             if problems.contains(where: { $0.severity == .corrupt }) { return .corrupt }
             if problems.contains(where: { $0.severity == .incompatible }) { return .incompatible }
@@ -145,6 +166,7 @@ struct Scan {
     /// What the immutable regions hashed to, keyed by the inode and the layout that located them.
     struct BodyDigest {
         var key: [UInt64]
+        var identity: FileIdentity
         var textSHA1: String?
         var textCRC: UInt32?
         var payloadCRC: UInt32?
@@ -226,6 +248,24 @@ struct Scan {
         if v2, let actual = digest.payloadCRC, actual != h.payloadCRC {
             problems.append(Problem(.payload, .corrupt, "payload CRC mismatch", expectedCRC: h.payloadCRC, actualCRC: actual))
         }
+        // v1: the checksums a daemon recorded, when they belong to this very file (the key matches).
+        var bodyChecksums: BodyChecksums?
+        var compared = false
+        if !v2, let t = digest.textCRC, let p = digest.payloadCRC {
+            let key = RecordedChecksum.Key(identity: digest.identity, header: h)
+            bodyChecksums = BodyChecksums(key: key, textCRC: t, payloadCRC: p)
+            if let rec = options.recorded, rec.key == key {
+                compared = true
+                if t != rec.textCRC {
+                    problems.append(Problem(.text, .corrupt, "text differs from the checksum recorded on \(rec.recordedAtText)",
+                                            expectedCRC: rec.textCRC, actualCRC: t))
+                }
+                if p != rec.payloadCRC {
+                    problems.append(Problem(.payload, .corrupt, "payload differs from the checksum recorded on \(rec.recordedAtText)",
+                                            expectedCRC: rec.payloadCRC, actualCRC: p))
+                }
+            }
+        }
         // The DSV4 prefix is the payload of the generations we know (ABI 0 and 2), and only
         // for a file the engine in force can use: a fork's payload is its own business.
         if let p = digest.prefix, headerTrusted, Verifier.dsv4PayloadABIs.contains(h.payloadABI),
@@ -270,7 +310,7 @@ struct Scan {
                 }
             }
         }
-        return Examination(header: h, problems: problems)
+        return Examination(header: h, problems: problems, bodyChecksums: bodyChecksums, comparedWithRecord: compared)
     }
 
     /// Hashes text and payload, once per layout. Regions cut short by the end
@@ -281,7 +321,7 @@ struct Scan {
         let st = try file.status()
         let key = [st.device, st.inode, UInt64(h.version), UInt64(h.textBytes), h.payloadBytes, min(size, h.bodyEnd ?? 0)]
         if let body, body.key == key { return body }
-        var d = BodyDigest(key: key)
+        var d = BodyDigest(key: key, identity: FileIdentity(device: st.device, inode: st.inode))
         if payloadStart <= size {
             var sha = TextDigest()
             var crc = CRC32C()
@@ -299,7 +339,7 @@ struct Scan {
             let b = try file.read(at: payloadStart, count: PayloadPrefix.size)
             if b.count == PayloadPrefix.size { d.prefix = b.withUnsafeBytes { PayloadPrefix(decoding: $0) } }
         }
-        if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil) {
+        if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil || options.checksumV1Body || options.recorded != nil) {
             var crc = CRC32C()
             if let dest = payloadDestination {
                 precondition(UInt64(dest.count) >= h.payloadBytes)

@@ -12,6 +12,9 @@ public enum Region: String, Codable, Sendable, CaseIterable {
 public enum Checksums: String, Codable, Sendable {
     /// v2: the four CRC32C fields were recomputed and compared.
     case crc32c
+    /// v1: the text and payload were compared with checksums kvscrubd recorded
+    /// when it first saw the file (`RecordedChecksum`); the header has none.
+    case recorded
     /// v1 (or no readable header): only the structure was checked; nothing
     /// here claims a checksum was verified.
     case none
@@ -76,6 +79,9 @@ public struct VerifyReport: Sendable {
     public var after: FileStamp?
     /// How many bytes the check read.
     public var bytesRead: UInt64
+    /// v1, when the verifier was asked for them: the text's and payload's CRC32C and the key
+    /// they belong to, ready to be recorded.
+    public var bodyChecksums: BodyChecksums?
 
     public var corruptProblems: [Problem] { problems.filter { $0.severity == .corrupt } }
 

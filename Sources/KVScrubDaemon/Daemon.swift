@@ -24,7 +24,7 @@ public final class Daemon: Sendable {
     let flags: [(String, String)]
     let logger: Logger
     let stopping = StopFlag()
-    let store: StateStore
+    let database: StateDatabase
     let scrubber: Scrubber
     let evictor: Evictor
     let watcher: DirectoryWatcher
@@ -45,9 +45,16 @@ public final class Daemon: Sendable {
         self.configFile = configFile
         self.flags = flags
         self.logger = logger
-        store = StateStore(directory: config.stateDir, faults: faults)
-        scrubber = Scrubber(state: state, store: store, stopping: stopping, logger: logger)
-        evictor = Evictor(state: state, logger: logger)
+        let state = self.state
+        database = StateDatabase(
+            directory: config.stateDir, faults: faults, historyDays: { state.config.historyDays },
+            snapshot: { state.with { StateDatabase.Snapshot(core: $0.core, records: $0.records, recentEvictions: $0.recentEvictions) } },
+            report: { what, error in
+                state.with { $0.noteError("\(what): \(error)") }
+                logger.error("cannot save state", metadata: ["event": "state-save-failed", "what": "\(what)", "error": "\(error)"])
+            })
+        scrubber = Scrubber(state: state, database: database, faults: faults, stopping: stopping, logger: logger)
+        evictor = Evictor(state: state, logger: logger) { [database] in database.enqueue([.history($0)]) }
         watcher = try DirectoryWatcher()
     }
 
@@ -55,29 +62,8 @@ public final class Daemon: Sendable {
         // Trap signals before anything slow, so an early SIGTERM is a clean stop.
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
         let config = state.config
-        store.removeStaleTemporaries()
-        var pendingAtStart: [String] = []
-        do {
-            if let record = try store.load() {
-                pendingAtStart = record.pendingRemovals ?? []
-                state.with { s in
-                    s.scrub = record.scrub
-                    s.counters = record.counters
-                    s.recentEvictions = record.recentEvictions ?? [:]
-                    s.regretLog = record.regretLog ?? []
-                    s.brake = record.brake ?? RemovalBrake()
-                    s.counters.inotifyEvents = 0
-                    s.counters.rescans = 0
-                    s.counters.errors = 0
-                }
-                if record.scrub.passStartedAt != nil {
-                    logger.info("resuming the scrub pass", metadata: ["after": "\(record.scrub.cursor ?? "(start)")",
-                                                                      "files_done": "\(record.scrub.filesDone)"])
-                }
-            }
-        } catch {
-            logger.warning("state file unreadable; starting with fresh counters", metadata: ["path": "\(store.path)", "error": "\(error)"])
-        }
+        StateStore(directory: config.stateDir).removeStaleTemporaries()
+        let pendingAtStart = restoreState()
         try openDirectory(config.cacheDir, create: true)
         // Files whose removal a restart interrupted before the second look: looked at afresh.
         for name in pendingAtStart where state.with({ $0.index[name] != nil }) {
@@ -142,10 +128,55 @@ public final class Daemon: Sendable {
         if maintenanceDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("maintenance thread did not stop in time") }
         if scrubDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("scrub thread did not stop in time") }
         scrubber.persist(force: true)
+        await database.flush()
         await server.stop()
         await metricsServer?.stop()
         try? await loop.shutdownGracefully()
     }
+
+    /// Opens the state database (migrating state.json, replacing a damaged
+    /// database) and puts what it holds back in memory. Returns the files whose
+    /// second look a restart interrupted.
+    private func restoreState() -> [String] {
+        let opening = database.open()
+        if let why = opening.unavailable {
+            state.with { $0.noteError("open state database \(database.path): \(why)") }
+            logger.error("cannot open the state database; running without it, and trying again at every save",
+                         metadata: ["event": "state-db-unavailable", "path": "\(database.path)", "error": "\(why)"])
+        }
+        if let (to, why) = opening.movedAside {
+            logger.error("the state database was damaged; moved aside and started anew (recorded checksums are taken again)",
+                         metadata: ["event": "state-db-damaged", "path": "\(database.path)", "moved_to": "\(to)", "error": "\(why)"])
+        }
+        if let from = opening.migratedFrom {
+            logger.notice("migrated the state file into the state database", metadata: ["event": "state-migrated", "from": "\(from)",
+                                                                                       "to": "\(database.path)"])
+        }
+        if let why = opening.legacyUnreadable {
+            logger.warning("state file unreadable; starting with fresh counters (kept as state.json.unreadable)",
+                           metadata: ["path": "\(config.stateDir)/state.json", "error": "\(why)"])
+        }
+        let snap = opening.snapshot
+        state.with { s in
+            if let core = snap.core {
+                s.scrub = core.scrub
+                s.counters = core.counters
+                s.regretLog = core.regretLog
+                s.brake = core.brake
+                s.counters.inotifyEvents = 0
+                s.counters.rescans = 0
+                s.counters.errors = 0
+            }
+            s.recentEvictions = snap.recentEvictions
+            s.records = snap.records
+        }
+        if let scrub = snap.core?.scrub, scrub.passStartedAt != nil {
+            logger.info("resuming the scrub pass", metadata: ["after": "\(scrub.cursor ?? "(start)")", "files_done": "\(scrub.filesDone)"])
+        }
+        return snap.core?.pendingRemovals ?? []
+    }
+
+    private var config: DaemonConfig { state.config }
 
     /// Names the calling thread as `ps -L`, `top -H` and /proc show it (at most 15 bytes).
     static func nameThread(_ name: String) {
@@ -165,13 +196,17 @@ public final class Daemon: Sendable {
         let clock = ContinuousClock()
         let t0 = clock.now
         let scan = try dir.scan(engineABI: state.config.engineABI)
+        // Records of files a crash left under a private name: the index drops them, the recovery needs them.
+        let leftoverRecords = state.with { s in
+            s.records.filter { r in scan.takenAway.contains { CheckpointName.originalName(ofTakenAway: $0) == r.key } }
+        }
         state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI) }
         logger.info("engine payload ABI in force", metadata: ["event": "engine-abi", "abi": "\(scan.engineABI.description)"])
         for e in scan.errors {
             state.with { $0.noteError("\(e)") }
             logger.error("cannot read a checkpoint's header; it counts against the budget and goes first", metadata: ["error": "\(e)"])
         }
-        recoverTakenAway(scan.takenAway, in: dir)
+        recoverTakenAway(scan.takenAway, in: dir, records: leftoverRecords)
         directory.withLock { $0 = dir }
         scrubber.use(directory: dir)
         logger.info("indexed the cache directory", metadata: ["files": "\(scan.entries.count)", "ignored": "\(scan.ignored.count)",
@@ -180,7 +215,7 @@ public final class Daemon: Sendable {
 
     /// Settles the private names a crash left in the middle of a removal:
     /// each is verified again, then removed (proven corrupt) or put back.
-    private func recoverTakenAway(_ names: [String], in dir: CacheDirectory) {
+    private func recoverTakenAway(_ names: [String], in dir: CacheDirectory, records: [String: RecordedChecksum]) {
         guard !names.isEmpty else { return }
         let config = state.config
         var disposal = CacheDirectory.Disposal.unlink
@@ -188,13 +223,18 @@ public final class Daemon: Sendable {
         if let target = brake ? config.brakeQuarantineDir : config.quarantineDir, let q = try? CacheDirectory.Quarantine.open(creating: target) {
             disposal = .quarantine(q)
         }
-        let verifier = Verifier(engineABI: state.with { $0.engineABI.abi })
         for name in names {
+            // With the original name's record: a v1 file taken away for a checksum mismatch is judged as it was.
+            let original = CheckpointName.originalName(ofTakenAway: name) ?? name
+            let verifier = state.with { Verifier(engineABI: $0.engineABI.abi, recorded: records[original]) }
             let outcome = dir.recoverTakenAway(name, verifier: verifier, disposal: disposal)
             logger.notice("settled a removal a restart interrupted", metadata: ["event": "removal-recovered", "file": "\(name)",
                                                                                "outcome": "\(outcome)"])
             if case .putBack(let original) = outcome, let e = try? dir.entry(named: original, engineABI: state.with({ $0.engineABI.abi })) {
-                state.with { $0.insert(e) }
+                state.with { s in
+                    s.insert(e)
+                    if let r = records[original] { s.setRecord(original, r) }
+                }
             }
         }
     }

@@ -38,6 +38,8 @@ public struct DaemonConfig: Sendable, Equatable {
     public var metricsListen: String?
     /// An evicted checkpoint the engine writes again within this many hours counts as a regret.
     public var regretWindowHours: Double = 6
+    /// How long `kvscrubd history` keeps removals, quarantines and evictions.
+    public var historyDays: Double = 90
     /// The payload ABI (header byte 20) of the engine beside us: `auto` learns it from the newest checkpoint.
     public var engineABI: EngineABI = .auto
     /// A file found corrupt is verified again only once it has been left alone this long (the engine may be rewriting it).
@@ -106,6 +108,7 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             metricsListen = value
         case "regret_window_hours": regretWindowHours = try number(value)
+        case "history_days": historyDays = try number(value)
         case "engine_payload_abi":
             guard let abi = EngineABI(parsing: value) else { throw ConfigError(source, key, "expected auto or a number from 0 to 255, got '\(value)'") }
             engineABI = abi

@@ -118,6 +118,55 @@ public final class DaemonState: Sendable {
         public var brake = RemovalBrake()
         /// Files found corrupt, waiting for the removal rule's second look (name → when it is due).
         public var pendingRemoval: [String: Double] = [:]
+        /// Checksums recorded for v1 files (persisted), by file name.
+        public var records: [String: RecordedChecksum] = [:]
+        /// Names whose record or recent eviction changed since the last save.
+        public var dirtyRecords: Set<String> = []
+        public var dirtyEvictions: Set<String> = []
+
+        /// The record for `name` when it belongs to the file the index holds under that name.
+        func record(for name: String) -> RecordedChecksum? { records[name] }
+
+        mutating func setRecord(_ name: String, _ r: RecordedChecksum) {
+            records[name] = r
+            dirtyRecords.insert(name)
+        }
+
+        /// v1 files in the index with a record that matches them, and without.
+        var v1Protection: (recorded: Int, notYet: Int) {
+            var recorded = 0, notYet = 0
+            for e in index.values {
+                guard let h = e.header, h.version == 1 else { continue }
+                if let r = records[e.fileName], r.key == RecordedChecksum.Key(identity: e.identity, header: h) {
+                    recorded += 1
+                } else {
+                    notYet += 1
+                }
+            }
+            return (recorded, notYet)
+        }
+
+        /// Whether the index's v1 file `name` has a record that matches it (nil: not a v1 file).
+        func isRecorded(_ name: String) -> Bool? {
+            guard let e = index[name], let h = e.header, h.version == 1 else { return nil }
+            return records[name].map { $0.key == RecordedChecksum.Key(identity: e.identity, header: h) } ?? false
+        }
+
+        /// The part that goes into the state database.
+        var core: StateDatabase.Core {
+            StateDatabase.Core(scrub: scrub, counters: counters, brake: brake, pendingRemovals: pendingRemoval.keys.sorted(),
+                               regretLog: regretLog)
+        }
+
+        /// What changed since the last save, for the state database; clears the dirty marks.
+        mutating func takeChanges() -> [StateDatabase.Change] {
+            var out: [StateDatabase.Change] = [.core(core)]
+            for n in dirtyRecords { out.append(.record(n, records[n])) }
+            for n in dirtyEvictions { out.append(.eviction(n, recentEvictions[n])) }
+            dirtyRecords.removeAll(keepingCapacity: true)
+            dirtyEvictions.removeAll(keepingCapacity: true)
+            return out
+        }
 
         /// Puts a new ABI in force and judges the whole index against it.
         mutating func setEngineABI(_ r: EngineABI.Resolution) {
@@ -137,6 +186,7 @@ public final class DaemonState: Sendable {
         mutating func remove(_ name: String) -> CacheEntry? {
             verdicts.removeValue(forKey: name)
             supersededBy.removeValue(forKey: name)
+            if records.removeValue(forKey: name) != nil { dirtyRecords.insert(name) }
             guard let old = index.removeValue(forKey: name) else { return nil }
             totalBytes -= old.fileSize
             return old
@@ -147,11 +197,16 @@ public final class DaemonState: Sendable {
             totalBytes = index.values.reduce(0) { $0 + $1.fileSize }
             verdicts = verdicts.filter { index[$0.key] != nil }
             supersededBy = supersededBy.filter { index[$0.key] != nil }
+            for name in records.keys where index[name] == nil {
+                records.removeValue(forKey: name)
+                dirtyRecords.insert(name)
+            }
         }
 
         /// A checkpoint appeared: if the daemon evicted it within the window, that eviction was a regret.
         mutating func noteArrival(_ name: String, bytes: UInt64, now: Double) -> RegretRecord? {
             guard let e = recentEvictions.removeValue(forKey: name) else { return nil }
+            dirtyEvictions.insert(name)
             guard now - e.at <= config.regretWindowHours * 3600 else { return nil }
             let r = RegretRecord(at: now, file: name, bytes: bytes, afterSeconds: now - e.at)
             regretLog.append(r)
@@ -162,9 +217,13 @@ public final class DaemonState: Sendable {
 
         mutating func noteEviction(_ name: String, bytes: UInt64, now: Double) {
             recentEvictions[name] = EvictionRecord(at: now, bytes: bytes)
+            dirtyEvictions.insert(name)
             let window = config.regretWindowHours * 3600
             if recentEvictions.count > 10_000 || recentEvictions.values.contains(where: { now - $0.at > window }) {
-                recentEvictions = recentEvictions.filter { now - $0.value.at <= window }
+                for (n, e) in recentEvictions where now - e.at > window {
+                    recentEvictions.removeValue(forKey: n)
+                    dirtyEvictions.insert(n)
+                }
             }
         }
 

@@ -26,12 +26,15 @@ import Glibc
 public final class Evictor: Sendable {
     let state: DaemonState
     let logger: Logger
+    /// Where each eviction goes into the history (`kvscrubd history`).
+    let history: @Sendable (HistoryEvent) -> Void
     /// Holds `culling` (free-space hysteresis) between passes.
     private let culling = MutexBox(false)
 
-    public init(state: DaemonState, logger: Logger) {
+    public init(state: DaemonState, logger: Logger, history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
         self.logger = logger
+        self.history = history
     }
 
     public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible }
@@ -121,6 +124,8 @@ public final class Evictor: Sendable {
                         }
                     }
                     logger.notice("evicted", metadata: meta)
+                    history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.rawValue,
+                                         detail: e.unusable ?? String(format: "score %.6g", v.score)))
                 case .vanished:
                     state.with { _ = $0.remove(e.fileName) }
                     freed += e.fileSize

@@ -121,7 +121,9 @@ extension Scrubber {
                 name = known
             }
             do {
-                let report = try dir.verify(name: name, with: Verifier(engineABI: state.with { $0.engineABI.abi }))
+                let (abi, recorded) = state.with { ($0.engineABI.abi, $0.record(for: name)) }
+                let report = try dir.verify(name: name, with: Verifier(engineABI: abi, recorded: recorded))
+                recordIfNew(report, now: Date().timeIntervalSince1970)
                 let now = Date().timeIntervalSince1970
                 state.with {
                     if $0.index[name] != nil { $0.verdicts[name] = report.verdict }

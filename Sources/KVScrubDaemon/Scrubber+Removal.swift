@@ -102,8 +102,9 @@ extension Scrubber {
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
                             observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
         let config = state.config
-        let verifier = Verifier(engineABI: state.with { $0.engineABI.abi }, observer: observer)
-        let faults = store.faults
+        let (abi, recorded) = state.with { ($0.engineABI.abi, $0.record(for: name)) }
+        let verifier = Verifier(engineABI: abi, recorded: recorded, observer: observer)
+        let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
                                        now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in
             let admitted = state.with { $0.brake.admitRemoval(now: Date().timeIntervalSince1970, limit: config.removalBrake) }
@@ -165,6 +166,15 @@ extension Scrubber {
             }
             m["event"] = "\(event)"
             logger.warning("\(message)", metadata: m)
+            var done = HistoryEvent.Action.removed
+            var destination: String? = nil
+            if case .quarantined(_, let to) = outcome { done = .quarantined; destination = to }
+            if case .keptInPlace = outcome { done = .keptInPlace }
+            let problem = r.corruptProblems.first
+            database.enqueue([.history(HistoryEvent(at: Date().timeIntervalSince1970, action: done, file: name, bytes: r.fileSize,
+                                                    cause: "corrupt", region: problem?.region.rawValue, detail: problem?.detail,
+                                                    expectedCrc: problem?.expectedCRC, actualCrc: problem?.actualCRC,
+                                                    destination: destination))])
             persist(force: true)
             return action
         case .notCorrupt(let r):

@@ -27,7 +27,8 @@ import Synchronization
 public final class Scrubber: Sendable {
     let state: DaemonState
     let logger: Logger
-    let store: StateStore
+    let database: StateDatabase
+    let faults: TestFaults
     let stopping: StopFlag
     let throttle: ScrubThrottle
     private let wakeup = DispatchSemaphore(value: 0)
@@ -37,9 +38,10 @@ public final class Scrubber: Sendable {
     let directory = MutexBox<CacheDirectory?>(nil)
     private let lastPersist = MutexBox(0.0)
 
-    public init(state: DaemonState, store: StateStore, stopping: StopFlag, logger: Logger) {
+    public init(state: DaemonState, database: StateDatabase, faults: TestFaults, stopping: StopFlag, logger: Logger) {
         self.state = state
-        self.store = store
+        self.database = database
+        self.faults = faults
         self.stopping = stopping
         self.logger = logger
         throttle = ScrubThrottle(state: state, stopping: stopping)
@@ -159,13 +161,15 @@ public final class Scrubber: Sendable {
         defer { state.with { $0.scrubbing = nil } }
         var bytes: UInt64 = 0
         do {
-            let report = try dir.verify(name: name, with: Verifier(engineABI: state.with { $0.engineABI.abi }, observer: throttle))
+            let (abi, recorded) = state.with { ($0.engineABI.abi, $0.record(for: name)) }
+            let report = try dir.verify(name: name, with: Verifier(engineABI: abi, recorded: recorded, observer: throttle))
             bytes = report.bytesRead
             let now = Date().timeIntervalSince1970
             state.with {
                 if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
                 $0.brake.noteVerified(now: now)
             }
+            recordIfNew(report, now: now)
             if report.verdict == .corrupt { _ = foundCorrupt(report, partOfPass: partOfPass) }
         } catch is ScrubThrottle.ScrubStopped {
             return // abandoned for shutdown or `scrub cancel`: the cursor stays before this file
@@ -185,7 +189,25 @@ public final class Scrubber: Sendable {
         }
     }
 
-    /// Writes the state file at most every 2 s unless forced.
+    /// Records the text and payload checksums of a v1 file verified sound, from
+    /// an undisturbed read, when it has no record yet or its record belongs to
+    /// a file since replaced (another inode, lengths or created_at).
+    func recordIfNew(_ report: VerifyReport, now: Double) {
+        guard report.verdict == .ok, report.unchangedDuringRead, let body = report.bodyChecksums else { return }
+        let recorded = state.with { s -> Bool in
+            guard let e = s.index[report.name], e.identity == report.identity, s.records[report.name]?.key != body.key else { return false }
+            s.setRecord(report.name, body.recorded(at: now))
+            return true
+        }
+        if recorded {
+            logger.debug("recorded the checksums of a v1 checkpoint", metadata: [
+                "event": "checksum-recorded", "file": "\(report.name)",
+                "text_crc": "\(String(format: "0x%08x", body.textCRC))", "payload_crc": "\(String(format: "0x%08x", body.payloadCRC))"])
+        }
+    }
+
+    /// Hands what changed to the state database at most every 2 s unless forced.
+    /// Returns at once: the database writes on its own queue.
     func persist(force: Bool) {
         let now = Date().timeIntervalSince1970
         let due = lastPersist.withLock { last -> Bool in
@@ -193,12 +215,6 @@ public final class Scrubber: Sendable {
             return false
         }
         guard due else { return }
-        let record = state.with { StateStore.Record(scrub: $0.scrub, counters: $0.counters,
-                                                    recentEvictions: $0.recentEvictions, regretLog: $0.regretLog, brake: $0.brake,
-                                                    pendingRemovals: $0.pendingRemoval.isEmpty ? nil : $0.pendingRemoval.keys.sorted()) }
-        do { try store.save(record) } catch {
-            state.with { $0.noteError("save state \(store.path): \(error)") }
-            logger.error("cannot save state", metadata: ["path": "\(store.path)", "error": "\(error)"])
-        }
+        database.enqueue(state.with { $0.takeChanges() })
     }
 }

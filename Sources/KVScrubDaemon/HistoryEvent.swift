@@ -1,0 +1,64 @@
+import Foundation
+import GRDB
+
+/// One line of `kvscrubd history`: a file the daemon removed, quarantined,
+/// kept in place although proven corrupt, or evicted, and why.
+public struct HistoryEvent: Codable, Sendable, Equatable {
+    public enum Action: String, Codable, Sendable, CaseIterable {
+        case removed, quarantined
+        /// Proven corrupt, but could not be moved into quarantine: left under its name.
+        case keptInPlace = "kept-in-place"
+        case evicted
+    }
+
+    /// Why: `corrupt`, or the eviction causes (`budget`, `free-space`, `incompatible`).
+    public static let causes = ["corrupt", "budget", "free-space", "incompatible"]
+
+    public var at: Double
+    public var action: Action
+    public var file: String
+    public var bytes: UInt64
+    public var cause: String
+    /// For corrupt files: the region, what was wrong, and the CRCs when a checksum failed.
+    public var region: String?
+    public var detail: String?
+    public var expectedCrc: UInt32?
+    public var actualCrc: UInt32?
+    /// Where a quarantined file went.
+    public var destination: String?
+
+    public init(at: Double, action: Action, file: String, bytes: UInt64, cause: String, region: String? = nil,
+                detail: String? = nil, expectedCrc: UInt32? = nil, actualCrc: UInt32? = nil, destination: String? = nil) {
+        self.at = at
+        self.action = action
+        self.file = file
+        self.bytes = bytes
+        self.cause = cause
+        self.region = region
+        self.detail = detail
+        self.expectedCrc = expectedCrc
+        self.actualCrc = actualCrc
+        self.destination = destination
+    }
+
+    init(row: Row) {
+        at = row["at"]
+        action = Action(rawValue: row["action"]) ?? .removed
+        file = row["file"]
+        bytes = UInt64(bitPattern: row["bytes"])
+        cause = row["cause"]
+        region = row["region"]
+        detail = row["detail"]
+        expectedCrc = (row["expected_crc"] as Int64?).map { UInt32(truncatingIfNeeded: $0) }
+        actualCrc = (row["actual_crc"] as Int64?).map { UInt32(truncatingIfNeeded: $0) }
+        destination = row["destination"]
+    }
+
+    func insert(_ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO history (at, action, file, bytes, cause, region, detail, expected_crc, actual_crc, destination)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [at, action.rawValue, file, Int64(bitPattern: bytes), cause, region, detail,
+                             expectedCrc.map { Int64($0) }, actualCrc.map { Int64($0) }, destination])
+    }
+}
