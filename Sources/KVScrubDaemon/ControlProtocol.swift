@@ -7,14 +7,21 @@ import KVCFormat
 /// error reply and the connection stays usable.
 ///
 /// Commands: read-only `ping`, `status`, `entries`, `explain` (with `name`),
-/// `metrics`, `scrub-status`; changing (see `AccessPolicy`) `scrub-start`,
+/// `metrics`, `scrub-status`, `history` (with `since`, `cause`, `limit`); changing (see `AccessPolicy`) `scrub-start`,
 /// `scrub-pause`, `scrub-resume`, `scrub-cancel`, `scrub-now` (with
 /// `files`), `brake-release`, `reload`, `evict-now`.
 public struct ControlRequest: Codable, Sendable {
     public var cmd: String
     public var files: [String]?
     public var name: String?
-    public init(cmd: String, files: [String]? = nil, name: String? = nil) { self.cmd = cmd; self.files = files; self.name = name }
+    /// `history`: Unix time of the oldest event wanted, a cause (corrupt, budget, free-space,
+    /// incompatible), and at most how many events (newest first).
+    public var since: Double?
+    public var cause: String?
+    public var limit: Int?
+    public init(cmd: String, files: [String]? = nil, name: String? = nil, since: Double? = nil, cause: String? = nil, limit: Int? = nil) {
+        self.cmd = cmd; self.files = files; self.name = name; self.since = since; self.cause = cause; self.limit = limit
+    }
 }
 
 public struct ControlResponse: Codable, Sendable {
@@ -31,6 +38,8 @@ public struct ControlResponse: Codable, Sendable {
     public var metrics: String?
     /// With `entries`: the payload ABI the entries were judged against.
     public var engineAbi: EngineABI.Resolution?
+    /// `history`: removals, quarantines and evictions, newest first.
+    public var history: [HistoryEvent]?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, status: StatusReport? = nil, entries: [EntryReport]? = nil,
                 scrub: StatusReport.Scrub? = nil, verdicts: [FileVerdict]? = nil, explanation: Explanation? = nil, metrics: String? = nil) {
@@ -117,6 +126,20 @@ public struct StatusReport: Codable, Sendable {
     /// Files found corrupt waiting for the removal rule's second look.
     public var pendingRemovals: Int?
     public var settleSeconds: Double?
+    /// What protects the files' contents: their own CRC32C (v2), checksums kvscrubd recorded (v1), or not yet anything.
+    public var checksums: Checksums?
+
+    public struct Checksums: Codable, Sendable, Equatable {
+        /// v2 files: CRC32C in the file itself.
+        public var inFile: Int
+        /// v1 files with a recorded checksum that matches them.
+        public var recorded: Int
+        /// v1 files not recorded yet (recorded at their next verification).
+        public var notYetRecorded: Int
+        public init(inFile: Int, recorded: Int, notYetRecorded: Int) {
+            self.inFile = inFile; self.recorded = recorded; self.notYetRecorded = notYetRecorded
+        }
+    }
 
     /// The removal brake (`RemovalBrake`).
     public struct Brake: Codable, Sendable {
@@ -150,6 +173,8 @@ public struct EntryReport: Codable, Sendable {
     public var superseded: Bool?
     /// The last scrub verdict this run (nil: not verified since the daemon started).
     public var verdict: String?
+    /// What protects its contents: crc32c (v2), recorded (v1 with a recorded checksum), none (v1, not yet).
+    public var checksums: String?
 }
 
 public enum DaemonVersion {

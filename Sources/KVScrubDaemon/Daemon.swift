@@ -435,7 +435,7 @@ public final class Daemon: Sendable {
             return .now(.failure(why))
         }
         switch request.cmd {
-        case "scrub-now", "evict-now":
+        case "scrub-now", "evict-now", "history":
             return .later { [self] in await handleSlow(request) }
         default:
             return .now(handleFromMemory(request))
@@ -471,12 +471,31 @@ public final class Daemon: Sendable {
             return ControlResponse(ok: true)
         default:
             return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
-                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, brake-release, reload, evict-now")
+                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, brake-release, reload, evict-now, history")
         }
     }
 
     func handleSlow(_ request: ControlRequest) async -> ControlResponse {
         switch request.cmd {
+        case "history":
+            if let cause = request.cause, !HistoryEvent.causes.contains(cause) {
+                return .failure("unknown cause '\(cause)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
+            }
+            let limit = min(max(request.limit ?? 1000, 0), 10_000)
+            // SQLite reads block: on a thread that may, off the event loop and the cooperative pool.
+            let result = await withCheckedContinuation { (k: CheckedContinuation<Result<[HistoryEvent], any Error>, Never>) in
+                DispatchQueue.global().async { [database] in
+                    k.resume(returning: Result { try database.history(since: request.since, cause: request.cause, limit: limit) })
+                }
+            }
+            switch result {
+            case .success(let events):
+                var r = ControlResponse(ok: true)
+                r.history = events
+                return r
+            case .failure(let error):
+                return .failure("the history cannot be read: \(error)")
+            }
         case "scrub-now":
             guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
             guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }
@@ -556,13 +575,17 @@ public final class Daemon: Sendable {
                 brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,
                              limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
                              verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),
-                pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds)
+                pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds,
+                checksums: .init(inFile: s.index.values.filter { $0.header?.version == 2 }.count,
+                                 recorded: s.v1Protection.recorded, notYetRecorded: s.v1Protection.notYet))
         }
     }
 
     func entries() -> [EntryReport] {
         let now = UInt64(Date().timeIntervalSince1970)
-        let (all, verdicts, superseded) = state.with { (Array($0.index.values), $0.verdicts, $0.supersededBy) }
+        let (all, verdicts, superseded, recorded) = state.with { s in
+            (Array(s.index.values), s.verdicts, s.supersededBy, Set(s.index.keys.filter { s.isRecorded($0) == true }))
+        }
         return EvictionPlan.order(entries: all, now: now).enumerated().map { i, v in
             let b = EvictionScore.breakdown(v.entry, now: now)
             let h = v.entry.header
@@ -570,7 +593,8 @@ public final class Daemon: Sendable {
                                hits: h?.hits, size: v.entry.fileSize, lastUsed: h?.lastUsed, score: v.score,
                                effectiveHits: b.effectiveHits, idleSeconds: b.idleSeconds, tokensPerByte: b.tokensPerByte,
                                anchorFactor: b.anchorFactor, unusable: v.entry.unusable,
-                               superseded: superseded[v.entry.fileName] != nil, verdict: verdicts[v.entry.fileName]?.rawValue)
+                               superseded: superseded[v.entry.fileName] != nil, verdict: verdicts[v.entry.fileName]?.rawValue,
+                               checksums: h.map { $0.version == 2 ? "crc32c" : (recorded.contains(v.entry.fileName) ? "recorded" : "none") })
         }
     }
 

@@ -82,6 +82,7 @@ public final class DaemonMetrics: Sendable {
             var engineABI: EngineABI.Resolution
             var brake: RemovalBrake
             var pending: Int
+            var protection: (inFile: Int, recorded: Int, none: Int) = (0, 0, 0)
         }
         let now = Date().timeIntervalSince1970
         let snap = state.with { s -> Snapshot in
@@ -91,6 +92,8 @@ public final class DaemonMetrics: Sendable {
                                 passTotal: s.passFilesTotal,
                                 regretsLastDay: s.regretLog.filter { now - $0.at <= 86400 }.count,
                                 engineABI: s.engineABI, brake: s.brake, pending: s.pendingRemoval.count)
+            let v1 = s.v1Protection
+            snap.protection = (s.index.values.filter { $0.header?.version == 2 }.count, v1.recorded, v1.notYet)
             for e in s.index.values {
                 let verdict = e.unusable != nil ? "incompatible" : (s.verdicts[e.fileName].map { $0 == .ok ? "ok" : $0.rawValue } ?? "unverified")
                 let version = e.header.map { String($0.version) } ?? "unknown"
@@ -125,6 +128,10 @@ public final class DaemonMetrics: Sendable {
         gauge("kvscrubd_removal_brake_engaged", [], snap.brake.engaged ? 1 : 0)
         gauge("kvscrubd_removal_brake_held_back_files", [], Double(snap.brake.heldBack))
         gauge("kvscrubd_corrupt_pending_removal_files", [], Double(snap.pending))
+        // What protects each checkpoint's contents: its own CRC32C (v2), a checksum kvscrubd recorded (v1), nothing yet.
+        gauge("kvscrubd_checksum_protected_files", [("source", "file")], Double(snap.protection.inFile))
+        gauge("kvscrubd_checksum_protected_files", [("source", "recorded")], Double(snap.protection.recorded))
+        gauge("kvscrubd_checksum_protected_files", [("source", "none")], Double(snap.protection.none))
 
         let c = snap.counters
         counter("kvscrubd_evictions_total", [("cause", "budget")], to: c.evictedBudget)

@@ -13,7 +13,7 @@ struct KVScrubd: AsyncParsableCommand {
             """,
         version: KVScrubdVersion.string,
         subcommands: [RunCommand.self, StatusCommand.self, EntriesCommand.self, ExplainCommand.self, ScrubCommand.self, BrakeCommand.self, MetricsCommand.self,
-                      ReloadCommand.self, EvictNowCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
+                      ReloadCommand.self, EvictNowCommand.self, HistoryCommand.self, VerifyCommand.self, InspectCommand.self, EvictCommand.self]
     )
 }
 

@@ -71,6 +71,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("regret-window-hours"), help: ArgumentHelp("An evicted file written again within this many hours is a regret (regret_window_hours; default 6).", valueName: "h"))
     var regretWindow: String?
 
+    @Option(name: .customLong("history-days"), help: ArgumentHelp("Keep removals, quarantines and evictions this many days for 'kvscrubd history' (history_days; default 90).", valueName: "days"))
+    var historyDays: String?
+
     @Option(name: .customLong("engine-abi"), help: ArgumentHelp("Payload ABI (header byte 20) of the engine beside us: auto learns it from the newest checkpoint; 0 is upstream ds4 with PR #146, 2 the shared kvstore (engine_payload_abi; default auto).", valueName: "auto|N"))
     var engineABI: String?
 
@@ -104,6 +107,7 @@ struct RunCommand: AsyncParsableCommand {
         add("admin_group", adminGroup)
         add("metrics_listen", metricsListen)
         add("regret_window_hours", regretWindow)
+        add("history_days", historyDays)
         add("engine_payload_abi", engineABI)
         add("removal_settle_seconds", removalSettle)
         add("removal_brake", removalBrake)

@@ -39,14 +39,31 @@ struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
         abstract: "Show the running daemon's state: files, bytes vs budget, free space, scrub progress, removals, errors.",
-        discussion: "Exit status: 0 success; 1 the daemon refused the request; 2 the daemon could not be reached.")
+        discussion: "With -v, also the last removals and quarantines (as 'zpool status -v' lists damaged files; 'kvscrubd history' has them all).\nExit status: 0 success; 1 the daemon refused the request; 2 the daemon could not be reached.")
 
     @OptionGroup var options: SocketOptions
 
+    @Flag(name: [.short, .long], help: "Also list the last 10 files removed or quarantined as corrupt.")
+    var verbose = false
+
     func run() throws {
         guard let s = try options.send(ControlRequest(cmd: "status")).status else { throw ExitCode(2) }
-        if options.json { options.printJSON(s); return }
+        let removals = verbose ? (try options.send(ControlRequest(cmd: "history", cause: "corrupt", limit: 10)).history ?? []) : nil
+        if options.json {
+            if let removals { options.printJSON(VerboseJSON(status: s, recentRemovals: removals)) } else { options.printJSON(s) }
+            return
+        }
         print(StatusText.render(s))
+        if let removals {
+            print("")
+            print(removals.isEmpty ? "no corrupt files removed or quarantined (within history_days)" : "last corrupt files removed or quarantined:")
+            for line in HistoryCommand.lines(removals) { print("  " + line) }
+        }
+    }
+
+    struct VerboseJSON: Encodable {
+        var status: StatusReport
+        var recentRemovals: [HistoryEvent]
     }
 }
 
@@ -96,6 +113,11 @@ enum StatusText {
             (s.incompatibleFiles > 0 ? ", \(s.incompatibleFiles) incompatible" : ""))
         if let free = s.freeBytes, let fs = s.filesystemBytes, fs > 0 {
             row("space", String(format: "%@ free of %@ (%.1f%%)", Output.bytes(free), Output.bytes(fs), Double(free) * 100 / Double(fs)))
+        }
+        if let k = s.checksums {
+            var line = "\(k.inFile) with CRC32C in the file (v2), \(k.recorded) v1 with a recorded checksum"
+            if k.notYetRecorded > 0 { line += ", \(k.notYetRecorded) v1 not yet recorded (structure checks only until their next verification)" }
+            row("checksums", line)
         }
         if let abi = s.engineAbi { row("engine", "payload ABI \(abi.description) (engine_payload_abi: \(s.engineAbiSetting ?? "auto"))") }
         scrubRows(s.scrub, row)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVCFormat
+import KVScrubDaemon
 
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,6 +10,10 @@ struct VerifyCommand: ParsableCommand {
         discussion: """
             PATH is a file or a directory (its entries, not recursive). v2 files have all four CRC32C fields
             recomputed; v1 files carry no checksum, so only their structure is checked ("checksums: none (v1)").
+            With --recorded, v1 files are also compared with the checksums the daemon recorded when it first
+            saw them (read from its state database, read-only): a text or payload that differs is corrupt
+            ("checksums: recorded"). A record counts only for the very file it was taken from (same inode,
+            lengths and created_at); a file damaged before the daemon first saw it was recorded as it was.
             Files whose payload ABI is not the engine's (--engine-abi) and unknown version bytes are incompatible,
             never corrupt. Each file's inode, size, mtime and ctime are compared before and after its read: a file
             the engine rewrote meanwhile is read again, and a verdict from a disturbed read is marked as such.
@@ -20,13 +25,26 @@ struct VerifyCommand: ParsableCommand {
 
     @OptionGroup var abi: EngineABIOption
 
+    @Flag(name: .long, help: "Compare v1 files with the checksums the daemon recorded (its state database, opened read-only).")
+    var recorded = false
+
+    @Option(name: .long, help: ArgumentHelp("The daemon's state directory, for --recorded.", valueName: "dir"))
+    var stateDir = DaemonConfig().stateDir
+
     @Argument(help: "Checkpoint files or cache directories.")
     var paths: [String]
 
     func run() throws {
         let items = PathExpansion.expand(paths)
         let engine = abi.resolve(items)
-        let verifier = Verifier(engineABI: engine.abi)
+        var records: [String: RecordedChecksum] = [:]
+        if recorded {
+            do { records = try StateDatabase.readOnly(directory: stateDir).records() } catch {
+                Output.error("cannot read the recorded checksums in \(stateDir): \(error)")
+                throw ExitCode(2)
+            }
+            if !json { print("recorded checksums: \(records.count) in \(stateDir)/state.sqlite") }
+        }
         var files: [FileJSON] = []
         var errors: [ErrorJSON] = []
         var summary = SummaryJSON()
@@ -34,6 +52,8 @@ struct VerifyCommand: ParsableCommand {
         for item in items {
             if let e = item.error { errors.append(ErrorJSON(path: item.path, error: e)); continue }
             do {
+                let name = (item.path as NSString).lastPathComponent
+                let verifier = recorded ? Verifier(engineABI: engine.abi, recorded: records[name]) : Verifier(engineABI: engine.abi)
                 let r = try verifier.verify(path: item.path)
                 summary.add(r.verdict)
                 files.append(FileJSON(r))
@@ -55,7 +75,7 @@ struct VerifyCommand: ParsableCommand {
 
     private func printHuman(_ r: VerifyReport) {
         let version = r.version.map { "v\($0)" } ?? "-"
-        let sums = r.verdict == .ignored ? "-" : (r.checksums == .crc32c ? "crc32c" : "none (v\(r.version ?? 1))")
+        let sums = r.verdict == .ignored ? "-" : (r.checksums == .none ? "none (v\(r.version ?? 1))" : r.checksums.rawValue)
         var line = Output.pad(r.verdict.rawValue, 13) + Output.pad(version, 5) + Output.pad(sums, 12) +
             Output.pad(r.verdict == .ignored ? "-" : Output.bytes(r.fileSize), 11) + r.path
         if let note = r.note { line += "  (\(note))" }
