@@ -11,10 +11,10 @@ import Glibc
 /// - `KVSCRUBD_TEST_KILL_AT=STEP`: the daemon SIGKILLs itself at that step of a
 ///   removal (`verdict`, `renamed`, `inode-checked`, `unlinking`, `unlinked`,
 ///   the points of `CacheDirectory.RemovalStep`) or of a state save
-///   (`state-written`: the temporary file is complete and synced, not renamed;
-///   `state-renamed`). A real SIGKILL at a real point, so the restart that
+///   (`state-written`: inside the state database's transaction, every row
+///   written, not committed; `state-committed`). A real SIGKILL at a real point, so the restart that
 ///   follows meets exactly what a crash there leaves.
-/// - `KVSCRUBD_TEST_STATE_EIO=N`: the next N state saves fail with EIO. This
+/// - `KVSCRUBD_TEST_STATE_EIO=N`: the next N state database writes fail with EIO. This
 ///   one is a stand-in: the real fault needs a disk that returns I/O errors
 ///   (device-mapper's error target), which this workplace's kernel does not
 ///   offer, so the error is raised where the write would have failed.

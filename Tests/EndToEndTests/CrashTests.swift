@@ -9,8 +9,8 @@ import Glibc
 /// Crashes at every step, for real: the daemon SIGKILLed at each step of a
 /// removal and of a state save (TestFaults), the engine SIGKILLed in the
 /// middle of a tool-map rewrite; and disk faults: a full state file system
-/// (a real tmpfs), a read-only cache (a real remount), EIO on the state file
-/// (injected: see TestFaults for why).
+/// (a real tmpfs), a read-only cache (a real remount), EIO on the state
+/// database (injected: see TestFaults for why).
 @Suite(.serialized) struct CrashTests {
     /// Four good checkpoints and one with a damaged payload, in `cache`.
     static func populate(_ cache: String) throws -> (good: [String], corrupt: String) {
@@ -27,7 +27,12 @@ import Glibc
 
     static let fast = ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.2", "--scrub-new-file-delay", "0"]
 
-    @Test(arguments: CacheDirectory.RemovalStep.allCases.map(\.rawValue) + ["state-written", "state-renamed"])
+    /// The state database as another process sees it (read-only), or nil when it cannot be read.
+    static func savedState(_ stateDir: String) -> StateDatabase.Core? {
+        try? StateDatabase.readOnly(directory: stateDir).core()
+    }
+
+    @Test(arguments: CacheDirectory.RemovalStep.allCases.map(\.rawValue) + ["state-written", "state-committed"])
     func sigkillAtEachStep_losesNothingGood_andTheRestartFinishesTheJob(step: String) throws {
         let root = TempDir()
         let cache = root.file("cache")
@@ -40,7 +45,7 @@ import Glibc
         let underName = FileManager.default.fileExists(atPath: cache + "/" + corrupt)
         let taken = Self.takenAway(cache)
         switch step {
-        case "verdict", "state-written", "state-renamed": #expect(underName && taken.isEmpty)
+        case "verdict", "state-written", "state-committed": #expect(underName && taken.isEmpty)
         case "renamed", "inode-checked", "unlinking": #expect(!underName && taken.count == 1)
         default: #expect(!underName && taken.isEmpty)
         }
@@ -60,11 +65,13 @@ import Glibc
         }
         #expect(s.counters.corruptRemoved <= s.counters.corruptFound)
         #expect(s.scrub.filesDone <= s.scrub.filesTotal)
-        // The state file is whole, and no temporary of an interrupted save is left.
-        let record = try StateStore(directory: root.file("state")).load()
-        #expect(record != nil)
+        // The state database is whole (SQLite's own check), holds the counters, and was never moved aside.
+        let saved = try #require(Self.savedState(root.file("state")))
+        #expect(saved.counters.corruptRemoved == s.counters.corruptRemoved)
+        let integrity = try Tool.runCapturing("/usr/bin/sqlite3", [root.file("state") + "/state.sqlite", "PRAGMA integrity_check"])
+        #expect(integrity.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(integrity.stderr)")
         let stateFiles = (try? FileManager.default.contentsOfDirectory(atPath: root.file("state"))) ?? []
-        #expect(!stateFiles.contains { $0.contains(".tmp.") }, "\(stateFiles)")
+        #expect(!stateFiles.contains { $0.contains(".damaged.") }, "\(stateFiles)")
     }
 
     /// The engine dies half way through a tool-map rewrite: the daemon's
@@ -128,19 +135,24 @@ import Glibc
         let cache = root.file("cache")
         let (good, _) = try Self.populate(cache)
         let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("save state") } }
-        #expect(try d.status().lastErrors.contains { $0.contains("No space left") })
+        try waitUntil("the failure reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("state") } }
+        let errors = try d.status().lastErrors
+        #expect(errors.contains { $0.lowercased().contains("full") || $0.contains("No space left") }, "\(errors)")
         #expect(try d.request("scrub-pause").ok, "the daemon keeps answering")
         for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
-        // Space again: the next save goes through.
+        #expect(try d.status().counters.corruptFound <= 1)
+        // Space again: the saves held back go through (retried every 5 s), the pause with them.
         unlink(filler)
+        try waitUntil("the state database written", timeout: 30) { Self.savedState(state)?.scrub.paused == true }
         #expect(try d.request("scrub-resume").ok)
-        try waitUntil("state.json written", timeout: 20) { (try? StateStore(directory: state).load()) != nil }
+        try waitUntil("the resume written", timeout: 30) { Self.savedState(state).map { $0.scrub.paused != true } ?? false }
         _ = d.stop()
-        #expect(try StateStore(directory: state).load()?.scrub.paused == nil)
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
+        #expect(!files.contains { $0.contains(".damaged.") }, "a full disk is not damage: \(files)")
     }
 
     /// The state fuzz target's one finding: an empty state.json (Foundation leaked its read buffer on it).
+    /// An old state file that cannot be read is set aside (state.json.unreadable), never migrated.
     @Test(arguments: ["", "{\"version\":1", "\u{0}garbage"])
     func unreadableStateFile_isReported_andTheDaemonStartsFresh(content: String) throws {
         let root = TempDir()
@@ -151,8 +163,10 @@ import Glibc
         #expect(throws: (any Error).self) { try StateStore(directory: root.file("state")).load() }
         let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         #expect(d.log.contains("state file unreadable"))
-        try waitUntil("a valid state file written again", timeout: 20) { (try? StateStore(directory: root.file("state")).load()) != nil }
+        try waitUntil("the state database written", timeout: 20) { Self.savedState(root.file("state")) != nil }
         _ = d.stop()
+        #expect(FileManager.default.fileExists(atPath: root.file("state") + "/state.json.unreadable"))
+        #expect(!FileManager.default.fileExists(atPath: root.file("state") + "/state.json"))
     }
 
     @Test func stateWriteEIO_injected_isReported_andTheNextSaveWorks() throws {
@@ -163,7 +177,7 @@ import Glibc
                                   environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_STATE_EIO": "1"])
         try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
         #expect(try d.request("scrub-pause").ok)
-        #expect(try StateStore(directory: root.file("state")).load()?.scrub.paused == true)
+        try waitUntil("the next save written", timeout: 20) { Self.savedState(root.file("state"))?.scrub.paused == true }
         _ = d.stop()
     }
 
