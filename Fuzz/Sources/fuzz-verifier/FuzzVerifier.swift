@@ -4,7 +4,8 @@ import KVCFormat
 
 /// Arbitrary bytes as a checkpoint file: the header probe, the index reader,
 /// the whole verifier (v1, v2, the payload prefix, the tool-map trailer) under
-/// every engine ABI in force, a verified load, and the engine's in-place
+/// every engine ABI in force, the daemon's verifier (v1 bodies checksummed,
+/// compared with a record), a verified load, and the engine's in-place
 /// updates followed by another verification. Nothing may crash, leak, or
 /// allocate by a length field (scripts/fuzz sets -malloc_limit_mb).
 enum Scratch {
@@ -40,6 +41,25 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         o.chunkSize = 4096 // inputs are small; a 1 MiB buffer per look would only time the allocator
         _ = try? Verifier(options: o).verify(path: Scratch.path)
     }
+    // The daemon's verifier: a record taken from a sound v1 file holds on the same bytes,
+    // and one with other checksums finds the file corrupt.
+    var record: RecordedChecksum?
+    var daemon = Verifier(engineABI: nil, recorded: nil)
+    daemon.options.chunkSize = 4096
+    if let r = try? daemon.verify(path: Scratch.path), r.verdict == .ok, let body = r.bodyChecksums {
+        let rec = body.recorded(at: 0)
+        daemon.options.recorded = rec
+        if let again = try? daemon.verify(path: Scratch.path), again.problems.contains(where: { $0.detail.contains("recorded") }) {
+            fatalError("a record taken from a file does not hold on the same bytes")
+        }
+        var wrong = rec
+        wrong.payloadCRC ^= 1
+        daemon.options.recorded = wrong
+        if let other = try? daemon.verify(path: Scratch.path), other.verdict != .corrupt {
+            fatalError("a record with another payload checksum did not find the file corrupt")
+        }
+        record = rec
+    }
     var loader = CheckpointLoader()
     loader.verifierOptions.chunkSize = 4096
     _ = try? loader.load(path: Scratch.path)
@@ -51,6 +71,14 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         // The engine's own update of a file it accepted leaves a file whose header holds.
         if let r, r.header?.version == 2, r.problems.contains(where: { $0.region == .header && $0.expectedCRC != nil }) {
             fatalError("a tool-map rewrite left a v2 header whose CRC does not hold")
+        }
+        // The engine's updates never touch text or payload: a v1 record stays valid across them.
+        if let record {
+            var v = Verifier(engineABI: nil, recorded: record)
+            v.options.chunkSize = 4096
+            if let after = try? v.verify(path: Scratch.path), after.problems.contains(where: { $0.detail.contains("recorded") }) {
+                fatalError("a tool-map rewrite broke a v1 record: \(after.problems)")
+            }
         }
     }
     _ = try? CheckpointUpdater().touch(path: Scratch.path, now: 2)
