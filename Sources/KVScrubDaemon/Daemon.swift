@@ -292,6 +292,7 @@ public final class Daemon: Sendable {
             let asked = evictAsked.withLock { $0 }
             if now >= nextEvict || asked != evictDone.withLock({ $0 }) {
                 evictor.evaluate(directory: dir)
+                scrubber.persist(force: false)
                 evictDone.withLock { $0 = asked }
                 nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
                 continue
@@ -350,6 +351,8 @@ public final class Daemon: Sendable {
             }
             guard directory.withLock({ $0 }) != nil else { continue }
             for name in arrivals { evictor.evaluate(directory: dir, arrived: name) }
+            // Records of files that went, evictions and regrets: to the state database (it batches).
+            if !events.isEmpty { scrubber.persist(force: false) }
         }
     }
 

@@ -33,6 +33,8 @@ public final class DaemonState: Sendable {
 
         public var evictedFiles: UInt64 { evictedBudget + evictedFreeSpace + evictedIncompatible }
 
+        public init() {}
+
         /// One corrupt file found in `region`, and removed (or quarantined) or not.
         mutating func countCorrupt(region: String, removed: Bool) {
             corruptFound += 1
@@ -71,12 +73,15 @@ public final class DaemonState: Sendable {
         public var pausedSeconds: Double?
         /// When a pass was last cancelled: the next one is due an interval after it.
         public var lastCancelledAt: Double?
+
+        public init() {}
     }
 
     /// A checkpoint the daemon evicted, kept for the regret window.
     public struct EvictionRecord: Codable, Sendable, Equatable {
         public var at: Double
         public var bytes: UInt64
+        public init(at: Double, bytes: UInt64) { self.at = at; self.bytes = bytes }
     }
 
     /// An evicted checkpoint the engine wrote again within the window.
@@ -159,8 +164,8 @@ public final class DaemonState: Sendable {
         }
 
         /// What changed since the last save, for the state database; clears the dirty marks.
-        mutating func takeChanges() -> [StateDatabase.Change] {
-            var out: [StateDatabase.Change] = [.core(core)]
+        mutating func takeChanges(includingCore: Bool = true) -> [StateDatabase.Change] {
+            var out: [StateDatabase.Change] = includingCore ? [.core(core)] : []
             for n in dirtyRecords { out.append(.record(n, records[n])) }
             for n in dirtyEvictions { out.append(.eviction(n, recentEvictions[n])) }
             dirtyRecords.removeAll(keepingCapacity: true)

@@ -200,21 +200,22 @@ public final class Scrubber: Sendable {
             return true
         }
         if recorded {
+            persist(force: false)
             logger.debug("recorded the checksums of a v1 checkpoint", metadata: [
                 "event": "checksum-recorded", "file": "\(report.name)",
                 "text_crc": "\(String(format: "0x%08x", body.textCRC))", "payload_crc": "\(String(format: "0x%08x", body.payloadCRC))"])
         }
     }
 
-    /// Hands what changed to the state database at most every 2 s unless forced.
-    /// Returns at once: the database writes on its own queue.
+    /// Hands what changed to the state database: records and evictions always,
+    /// the state row (progress, counters) at most every 2 s unless forced.
+    /// Returns at once: the database merges and writes on its own queue.
     func persist(force: Bool) {
         let now = Date().timeIntervalSince1970
         let due = lastPersist.withLock { last -> Bool in
             if force || now - last >= 2 { last = now; return true }
             return false
         }
-        guard due else { return }
-        database.enqueue(state.with { $0.takeChanges() })
+        database.enqueue(state.with { $0.takeChanges(includingCore: due) })
     }
 }

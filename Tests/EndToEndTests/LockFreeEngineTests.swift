@@ -58,6 +58,8 @@ import Glibc
         let files = try Self.storeGood(cache, count: 12, seedBase: 100)
         let d = try DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0"], cacheDir: cache)
+        // The six v1 files get recorded checksums before the churn: every later verification compares them.
+        try waitUntil("the v1 files recorded", timeout: 30) { try d.status().checksums?.recorded == 6 }
         let churn = try Self.startChurn(files, seconds: Self.seconds, log: root.file("churn.json"))
         defer { if churn.isRunning { churn.terminate() } }
         var scrubNows = 0
@@ -83,6 +85,8 @@ import Glibc
         #expect((summary["errors"] as? [Any])?.isEmpty == true, "\(summary)")
         for f in files { #expect(FileManager.default.fileExists(atPath: f), "good file lost: \(f)") }
         #expect(final.counters.corruptRemoved == 0 && final.counters.corruptFound == 0)
+        // Touches and tool-map rewrites never touch text or payload: the v1 records held throughout.
+        #expect(final.checksums == StatusReport.Checksums(inFile: 6, recorded: 6, notYetRecorded: 0))
         #expect(d.events("corrupt-removed").isEmpty && d.events("corrupt-kept").isEmpty)
         // The race was real: the daemon did see half-done rewrites, and the rule put every one off.
         let seen = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count
