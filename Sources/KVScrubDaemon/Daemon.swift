@@ -69,6 +69,7 @@ public final class Daemon: Sendable {
         for name in pendingAtStart where state.with({ $0.index[name] != nil }) {
             scrubber.fileArrived(name)
         }
+        recordOnFirstSight()
 
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server: ControlServer
@@ -128,7 +129,7 @@ public final class Daemon: Sendable {
         if maintenanceDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("maintenance thread did not stop in time") }
         if scrubDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("scrub thread did not stop in time") }
         scrubber.persist(force: true)
-        await database.flush()
+        await database.close()
         await server.stop()
         await metricsServer?.stop()
         try? await loop.shutdownGracefully()
@@ -177,6 +178,24 @@ public final class Daemon: Sendable {
     }
 
     private var config: DaemonConfig { state.config }
+
+    /// v1 files seen at start-up without a record that matches them (a new
+    /// daemon, a lost database, files written while it was stopped) are
+    /// verified, and so recorded, soon: a few as new arrivals, many by
+    /// starting a pass now rather than waiting for the next one.
+    private func recordOnFirstSight() {
+        let unrecorded = state.with { s in s.index.keys.filter { s.isRecorded($0) == false } }
+        guard !unrecorded.isEmpty else { return }
+        let passActive = state.with { $0.scrub.passStartedAt != nil }
+        if unrecorded.count <= 1000 {
+            for name in unrecorded { scrubber.fileArrived(name) }
+        } else if !passActive {
+            scrubber.startPass(now: Date().timeIntervalSince1970)
+        }
+        logger.info("v1 checkpoints without a recorded checksum yet; verifying them to record one", metadata: [
+            "event": "first-sight", "files": "\(unrecorded.count)",
+            "how": "\(unrecorded.count <= 1000 ? "as new arrivals" : (passActive ? "by the pass in progress" : "by a pass started now"))"])
+    }
 
     /// Names the calling thread as `ps -L`, `top -H` and /proc show it (at most 15 bytes).
     static func nameThread(_ name: String) {

@@ -139,6 +139,9 @@ public final class StateDatabase: Sendable {
     private let faults: TestFaults
     private let historyDays: @Sendable () -> Double
     private let lastPrune = NIOLockedValueBox(0.0)
+    /// When the file was last checked (`PRAGMA quick_check`): damage under a live connection
+    /// shows only when a page is read, and the daemon mostly writes.
+    private let lastCheck = NIOLockedValueBox(Date().timeIntervalSince1970)
     static let maxPendingHistory = 10_000
 
     /// Opens (creating, migrating `state.json`, or replacing a damaged file) the database in `directory`.
@@ -173,6 +176,7 @@ public final class StateDatabase: Sendable {
             opening.unavailable = "\(error)"
             return opening
         }
+        scheduleCheck()
         let legacy = StateStore(directory: (path as NSString).deletingLastPathComponent)
         if FileManager.default.fileExists(atPath: legacy.path) {
             do {
@@ -379,11 +383,22 @@ public final class StateDatabase: Sendable {
         if schedule { writer.async { self.drain() } }
     }
 
-    /// Waits until everything enqueued so far is written (or has failed). For shutdown and tests.
-    public func flush() async {
+    /// Writes what is pending, then closes the database: SQLite checkpoints the
+    /// write-ahead log into the file and removes it, so a stopped daemon leaves one
+    /// self-contained `state.sqlite`. For shutdown; later writes open it again.
+    public func close() async {
         await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
             writer.async {
                 self.drain()
+                self.db.withLockedValue { c in
+                    if let p = c?.pool {
+                        do {
+                            _ = try p.writeWithoutTransaction { try $0.checkpoint(.truncate) }
+                            try p.close()
+                        } catch { self.report("close the state database \(self.path)", error) }
+                    }
+                    c = nil
+                }
                 k.resume()
             }
         }
@@ -401,22 +416,12 @@ public final class StateDatabase: Sendable {
         batch.scheduled = false
         do {
             try ensureLive()
+            try checkIfDue()
             try write(batch)
         } catch {
             let failure = error
             report("save state \(path)", failure)
-            if Self.isDamage(failure) {
-                // Unusable file: a new database, with everything memory holds (this batch included).
-                let to = moveAside()
-                report("the state database was damaged and moved to \(to); starting a new one", failure)
-                do {
-                    try db.withLockedValue { $0 = try Self.connect(path) }
-                    try write(fullBatch(plus: batch))
-                    return
-                } catch {
-                    report("save state \(path)", error)
-                }
-            }
+            if Self.isDamage(failure) && replaceDamaged(failure, with: batch) { return }
             let retry = pending.withLockedValue { p -> Bool in
                 p.mergeBack(batch, historyLimit: Self.maxPendingHistory)
                 guard !p.retryScheduled else { return false }
@@ -429,6 +434,59 @@ public final class StateDatabase: Sendable {
                     self.drain()
                 }
             }
+        }
+    }
+
+    /// An unusable file: moved aside, and a new database written with everything memory
+    /// holds (and `batch`). Returns whether the new one took it.
+    private func replaceDamaged(_ failure: any Error, with batch: Pending) -> Bool {
+        let to = moveAside()
+        report("the state database was damaged and moved to \(to); starting a new one", failure)
+        do {
+            try db.withLockedValue { $0 = try Self.connect(path) }
+            try write(fullBatch(plus: batch))
+            return true
+        } catch {
+            report("save state \(path)", error)
+            return false
+        }
+    }
+
+    /// Checks the database every minute even when nothing is written (on the writer's queue).
+    private func scheduleCheck() {
+        let every = faults.databaseCheckSeconds ?? 60
+        writer.asyncAfter(deadline: .now() + every) {
+            do { try self.checkIfDue() } catch where Self.isDamage(error) {
+                _ = self.replaceDamaged(error, with: Pending())
+            } catch {
+                self.report("check the state database \(self.path)", error)
+            }
+            self.scheduleCheck()
+        }
+    }
+
+    /// Every minute (before a write, and on a timer): SQLite's own check of every page. Throws SQLITE_CORRUPT
+    /// when it fails, which moves the file aside and starts a new one from memory.
+    private func checkIfDue() throws {
+        let now = Date().timeIntervalSince1970
+        let every = faults.databaseCheckSeconds ?? 60
+        let due = lastCheck.withLockedValue { last -> Bool in
+            guard now - last >= every else { return false }
+            last = now
+            return true
+        }
+        // Gone altogether: the next write notices (`ensureLive`) and writes a new one.
+        guard due, FileManager.default.fileExists(atPath: path) else { return }
+        // A connection of its own: the pool's connections trust their page caches, which
+        // bytes written under them by someone else do not invalidate.
+        var config = Configuration()
+        config.readonly = true
+        config.busyMode = .timeout(5)
+        let fresh = try DatabaseQueue(path: path, configuration: config)
+        defer { try? fresh.close() }
+        let check = try fresh.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
+        guard check == "ok" else {
+            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "quick_check: \(check ?? "no answer")")
         }
     }
 

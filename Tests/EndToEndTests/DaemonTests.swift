@@ -225,7 +225,7 @@ enum Damage {
         let stop = d.stop()
         #expect(stop.status == 0)
         #expect(stop.seconds < 2)
-        let saved = try #require(try StateStore(directory: d.stateDir).load())
+        let saved = try #require(try StateDatabase.readOnly(directory: d.stateDir).core())
         #expect(saved.scrub.passStartedAt == before.scrub.passStartedAt)
         #expect(saved.scrub.filesDone >= before.scrub.filesDone)
         let again = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])

@@ -77,7 +77,8 @@ import Glibc
         #expect(events.count == 1, "\(hist.stdout)")
         #expect(events.first?["action"] as? String == "removed" && events.first?["cause"] as? String == "corrupt")
         #expect(events.first?["region"] as? String == "payload")
-        #expect((events.first?["detail"] as? String ?? "").contains("differs from the checksum recorded on"))
+        let detail = (events.first?["detail"] as? String) ?? ""
+        #expect(detail.contains("differs from the checksum recorded on"), "\(detail)")
         #expect(events.first?["expected_crc"] != nil && events.first?["actual_crc"] != nil)
         #expect(try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "budget", "--json"]).stdout.contains("\"events\":[]"))
         let text = try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--since", "1h"])
@@ -214,5 +215,42 @@ import Glibc
         #expect(try d.status().lastErrors.contains { $0.contains("deleted or replaced") })
         _ = d.stop()
         for f in v1 { #expect(FileManager.default.fileExists(atPath: f)) }
+    }
+}
+
+extension StateDatabaseTests {
+    /// Overwritten with garbage in place under the running daemon (same inodes): the next
+    /// write meets it, the file is moved aside, and a new one is written from memory.
+    @Test func garbageWrittenOverTheDatabaseWhileRunning_isReplacedFromMemory() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        let state = root.file("state")
+        let (v1, v2) = try Self.populate(cache)
+        // The daemon checks its database (PRAGMA quick_check) every minute; here every second.
+        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
+                                  environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_DB_CHECK_SECONDS": "1"])
+        try waitUntil("the records in the database", timeout: 30) { Self.recordCount(state) == 3 }
+        let path = state + "/state.sqlite"
+        // The database and its write-ahead log, in place (the shared-memory index, which SQLite
+        // maps, is left alone: truncating a mapped file kills any process with SIGBUS).
+        var rng = SystemRandomNumberGenerator()
+        for file in [path, path + "-wal"] {
+            let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
+            let fd = open(file, O_WRONLY)
+            let junk = (0..<max(size, 8192)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            #expect(junk.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } == junk.count)
+            close(fd)
+        }
+        // Saves go on; at the latest a pass's progress makes one.
+        #expect(try d.request("scrub-pause").ok)
+        #expect(try d.request("scrub-resume").ok)
+        #expect(try d.request("scrub-start").ok)
+        try waitUntil("a sound database with the records again", timeout: 30) { Self.recordCount(state) == 3 }
+        #expect(try d.request("status").ok)
+        #expect(d.log.contains("the state database was damaged and moved to"), "\(d.log.suffix(3000))")
+        _ = d.stop()
+        let integrity = try Tool.runCapturing("/usr/bin/sqlite3", [path, "PRAGMA integrity_check"])
+        #expect(integrity.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(integrity)")
+        for f in v1 + [v2] { #expect(FileManager.default.fileExists(atPath: f)) }
     }
 }
