@@ -81,14 +81,15 @@ struct EntriesCommand: ParsableCommand {
         if options.json { options.printJSON(EntriesJSON(entries: entries, engineAbi: reply.engineAbi)); return }
         if let abi = reply.engineAbi { print("engine payload ABI: \(abi.description)") }
         print(Output.pad("RANK", 6) + Output.pad("SCORE", 14) + Output.pad("HITS", 7) + Output.pad("EFF.HITS", 10) +
-              Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + Output.pad("VERDICT", 9) + "FILE")
+              Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + Output.pad("VERDICT", 9) + Output.pad("SUMS", 9) + "FILE")
         for e in entries {
             print(Output.pad("\(e.rank)", 6) + Output.pad(String(format: "%.6g", e.score), 14) + Output.pad("\(e.hits ?? 0)", 7) +
                   Output.pad(String(format: "%.3g", e.effectiveHits), 10) + Output.pad("\(e.tokens ?? 0)", 9) +
-                  Output.pad(Output.bytes(e.size), 11) + Output.pad(e.reason ?? "-", 14) + Output.pad(e.verdict ?? "-", 9) + e.name +
+                  Output.pad(Output.bytes(e.size), 11) + Output.pad(e.reason ?? "-", 14) + Output.pad(e.verdict ?? "-", 9) + Output.pad(e.checksums ?? "-", 9) + e.name +
                   (e.unusable.map { "  (unusable: \($0))" } ?? "") + (e.superseded == true ? "  (superseded)" : ""))
         }
-        print("\(entries.count) checkpoints; rank 1 is evicted first; VERDICT is the last scrub's since the daemon started; 'kvscrubd explain SHA' says why")
+        print("\(entries.count) checkpoints; rank 1 is evicted first; VERDICT is the last scrub's since the daemon started; " +
+              "SUMS: crc32c (v2), recorded (v1 with a recorded checksum), none (v1, not yet); 'kvscrubd explain SHA' says why")
     }
 }
 
