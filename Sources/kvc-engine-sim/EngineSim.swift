@@ -383,6 +383,8 @@ struct ChurnCommand: ParsableCommand {
         var vanished = 0
         var refused = 0
         var errors: [String] = []
+        /// In-place rewrites done, by file path.
+        var perFile: [String: Int] = [:]
     }
 
     func run() throws {
@@ -408,6 +410,7 @@ struct ChurnCommand: ParsableCommand {
                     try u.touch(path: path, now: now())
                     s.touches += 1
                 }
+                s.perFile[path, default: 0] += 1
             } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
                 s.vanished += 1
             } catch let e as KVCError where e.kind == .corrupt || e.kind == .incompatible || e.kind == .notACheckpoint {

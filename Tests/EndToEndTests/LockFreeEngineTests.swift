@@ -60,7 +60,9 @@ import Glibc
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0"], cacheDir: cache)
         // The six v1 files get recorded checksums before the churn: every later verification compares them.
         try waitUntil("the v1 files recorded", timeout: 30) { try d.status().checksums?.recorded == 6 }
-        let churn = try Self.startChurn(files, seconds: Self.seconds, log: root.file("churn.json"))
+        // The v1 files listed twice: two thirds of the rewrites land on them.
+        let v1Files = files.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+        let churn = try Self.startChurn(files + v1Files, seconds: Self.seconds, log: root.file("churn.json"))
         defer { if churn.isRunning { churn.terminate() } }
         var scrubNows = 0
         var rng = SplitMix64(seed: 3)
@@ -87,12 +89,16 @@ import Glibc
         #expect(final.counters.corruptRemoved == 0 && final.counters.corruptFound == 0)
         // Touches and tool-map rewrites never touch text or payload: the v1 records held throughout.
         #expect(final.checksums == StatusReport.Checksums(inFile: 6, recorded: 6, notYetRecorded: 0))
+        let perFile = summary["perFile"] as? [String: Int] ?? [:]
+        let v1Rewrites = v1Files.reduce(0) { $0 + (perFile[$1] ?? 0) }
+        #expect(v1Rewrites >= Int(2000 * Self.seconds / 25), "in-place rewrites of recorded v1 files: \(v1Rewrites)")
         #expect(d.events("corrupt-removed").isEmpty && d.events("corrupt-kept").isEmpty)
         // The race was real: the daemon did see half-done rewrites, and the rule put every one off.
         let seen = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count
         #expect(seen > 0, "the daemon never saw a rewrite half done: the test did not race")
         #expect(scrubNows >= 5)
-        print("lock-free churn, \(Self.seconds) s: \(rewrites) in-place rewrites (\(summary["touches"] ?? 0) touches, \(summary["toolmaps"] ?? 0) tool maps), " +
+        print("lock-free churn, \(Self.seconds) s: \(rewrites) in-place rewrites (\(summary["touches"] ?? 0) touches, \(summary["toolmaps"] ?? 0) tool maps, " +
+              "\(v1Rewrites) of them on recorded v1 files), " +
               "\(scrubNows) scrub-now rounds, \(seen) half-done states seen and put off, \(final.counters.corruptRemoved) removed")
         let verify = try Tool.run("kvscrubd", ["verify", "--json", cache])
         #expect(((verify.json as? [String: Any])?["summary"] as? [String: Int])?["ok"] == 12, "\(verify.stdout.prefix(1500))")
