@@ -27,16 +27,23 @@ import Glibc
         return (v1, v2)
     }
 
-    @Test func v1PayloadFlippedAfterRecording_isFound_removedUnderTheRule_andInTheHistory() throws {
-        let root = TempDir()
+    /// A daemon over `populate`'s files, once all three v1 files are recorded, in memory and in the database.
+    static func startRecorded(_ root: TempDir, environment: [String: String] = [:])
+        throws -> (d: DaemonProcess, cache: String, state: String, v1: [String], v2: String) {
         let cache = root.file("cache")
         let state = root.file("state")
-        let (v1, v2) = try Self.populate(cache)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let (v1, v2) = try populate(cache)
+        let d = try DaemonProcess(root: root, extra: fast, cacheDir: cache, environment: environment)
         try waitUntil("every v1 file recorded", timeout: 30) { try d.status().checksums?.recorded == 3 }
+        try waitUntil("the records in the database", timeout: 20) { recordCount(state) == 3 }
+        return (d, cache, state, v1, v2)
+    }
+
+    @Test func v1PayloadFlippedAfterRecording_isFound_removedUnderTheRule_andInTheHistory() throws {
+        let root = TempDir()
+        let (d, cache, state, v1, v2) = try Self.startRecorded(root)
         let k = try #require(try d.status().checksums)
         #expect(k == StatusReport.Checksums(inFile: 1, recorded: 3, notYetRecorded: 0))
-        try waitUntil("the records in the database", timeout: 20) { Self.recordCount(state) == 3 }
         let entries = try d.request("entries").entries ?? []
         #expect(entries.filter { $0.checksums == "recorded" }.count == 3 && entries.filter { $0.checksums == "crc32c" }.count == 1)
 
@@ -98,12 +105,7 @@ import Glibc
 
     @Test func aReplacedV1File_getsANewRecord_andIsNeverJudgedByTheOldOne() throws {
         let root = TempDir()
-        let cache = root.file("cache")
-        let state = root.file("state")
-        let (v1, _) = try Self.populate(cache)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("every v1 file recorded", timeout: 30) { try d.status().checksums?.recorded == 3 }
-        try waitUntil("the records in the database", timeout: 20) { Self.recordCount(state) == 3 }
+        let (d, cache, state, v1, _) = try Self.startRecorded(root)
         let name = (v1[0] as NSString).lastPathComponent
         let old = try #require(try Self.db(state)?.records()[name])
         // The engine stores the same text again with another payload: a new inode renamed over the name.
@@ -165,12 +167,7 @@ import Glibc
     @Test(arguments: ["truncated", "garbage", "deleted"])
     func aDamagedDatabaseAtStartUp_isMovedAside_andTheRecordsAreTakenAgain(damage: String) throws {
         let root = TempDir()
-        let cache = root.file("cache")
-        let state = root.file("state")
-        let (v1, v2) = try Self.populate(cache)
-        let first = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("every v1 file recorded", timeout: 30) { try first.status().checksums?.recorded == 3 }
-        try waitUntil("the records in the database", timeout: 20) { Self.recordCount(state) == 3 }
+        let (first, cache, state, v1, v2) = try Self.startRecorded(root)
         _ = first.stop()
         let path = state + "/state.sqlite"
         switch damage {
@@ -202,11 +199,7 @@ import Glibc
     /// writes a new database from memory, records and all.
     @Test func theDatabaseDeletedWhileRunning_isWrittenAgainFromMemory() throws {
         let root = TempDir()
-        let cache = root.file("cache")
-        let state = root.file("state")
-        let (v1, _) = try Self.populate(cache)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("the records in the database", timeout: 30) { Self.recordCount(state) == 3 }
+        let (d, _, state, v1, _) = try Self.startRecorded(root)
         for s in ["", "-wal", "-shm"] { unlink(state + "/state.sqlite" + s) }
         #expect(try d.request("scrub-pause").ok)
         try waitUntil("a new database with the pause and the records", timeout: 20) {
@@ -223,13 +216,8 @@ extension StateDatabaseTests {
     /// write meets it, the file is moved aside, and a new one is written from memory.
     @Test func garbageWrittenOverTheDatabaseWhileRunning_isReplacedFromMemory() throws {
         let root = TempDir()
-        let cache = root.file("cache")
-        let state = root.file("state")
-        let (v1, v2) = try Self.populate(cache)
         // The daemon checks its database (PRAGMA quick_check) every minute; here every second.
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
-                                  environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_DB_CHECK_SECONDS": "1"])
-        try waitUntil("the records in the database", timeout: 30) { Self.recordCount(state) == 3 }
+        let (d, _, state, v1, v2) = try Self.startRecorded(root, environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_DB_CHECK_SECONDS": "1"])
         let path = state + "/state.sqlite"
         // The database and its write-ahead log, in place (the shared-memory index, which SQLite
         // maps, is left alone: truncating a mapped file kills any process with SIGBUS).
