@@ -23,6 +23,8 @@ public final class Daemon: Sendable {
     let configFile: String?
     let flags: [(String, String)]
     let logger: Logger
+    /// The handlers' level, which `reload` sets from log_level (nil: levels are fixed, as in the fuzz target).
+    let logLevels: LogLevelSwitch?
     let stopping = StopFlag()
     let database: StateDatabase
     let scrubber: Scrubber
@@ -40,7 +42,9 @@ public final class Daemon: Sendable {
     private let faults = TestFaults()
     private var testFaults: Bool { faults.enabled }
 
-    public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger) throws {
+    public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger,
+                logLevels: LogLevelSwitch? = nil) throws {
+        self.logLevels = logLevels
         state = DaemonState(config: config)
         self.configFile = configFile
         self.flags = flags
@@ -404,8 +408,15 @@ public final class Daemon: Sendable {
                     logger.error("cannot watch the cache directory yet", metadata: ["error": "\(error)"])
                 }
             }
+            // Waiting is not hanging: the watchdog is fed and STATUS= says what it waits for.
+            var wait: Duration = .seconds(2)
+            if let every = notifier.watchdogInterval {
+                notifier.watchdog()
+                wait = min(wait, every)
+            }
+            if notifier.isActive { notifier.status(statusLine()) }
             // Woken by the parent's inotify event; the timeout covers a parent that cannot be watched.
-            _ = watcher.next(timeout: .seconds(2))
+            _ = watcher.next(timeout: wait)
         }
     }
 
@@ -431,13 +442,16 @@ public final class Daemon: Sendable {
             }
             let abiChanged = new.engineABI != old.engineABI
             state.with { $0.config = new }
+            if new.logLevel != old.logLevel, let level = Logger.Level(rawValue: new.logLevel) {
+                logLevels?.set(level)
+            }
             if abiChanged {
                 // From the headers already in the index: no file is read again.
                 state.with { $0.setEngineABI(new.engineABI.resolve(entries: Array($0.index.values))) }
             }
             scrubber.wake()
             watcher.wake()
-            logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)",
+            logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)", "log_level": "\(new.logLevel)",
                                                                "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"])
             return nil
         } catch {

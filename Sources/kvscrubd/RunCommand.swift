@@ -127,22 +127,17 @@ struct RunCommand: AsyncParsableCommand {
             Output.error("\(error)")
             throw ExitCode(2)
         }
-        let level = Logger.Level(rawValue: resolved.logLevel) ?? .info
+        // One switch for every handler: `reload` applies a new log_level to it.
+        let levels = LogLevelSwitch(Logger.Level(rawValue: resolved.logLevel) ?? .info)
         // Under journald: native structured records. Anywhere else: readable lines on stderr.
         let journal = JournalLogHandler.journaldPresent
         LoggingSystem.bootstrap { label in
-            if journal {
-                var h = JournalLogHandler(identifier: "kvscrubd")
-                h.logLevel = level
-                return h
-            }
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+            SwitchedLogHandler(journal ? JournalLogHandler(identifier: "kvscrubd") : StreamLogHandler.standardError(label: label),
+                               levelSwitch: levels)
         }
         let logger = Logger(label: "kvscrubd")
         do {
-            let daemon = try Daemon(config: resolved, configFile: file, flags: flagPairs, logger: logger)
+            let daemon = try Daemon(config: resolved, configFile: file, flags: flagPairs, logger: logger, logLevels: levels)
             try await daemon.run()
         } catch {
             logger.critical("cannot run", metadata: ["error": "\(error)"])

@@ -14,8 +14,9 @@ final class DaemonProcess {
     let logPath: String
     let process = Process()
 
+    /// `logLevel`: the --log-level flag (nil: none, so a config file's log_level applies).
     init(root: TempDir, extra: [String] = [], cacheDir: String? = nil, environment: [String: String] = [:],
-         waitForSocket: Bool = true) throws {
+         waitForSocket: Bool = true, logLevel: String? = "debug") throws {
         self.root = root
         cache = cacheDir ?? root.file("cache")
         stateDir = root.file("state")
@@ -24,7 +25,8 @@ final class DaemonProcess {
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvscrubd")
-        process.arguments = ["run", "--cache-dir", cache, "--state-dir", stateDir, "--socket", socket, "--log-level", "debug"] + extra
+        process.arguments = ["run", "--cache-dir", cache, "--state-dir", stateDir, "--socket", socket]
+            + (logLevel.map { ["--log-level", $0] } ?? []) + extra
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice

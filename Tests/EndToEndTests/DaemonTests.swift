@@ -308,6 +308,25 @@ enum Damage {
         d.stop()
     }
 
+    /// log_level is reloadable: a debug event hidden at notice shows after a reload to debug.
+    @Test func reload_appliesANewLogLevel() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        let conf = root.file("kvscrubd.conf")
+        try "log_level: notice\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(root: root, extra: ["--config", conf], cacheDir: cache, logLevel: nil)
+        _ = try Damage.store(cache, version: 1, seed: 41)
+        try waitUntil("the first v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 1 }
+        #expect(d.events("checksum-recorded").isEmpty, "a debug event at log_level notice")
+        #expect(!d.log.contains(" info "), "no info line at notice")
+        try "log_level: debug\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        #expect(try d.request("reload").ok)
+        _ = try Damage.store(cache, version: 1, seed: 42)
+        try waitUntil("the second v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 2 }
+        try waitUntil("its debug event logged", timeout: 10) { d.events("checksum-recorded").count == 1 }
+        d.stop()
+    }
+
     @Test func badConfigAtStart_isAClearErrorAndExit2() throws {
         let root = TempDir()
         let conf = root.file("bad.conf")

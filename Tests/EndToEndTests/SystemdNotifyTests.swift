@@ -89,6 +89,30 @@ final class NotifySocket {
         #expect(after.isEmpty, "a hung loop must stop feeding the watchdog")
     }
 
+    /// A cache directory gone for longer than the watchdog's timeout is a wait, not a hang:
+    /// the watchdog is still fed and STATUS= says what the daemon waits for.
+    @Test func watchdog_isFedWhileTheCacheDirectoryIsMissing() throws {
+        let root = TempDir()
+        let n = try NotifySocket(path: root.file("notify"))
+        let d = try startDaemon(root, env: ["NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "400000"])
+        defer { if d.isRunning { kill(d.processIdentifier, SIGKILL); d.waitUntilExit() } }
+        _ = n.receive(timeout: 15) { $0.contains("READY=1") }
+        #expect(rmdir(root.file("cache")) == 0)
+        let waiting = n.receive(timeout: 10) { $0.contains("STATUS=waiting for the cache directory") }
+        #expect(waiting.contains { $0.contains("STATUS=waiting for the cache directory") })
+        // Four watchdog timeouts (1.6 s) without the directory: fed all along.
+        let during = n.receive(timeout: 1.6)
+        let fed = during.filter { $0.contains("WATCHDOG=1") }
+        #expect(fed.count >= 5, "WATCHDOG=1 every 200 ms while waiting, got \(fed.count) in 1.6 s")
+        #expect(d.isRunning)
+        try FileManager.default.createDirectory(atPath: root.file("cache"), withIntermediateDirectories: true)
+        let back = n.receive(timeout: 10) { $0.contains("STATUS=") && !$0.contains("waiting") }
+        #expect(back.contains { $0.contains("STATUS=") && !$0.contains("waiting") }, "\(back.suffix(3))")
+        kill(d.processIdentifier, SIGTERM)
+        d.waitUntilExit()
+        #expect(d.terminationStatus == 0)
+    }
+
     @Test func noNotifySocket_noNotifications_andNothingBreaks() {
         // Outside systemd every call is a no-op.
         let n = SystemdNotifier()
