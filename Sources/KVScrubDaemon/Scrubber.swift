@@ -71,7 +71,11 @@ public final class Scrubber: Sendable {
             let dir = directory.withLock { $0 }
             guard let dir else { _ = wakeup.wait(timeout: .now() + 1); continue }
             // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
-            if state.with({ $0.scrub.paused == true }) { _ = wakeup.wait(timeout: .now() + 3600); continue }
+            if state.with({ $0.scrub.paused == true }) {
+                state.with { $0.scrubRate = 0 } // a rate is of reading now, not of the last read
+                _ = wakeup.wait(timeout: .now() + 3600)
+                continue
+            }
             if let name = nextDuePendingRemoval(now: now) {
                 _ = confirmRemoval(name, in: dir, observer: throttle)
                 continue
@@ -100,6 +104,7 @@ public final class Scrubber: Sendable {
             let nextNew = newFiles.withLock { $0.values.min() }
             let nextRemoval = state.with { $0.pendingRemoval.values.min() }
             let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
+            state.with { $0.scrubRate = 0 } // idle: nothing is being read
             _ = wakeup.wait(timeout: .now() + max(0.01, min(until, 3600)))
         }
         persist(force: true)

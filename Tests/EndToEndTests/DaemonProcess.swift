@@ -46,6 +46,8 @@ final class DaemonProcess {
 
     func status() throws -> StatusReport { try request("status").status! }
 
+    var metricsText: String? { try? request("metrics").metrics }
+
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Log lines carrying `event=NAME`, as key=value dictionaries.

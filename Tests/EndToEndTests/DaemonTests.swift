@@ -235,6 +235,9 @@ enum Damage {
         try waitUntil("the resumed pass finished", timeout: 30) { try again.status().scrub.lastPass != nil }
         let last = try #require(try again.status().scrub.lastPass)
         #expect(last.files == 12, "each file once across the restart, not the whole pass again")
+        // Idle again: the rate is of reading now, so it drops to 0 (status and the metric).
+        try waitUntil("the scrub rate back to 0", timeout: 10) { try again.status().scrub.rateBytesPerSecond == 0 }
+        #expect((again.metricsText ?? "").contains("kvscrubd_scrub_rate_bytes_per_second 0"))
         again.stop()
     }
 
