@@ -461,8 +461,9 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// Answers from memory on the socket's event loop; the two requests that
-    /// read files or wait for the maintenance loop run later, off it. Public
+    /// Answers from memory on the socket's event loop; the requests that read
+    /// files or the database, parse the config file, or wait for the
+    /// maintenance loop (scrub now, history, reload, evict now) run later, off it. Public
     /// for the control fuzz target (Fuzz/), which feeds it arbitrary requests.
     public func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
         let policy = AccessPolicy(adminGroup: state.config.adminGroup)
@@ -471,7 +472,7 @@ public final class Daemon: Sendable {
             return .now(.failure(why))
         }
         switch request.cmd {
-        case "scrub-now", "evict-now", "history":
+        case "scrub-now", "evict-now", "history", "reload":
             return .later { [self] in await handleSlow(request) }
         default:
             return .now(handleFromMemory(request))
@@ -498,9 +499,6 @@ public final class Daemon: Sendable {
         case "scrub-cancel":
             do { return ControlResponse(ok: true, message: try scrubber.cancel()) } catch { return .failure(error.description) }
         case "brake-release": return ControlResponse(ok: true, message: scrubber.releaseBrake())
-        case "reload":
-            if let error = reload() { return .failure("the configuration did not load; the previous settings stay: \(error)") }
-            return ControlResponse(ok: true, message: "configuration reloaded")
         case "test-hang-maintenance" where testFaults:
             hangMaintenance.set()
             watcher.wake()
@@ -511,18 +509,30 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// Runs blocking work (file reads, SQLite, YAML, the group database) on a thread that
+    /// may block: off the socket's event loop and off the cooperative pool.
+    static func offLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (k: CheckedContinuation<T, Never>) in
+            DispatchQueue.global().async { k.resume(returning: body()) }
+        }
+    }
+
     func handleSlow(_ request: ControlRequest) async -> ControlResponse {
         switch request.cmd {
+        case "reload":
+            // Reads and parses the config file.
+            if let error = await Self.offLoop({ [self] in reload() }) {
+                return .failure("the configuration did not load; the previous settings stay: \(error)")
+            }
+            return ControlResponse(ok: true, message: "configuration reloaded")
         case "history":
             if let cause = request.cause, !HistoryEvent.causes.contains(cause) {
                 return .failure("unknown cause '\(cause)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
             }
             let limit = min(max(request.limit ?? 1000, 0), 10_000)
-            // SQLite reads block: on a thread that may, off the event loop and the cooperative pool.
-            let result = await withCheckedContinuation { (k: CheckedContinuation<Result<[HistoryEvent], any Error>, Never>) in
-                DispatchQueue.global().async { [database] in
-                    k.resume(returning: Result { try database.history(since: request.since, cause: request.cause, limit: limit) })
-                }
+            // SQLite reads block.
+            let result = await Self.offLoop { [database] in
+                Result { try database.history(since: request.since, cause: request.cause, limit: limit) }
             }
             switch result {
             case .success(let events):
@@ -535,10 +545,8 @@ public final class Daemon: Sendable {
         case "scrub-now":
             guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
             guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }
-            // Reads whole files: off the cooperative pool, on a thread that may block.
-            let verdicts = await withCheckedContinuation { (k: CheckedContinuation<[FileVerdict], Never>) in
-                DispatchQueue.global().async { [scrubber] in k.resume(returning: scrubber.verifyNow(files)) }
-            }
+            // Reads whole files.
+            let verdicts = await Self.offLoop { [scrubber] in scrubber.verifyNow(files) }
             return ControlResponse(ok: true, verdicts: verdicts)
         case "evict-now":
             // Counted before asking: the maintenance thread may evict before this line would run again.
