@@ -56,6 +56,14 @@ public final class Daemon: Sendable {
             report: { what, error in
                 state.with { $0.noteError("\(what): \(error)") }
                 logger.error("cannot save state", metadata: ["event": "state-save-failed", "what": "\(what)", "error": "\(error)"])
+            },
+            replaced: { to, error in
+                state.with { $0.noteError("state database damaged, moved to \(to): \(error)") }
+                logger.error("the state database was damaged; moved aside and started anew from memory (recorded checksums are taken again)",
+                             metadata: ["event": "state-db-damaged", "path": "\(config.stateDir)/state.sqlite", "moved_to": "\(to)", "error": "\(error)"])
+            },
+            recovered: { attempts in
+                logger.notice("the state database is written again", metadata: ["event": "state-save-recovered", "failed_attempts": "\(attempts)"])
             })
         scrubber = Scrubber(state: state, database: database, faults: faults, stopping: stopping, logger: logger)
         evictor = Evictor(state: state, logger: logger) { [database] in database.enqueue([.history($0)]) }

@@ -102,9 +102,22 @@ extension StateDatabase {
                 report("history: \(batch.droppedHistory) events dropped while the state database could not be written",
                        Failure(step: "keep history", path: path, underlying: Errno.noSpace))
             }
+            let failed = failures.withLockedValue { f -> Int in
+                defer { f = (0, 0) }
+                return f.count
+            }
+            if failed > 0 { recovered(failed) }
         } catch {
             let failure = error
-            report("save state \(path)", failure)
+            // The first failure of a run of them, then at most one a minute: a full disk must not flood the journal.
+            let now = Date().timeIntervalSince1970
+            let (tell, count) = failures.withLockedValue { f -> (Bool, Int) in
+                f.count += 1
+                guard f.count == 1 || now - f.lastReport >= 60 else { return (false, f.count) }
+                f.lastReport = now
+                return (true, f.count)
+            }
+            if tell { report("save state \(path)" + (count > 1 ? " (\(count) failed attempts so far)" : ""), failure) }
             if Self.isDamage(failure) && replaceDamaged(failure, with: batch) { return }
             let retry = pending.withLockedValue { p -> Bool in
                 p.mergeBack(batch, historyLimit: Self.maxPendingHistory)
@@ -125,7 +138,7 @@ extension StateDatabase {
     /// holds (and `batch`). Returns whether the new one took it.
     func replaceDamaged(_ failure: any Error, with batch: Pending) -> Bool {
         let to = moveAside()
-        report("the state database was damaged and moved to \(to); starting a new one", failure)
+        replaced(to, failure)
         do {
             try db.withLockedValue { $0 = try Self.connect(path) }
             try write(fullBatch(plus: batch))
@@ -179,8 +192,11 @@ extension StateDatabase {
         let (open, inode) = db.withLockedValue { ($0 != nil, $0?.inode ?? 0) }
         var st = stat()
         if open && stat(path, &st) == 0 && UInt64(st.st_ino) == inode { return }
-        let why = open ? "the database file was deleted or replaced while in use" : "no database was open"
-        report("state database: \(why); starting a new one from memory", Failure(step: "check", path: path, underlying: Errno.noSuchFileOrDirectory))
+        // None open (it could not be opened before): just try again; a failure is reported by the caller.
+        if open {
+            report("the state database file was deleted or replaced while in use; starting a new one from memory",
+                   Failure(step: "check", path: path, underlying: Errno.noSuchFileOrDirectory))
+        }
         db.withLockedValue { c in
             if let p = c?.pool { try? p.close() }
             c = nil

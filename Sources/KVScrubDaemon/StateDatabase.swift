@@ -98,6 +98,12 @@ public final class StateDatabase: Sendable {
     let writer = DispatchQueue(label: "kvscrubd-state-db")
     let snapshot: @Sendable () -> Snapshot
     let report: @Sendable (String, any Error) -> Void
+    /// Told when a damaged database was moved aside (to where) while running, and a new one started.
+    let replaced: @Sendable (String, any Error) -> Void
+    /// Told when writes succeed again after this many failed attempts.
+    let recovered: @Sendable (Int) -> Void
+    /// Failed write attempts in a row, and when the last was reported.
+    let failures = NIOLockedValueBox((count: 0, lastReport: 0.0))
     let faults: TestFaults
     let historyDays: @Sendable () -> Double
     let lastPrune = NIOLockedValueBox(0.0)
@@ -110,7 +116,11 @@ public final class StateDatabase: Sendable {
     /// `snapshot` gives what to write into a new database should this one fail while running;
     /// `report` is told of every failed write (the caller logs and counts it).
     public init(directory: String, faults: TestFaults = TestFaults(), historyDays: @escaping @Sendable () -> Double = { 90 },
-                snapshot: @escaping @Sendable () -> Snapshot, report: @escaping @Sendable (String, any Error) -> Void) {
+                snapshot: @escaping @Sendable () -> Snapshot, report: @escaping @Sendable (String, any Error) -> Void,
+                replaced: @escaping @Sendable (String, any Error) -> Void = { _, _ in },
+                recovered: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.replaced = replaced
+        self.recovered = recovered
         path = directory + "/state.sqlite"
         self.faults = faults
         self.snapshot = snapshot

@@ -107,6 +107,7 @@ public enum KVScrubMessageID {
         "regret": "66257d03c5044d388335df09b6fbf60d",
         "removal-brake-engaged": "3e8f198528904ae69f3c6abd09d365cd",
         "corrupt-kept": "ccb74004027a4318a603fa7ffe849721",
+        "state-db-damaged": "b555359180d445df91b4ccec8a2b1f61",
     ]
 
     public static func id(forEvent event: String) -> String? { byEvent[event] }

@@ -137,7 +137,7 @@ import Glibc
         let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         try waitUntil("the failure reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("state") } }
         let errors = try d.status().lastErrors
-        #expect(errors.contains { $0.lowercased().contains("full") || $0.contains("No space left") }, "\(errors)")
+        #expect(errors.contains { $0.contains("database or disk is full") || $0.contains("No space left") }, "\(errors)")
         #expect(try d.request("scrub-pause").ok, "the daemon keeps answering")
         for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
         #expect(try d.status().counters.corruptFound <= 1)
@@ -146,6 +146,9 @@ import Glibc
         try waitUntil("the state database written", timeout: 30) { Self.savedState(state)?.scrub.paused == true }
         #expect(try d.request("scrub-resume").ok)
         try waitUntil("the resume written", timeout: 30) { Self.savedState(state).map { $0.scrub.paused != true } ?? false }
+        #expect(d.events("state-save-recovered").count == 1)
+        // Reported once, not at every attempt (retries every 5 s, a save at every change).
+        #expect(d.events("state-save-failed").count + d.events("state-db-unavailable").count <= 2, "\(d.log.suffix(3000))")
         _ = d.stop()
         let files = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
         #expect(!files.contains { $0.contains(".damaged.") }, "a full disk is not damage: \(files)")

@@ -235,7 +235,8 @@ extension StateDatabaseTests {
         #expect(try d.request("scrub-start").ok)
         try waitUntil("a sound database with the records again", timeout: 30) { Self.recordCount(state) == 3 }
         #expect(try d.request("status").ok)
-        #expect(d.log.contains("the state database was damaged and moved to"), "\(d.log.suffix(3000))")
+        #expect(d.events("state-db-damaged").count == 1, "\(d.log.suffix(3000))")
+        #expect(try d.status().lastErrors.contains { $0.contains("state database damaged, moved to") })
         _ = d.stop()
         let integrity = try Tool.runCapturing("/usr/bin/sqlite3", [path, "PRAGMA integrity_check"])
         #expect(integrity.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(integrity)")
