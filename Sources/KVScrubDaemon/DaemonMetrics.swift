@@ -1,26 +1,27 @@
 import Foundation
 import KVCFormat
-import Metrics
 import Prometheus
 import NIOConcurrencyHelpers
 
-/// The daemon's Prometheus metrics, through swift-metrics with the
-/// swift-prometheus backend on a registry of our own (no global
-/// `MetricsSystem.bootstrap`: the daemon passes the factory explicitly).
+/// The daemon's Prometheus metrics, on a swift-prometheus registry of our own.
+///
+/// Straight on the registry rather than through swift-metrics: Prometheus
+/// wants a `# HELP` line for every family (promtool checks it), and only the
+/// registry's own API carries help text; swift-metrics' factory registers
+/// every metric with an empty one.
 ///
 /// The daemon's counters already live in `DaemonState` (several persist in
-/// the state file so they go on after a restart), so the metrics are brought
-/// up to date from one state snapshot at each scrape: counters advance by
-/// what the state gained since the last scrape (they start at the persisted
-/// totals, and never go backwards), gauges are set. Nothing is counted twice
-/// and the hot paths (inotify, scrub reads) never touch a metric.
+/// the state database so they go on after a restart), so the metrics are
+/// brought up to date from one state snapshot at each scrape: counters
+/// advance by what the state gained since the last scrape (they start at the
+/// persisted totals, and never go backwards), gauges are set. Nothing is
+/// counted twice and the hot paths (inotify, scrub reads) never touch a metric.
 public final class DaemonMetrics: Sendable {
     private let registry = PrometheusCollectorRegistry()
-    private let factory: PrometheusMetricsFactory
     /// Each counter's value as last exported, keyed by name and labels.
     private let exported = NIOLockedValueBox<[String: Int64]>([:])
-    private let counters = NIOLockedValueBox<[String: Metrics.Counter]>([:])
-    private let meters = NIOLockedValueBox<[String: Metrics.Meter]>([:])
+    private let counters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
+    private let gauges = NIOLockedValueBox<[String: Prometheus.Gauge]>([:])
 
     // "corrupt" stays in the index only under dry_run (otherwise it is removed at once).
     static let verdicts = ["ok", "corrupt", "incompatible", "unverified"]
@@ -29,15 +30,48 @@ public final class DaemonMetrics: Sendable {
     static let causes = ["budget", "free-space", "incompatible"]
     static let abiSources = ["configured", "newest checkpoint", "latest arrival", "none yet"]
 
-    public init() {
-        factory = PrometheusMetricsFactory(registry: registry)
-    }
+    /// The `# HELP` text of every family; a family missing here is a programming error.
+    static let help: [String: String] = [
+        "kvscrubd_build_info": "kvscrubd's version, as a label; always 1.",
+        "kvscrubd_start_time_seconds": "When this daemon process started, Unix time.",
+        "kvscrubd_files": "Checkpoints in the cache, by last scrub verdict and format version.",
+        "kvscrubd_bytes": "Bytes of checkpoints in the cache, by last scrub verdict and format version.",
+        "kvscrubd_budget_bytes": "The byte budget of the cache (budget_mb); 0 when none is set.",
+        "kvscrubd_filesystem_free_bytes": "Bytes free to unprivileged users on the cache's file system.",
+        "kvscrubd_filesystem_size_bytes": "Size of the cache's file system in bytes.",
+        "kvscrubd_scrub_rate_bytes_per_second": "Bytes per second the scrub is reading now; 0 when idle or paused.",
+        "kvscrubd_scrub_rate_limit_bytes_per_second": "The scrub's rate limit in bytes per second (scrub_rate_mb_per_s); 0 when unlimited.",
+        "kvscrubd_scrub_interval_seconds": "Every checkpoint is scrubbed at least once per this interval (scrub_interval_hours).",
+        "kvscrubd_scrub_last_pass_end_time_seconds": "When the last complete scrub pass ended, Unix time; 0 before the first.",
+        "kvscrubd_scrub_paused": "1 while scrubbing is paused (kvscrubd scrub pause), else 0.",
+        "kvscrubd_scrub_pass_files_done": "Files the scrub pass in progress has verified; 0 between passes.",
+        "kvscrubd_scrub_pass_files": "Files in the scrub pass in progress (done and still to do); 0 between passes.",
+        "kvscrubd_regrets_last_day": "Evicted checkpoints the engine wrote again within the regret window, over the last day.",
+        "kvscrubd_engine_payload_abi": "The payload ABI of the engine in force; -1 while unknown.",
+        "kvscrubd_engine_payload_abi_source": "How the payload ABI in force was chosen: 1 for the way in use.",
+        "kvscrubd_removal_brake_engaged": "1 while the removal brake holds corrupt files in quarantine instead of removing them.",
+        "kvscrubd_removal_brake_held_back_files": "Corrupt files the removal brake has held back since it engaged.",
+        "kvscrubd_corrupt_pending_removal_files": "Files found corrupt waiting for the removal rule's second look.",
+        "kvscrubd_checksum_protected_files": "Checkpoints by what protects their contents: file (v2 CRC32C), recorded (v1, kvscrubd's record), none (v1, not yet).",
+        "kvscrubd_evictions_total": "Checkpoints evicted, by cause.",
+        "kvscrubd_evicted_bytes_total": "Bytes of checkpoints evicted.",
+        "kvscrubd_corrupt_found_total": "Checkpoints proven corrupt, by the region of the first damage.",
+        "kvscrubd_corrupt_removed_total": "Corrupt checkpoints removed or quarantined, by region.",
+        "kvscrubd_scrub_bytes_total": "Bytes read by the scrub.",
+        "kvscrubd_scrub_passes_total": "Complete scrub passes.",
+        "kvscrubd_inotify_events_total": "inotify events handled since the daemon started.",
+        "kvscrubd_rescans_total": "Full rescans of the cache directory (inotify overflow, the directory's return) since the daemon started.",
+        "kvscrubd_errors_total": "Errors since the daemon started (see kvscrubd status and the journal).",
+        "kvscrubd_regrets_total": "Evicted checkpoints the engine wrote again within the regret window.",
+    ]
+
+    public init() {}
 
     private func key(_ name: String, _ labels: [(String, String)]) -> String {
         name + labels.map { "|\($0.0)=\($0.1)" }.joined()
     }
 
-    /// The metric made once per name and labels: the registry refuses a second registration.
+    /// The metric made once per name and labels.
     private static func cached<M: Sendable>(_ table: NIOLockedValueBox<[String: M]>, _ k: String, make: () -> M) -> M {
         table.withLockedValue { m in
             if let existing = m[k] { return existing }
@@ -47,9 +81,15 @@ public final class DaemonMetrics: Sendable {
         }
     }
 
+    /// The whole name (our names carry their unit already) and its help text.
+    private func descriptor(_ name: String) -> MetricNameDescriptor {
+        guard let h = Self.help[name] else { preconditionFailure("metric \(name) has no help text in DaemonMetrics.help") }
+        return MetricNameDescriptor(metricName: name, unitName: "", helpText: h)
+    }
+
     private func counter(_ name: String, _ labels: [(String, String)] = [], to value: UInt64) {
         let k = key(name, labels)
-        let c = Self.cached(counters, k) { Metrics.Counter(label: name, dimensions: labels, factory: factory) }
+        let c = Self.cached(counters, k) { registry.makeCounter(descriptor: descriptor(name), labels: labels) }
         let target = Int64(clamping: value)
         let delta = exported.withLockedValue { e -> Int64 in
             let d = target - (e[k] ?? 0)
@@ -60,7 +100,7 @@ public final class DaemonMetrics: Sendable {
     }
 
     private func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {
-        Self.cached(meters, key(name, labels)) { Metrics.Meter(label: name, dimensions: labels, factory: factory) }.set(value)
+        Self.cached(gauges, key(name, labels)) { registry.makeGauge(descriptor: descriptor(name), labels: labels) }.set(value)
     }
 
     /// The text exposition of the current state.
@@ -83,6 +123,8 @@ public final class DaemonMetrics: Sendable {
             var brake: RemovalBrake
             var pending: Int
             var protection: (inFile: Int, recorded: Int, none: Int) = (0, 0, 0)
+            var startedAt: Double = 0
+            var interval: Double = 0
         }
         let now = Date().timeIntervalSince1970
         let snap = state.with { s -> Snapshot in
@@ -92,6 +134,8 @@ public final class DaemonMetrics: Sendable {
                                 passTotal: s.passFilesTotal,
                                 regretsLastDay: s.regretLog.filter { now - $0.at <= 86400 }.count,
                                 engineABI: s.engineABI, brake: s.brake, pending: s.pendingRemoval.count)
+            snap.startedAt = s.startedAt
+            snap.interval = s.config.scrubIntervalHours * 3600
             let v1 = s.v1Protection
             snap.protection = (s.index.values.filter { $0.header?.version == 2 }.count, v1.recorded, v1.notYet)
             for e in s.index.values {
@@ -110,6 +154,9 @@ public final class DaemonMetrics: Sendable {
                 gauge("kvscrubd_bytes", [("verdict", v), ("version", ver)], Double(b))
             }
         }
+        gauge("kvscrubd_build_info", [("version", DaemonVersion.string)], 1)
+        gauge("kvscrubd_start_time_seconds", [], snap.startedAt)
+        gauge("kvscrubd_scrub_interval_seconds", [], snap.interval)
         gauge("kvscrubd_budget_bytes", [], Double(snap.budget))
         if let f = snap.free { gauge("kvscrubd_filesystem_free_bytes", [], Double(f)) }
         if let f = snap.fsBytes { gauge("kvscrubd_filesystem_size_bytes", [], Double(f)) }
@@ -118,7 +165,7 @@ public final class DaemonMetrics: Sendable {
         gauge("kvscrubd_scrub_last_pass_end_time_seconds", [], snap.lastPassEnd ?? 0)
         gauge("kvscrubd_scrub_paused", [], snap.paused ? 1 : 0)
         gauge("kvscrubd_scrub_pass_files_done", [], snap.passActive ? Double(snap.passDone) : 0)
-        gauge("kvscrubd_scrub_pass_files_total", [], snap.passActive ? Double(snap.passTotal) : 0)
+        gauge("kvscrubd_scrub_pass_files", [], snap.passActive ? Double(snap.passTotal) : 0)
         gauge("kvscrubd_regrets_last_day", [], Double(snap.regretsLastDay))
         // The engine ABI in force (-1: not known yet) and how it was chosen, one series per way.
         gauge("kvscrubd_engine_payload_abi", [], snap.engineABI.abi.map(Double.init) ?? -1)

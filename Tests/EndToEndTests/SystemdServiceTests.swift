@@ -73,12 +73,13 @@ final class ServiceFixture {
     let stage: String
     let cache: String
 
-    init(watchdogSec: Int = 30) throws {
+    /// `extraArgs`: more options for `kvscrubd run` in the unit's ExecStart.
+    init(watchdogSec: Int = 30, extraArgs: [String] = []) throws {
         ns = try SystemdNamespace()
         users = try PackageUsers()
         stage = "/opt/kvscrubd-test/" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: stage, withIntermediateDirectories: true)
-        cache = try Self.install(ns, stage: stage, watchdogSec: watchdogSec).cache
+        cache = try Self.install(ns, stage: stage, watchdogSec: watchdogSec, extraArgs: extraArgs).cache
     }
 
     deinit {
@@ -87,7 +88,7 @@ final class ServiceFixture {
     }
 
     /// Copies the built binary and the packaged units in, with a drop-in saying where the binary and the cache are.
-    private static func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int) throws -> (cache: String, bin: String) {
+    private static func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int, extraArgs: [String]) throws -> (cache: String, bin: String) {
         let bin = stage + "/kvscrubd"
         try FileManager.default.copyItem(atPath: Tool.binDir + "/kvscrubd", toPath: bin)
         let cache = stage + "/cache"
@@ -103,7 +104,7 @@ final class ServiceFixture {
         try """
         [Service]
         ExecStart=
-        ExecStart=\(bin) run --cache-dir \(cache) --scrub-new-file-delay 0.2 --log-level debug
+        ExecStart=\(bin) run --cache-dir \(cache) --scrub-new-file-delay 0.2 --log-level debug \(extraArgs.joined(separator: " "))
         ReadWritePaths=\(cache)
         Environment=KVSCRUBD_TEST_FAULTS=1
         WatchdogSec=\(watchdogSec)s
@@ -207,6 +208,28 @@ final class ServiceFixture {
         try waitUntil("active again", timeout: 15) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
         #expect(try ns.show("kvscrubd.service", "MainPID") != mainPID)
         try ns.run(["systemctl", "stop", "kvscrubd.service"])
+    }
+
+    /// The packaged unit's sandbox (IPAddressDeny=any, IPAddressAllow=localhost, inet sockets
+    /// allowed) lets the loopback metrics listener be scraped from the host.
+    @Test func metricsListener_isReachableUnderThePackagedUnit() throws {
+        let port = PrometheusTests.freePort()
+        let f = try ServiceFixture(extraArgs: ["--metrics-listen", "127.0.0.1:\(port)"])
+        defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
+        let ns = f.ns
+        #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
+        try waitUntil("active", timeout: 10) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
+        var body = ""
+        do {
+            try waitUntil("/metrics answers", timeout: 15) {
+                body = (try? OperateTests.httpGet(port: port, path: "/metrics"))?.body ?? ""
+                return body.contains("kvscrubd_build_info")
+            }
+        } catch {
+            Issue.record("\(error): \(try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.suffix(2000))")
+        }
+        #expect(body.contains("# HELP kvscrubd_files "))
+        #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
     }
 
     @Test func catalog_explainsEveryMessageID() throws {
