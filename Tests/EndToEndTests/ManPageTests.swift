@@ -65,6 +65,25 @@ import Testing
         #expect(text.isEmpty, "\(text)")
     }
 
+    /// Each page as a terminal shows it (mandoc, 80 columns, formatting stripped): no line wider
+    /// than the terminal, no mdoc macro left over in a man(7) page (they print as words), no
+    /// words run together by an alternating-font macro (`.BR "scrub now" ), and at`).
+    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5"])
+    func rendered_fitsEightyColumns_withoutLeftoverMacros_orRunTogetherWords(page: String) throws {
+        let r = try Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/mandoc -T utf8 -O width=80 '\(Self.repo)/man/\(page)' | col -bx"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.count > 30)
+        for (i, line) in lines.enumerated() {
+            #expect(line.count <= 80, "\(page):\(i + 1) is \(line.count) columns: \(line)")
+            let words = line.split(separator: " ")
+            let macros = words.filter { ["Oo", "Oc", "Fl", "Ar", "Cm", "Op", "Nm", "Xr"].contains($0) }
+            #expect(macros.isEmpty, "\(page):\(i + 1) shows mdoc macros \(macros): \(line)")
+            #expect(line.range(of: #"[a-z0-9"]\),[a-z]"#, options: .regularExpression) == nil, "\(page):\(i + 1) runs words together: \(line)")
+            #expect(!line.trimmingCharacters(in: .whitespaces).hasPrefix("."), "\(page):\(i + 1) shows a request: \(line)")
+        }
+    }
+
     @Test func formatDoc_andManPage_agreeOnTheLayoutOffsets() throws {
         let doc = try String(contentsOfFile: Self.repo + "/docs/FORMAT.md", encoding: .utf8)
         let man = try Self.manText("kvc.5")
