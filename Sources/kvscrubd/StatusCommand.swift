@@ -5,8 +5,14 @@ import KVScrubDaemon
 
 /// Flags every socket client shares.
 struct SocketOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The daemon's control socket.", valueName: "path"))
-    var socket: String = "/run/kvscrubd/kvscrubd.sock"
+    @Option(name: .long, help: ArgumentHelp("The daemon's control socket (default: $KVSCRUBD_SOCKET if set).", valueName: "path"))
+    var socket: String = SocketOptions.defaultSocket
+
+    /// `KVSCRUBD_SOCKET` when set and not empty, else the packaged unit's socket.
+    static var defaultSocket: String {
+        if let s = ProcessInfo.processInfo.environment["KVSCRUBD_SOCKET"], !s.isEmpty { return s }
+        return "/run/kvscrubd/kvscrubd.sock"
+    }
 
     @Flag(name: .long, help: "Print JSON instead of text.")
     var json = false

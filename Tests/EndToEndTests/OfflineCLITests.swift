@@ -213,4 +213,26 @@ import KVCFormat
         let sum = try #require((v.json as? [String: Any])?["summary"] as? [String: Int])
         #expect(sum["corrupt"] == 0 && sum["ok"]! > 5)
     }
+
+    /// The completion scripts the package ships come from the binary; bash's completes
+    /// subcommands and their subcommands.
+    @Test func bashCompletion_completesSubcommands() throws {
+        let script = try Tool.run("kvscrubd", ["--generate-completion-script", "bash"])
+        #expect(script.status == 0)
+        let file = NSTemporaryDirectory() + "kvscrubd-completion-\(getpid()).bash"
+        try script.stdout.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { unlink(file) }
+        func complete(_ words: [String]) throws -> [String] {
+            let line = words.joined(separator: " ")
+            let cmd = "source '\(file)'; COMP_WORDS=(\(words.joined(separator: " "))); COMP_CWORD=\(words.count - 1); "
+                + "COMP_LINE='\(line)'; COMP_POINT=\(line.count); _kvscrubd kvscrubd \(words.last!) 2>/dev/null; echo \"${COMPREPLY[*]}\""
+            return try Tool.runCapturing("/bin/bash", ["-c", cmd]).stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        #expect(try complete(["kvscrubd", "hist"]) == ["history"])
+        #expect(Set(try complete(["kvscrubd", "scrub", "st"])) == ["start", "status"])
+        for shell in ["zsh", "fish"] {
+            let r = try Tool.run("kvscrubd", ["--generate-completion-script", shell])
+            #expect(r.status == 0 && r.stdout.contains("history"), "\(shell)")
+        }
+    }
 }

@@ -223,6 +223,20 @@ import Glibc
         return (status, type, parts.dropFirst().joined(separator: "\r\n\r\n"))
     }
 
+    /// KVSCRUBD_SOCKET stands in for --socket; --socket still wins.
+    @Test func kvscrubdSocketVariable_isTheDefaultSocket() throws {
+        let root = TempDir()
+        let d = try DaemonProcess(root: root)
+        let viaEnv = try Tool.runCapturing("/usr/bin/env", ["KVSCRUBD_SOCKET=\(d.socket)", Tool.binDir + "/kvscrubd", "status", "--json"])
+        #expect(viaEnv.status == 0, "\(viaEnv.stderr)")
+        #expect((Self.json(viaEnv)["state"] as? String) == "running")
+        let flagWins = try Tool.runCapturing("/usr/bin/env", ["KVSCRUBD_SOCKET=/nonexistent/sock", Tool.binDir + "/kvscrubd", "status", "--socket", d.socket])
+        #expect(flagWins.status == 0, "\(flagWins.stderr)")
+        let wrong = try Tool.runCapturing("/usr/bin/env", ["KVSCRUBD_SOCKET=/nonexistent/sock", Tool.binDir + "/kvscrubd", "status"])
+        #expect(wrong.status == 2 && wrong.stderr.contains("/nonexistent/sock"), "\(wrong.stderr)")
+        d.stop()
+    }
+
     @Test func explain_andEntries_giveTheScoreParts_andRegretsTurnIntoAdvice() throws {
         let root = TempDir()
         let cache = root.file("cache")
