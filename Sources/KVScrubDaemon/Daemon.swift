@@ -574,15 +574,14 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// The one line `systemctl status` shows: "1234 files, 3.1/4.0 GiB, scrub 42% at 180 MB/s, 0 corrupt".
+    /// The one line `systemctl status` shows: "1234 files, 3.1 GiB of 4.0 GiB, scrub 42% at 171.7 MiB/s, 0 corrupt".
     func statusLine() -> String {
         state.with { s in
-            let gib = { (b: UInt64) in String(format: "%.1f", Double(b) / 1073741824) }
-            var line = "\(s.index.count) files, \(gib(s.totalBytes))/" + (s.config.budgetMB > 0 ? "\(gib(s.config.budgetBytes)) GiB" : "unlimited")
+            var line = "\(s.index.count) files, \(ByteText.short(s.totalBytes)) of " + (s.config.budgetMB > 0 ? ByteText.short(s.config.budgetBytes) : "no budget")
             if s.scrub.passStartedAt != nil {
                 let total = s.passFilesTotal
                 let pct = total > 0 ? s.scrub.filesDone * 100 / total : 100
-                line += ", scrub \(pct)% at \(Int(s.scrubRate / 1e6)) MB/s"
+                line += ", scrub \(pct)% at \(ByteText.short(UInt64(max(0, s.scrubRate))))/s"
             } else {
                 line += ", scrub idle"
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVScrubDaemon
 import KVCFormat
 
 /// Printing helpers shared by the subcommands.
@@ -16,13 +17,7 @@ enum Output {
     }
 
     /// 1536 -> "1.5 KiB": sizes a person reads at a glance.
-    static func bytes(_ n: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = Double(n)
-        var i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
-    }
+    static func bytes(_ n: UInt64) -> String { ByteText.short(n) }
 
     static func pad(_ s: String, _ width: Int) -> String {
         s.count >= width ? s : s + String(repeating: " ", count: width - s.count)

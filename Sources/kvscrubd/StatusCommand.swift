@@ -156,7 +156,8 @@ enum StatusText {
 
     /// The scrub part, shared by `status` and `scrub status`.
     static func scrubRows(_ sc: StatusReport.Scrub, _ row: (String, String) -> Void) {
-        let limit = sc.limitMBps > 0 ? String(format: "limit %.0f MB/s", sc.limitMBps) : "no limit"
+        // One unit family with the rate (binary); the setting's own decimal MB/s in brackets.
+        let limit = sc.limitMBps > 0 ? "limit \(Output.bytes(UInt64(sc.limitMBps * 1e6)))/s = scrub_rate_mb_per_s \(String(format: "%g", sc.limitMBps))" : "no limit"
         if sc.active {
             let done = sc.filesTotal > 0 ? Double(sc.filesDone) * 100 / Double(max(sc.filesTotal, 1)) : 100
             var line = (sc.paused ? "PAUSED, " : "in progress, ")

@@ -61,7 +61,7 @@ final class NotifySocket {
         let d = try startDaemon(root, env: ["NOTIFY_SOCKET": n.path])
         let first = n.receive(timeout: 15) { $0.contains("READY=1") }
         let ready = try #require(first.first { $0.contains("READY=1") })
-        #expect(ready.contains("STATUS=0 files, 0.0/4.0 GiB"), "\(ready)")
+        #expect(ready.contains("STATUS=0 files, 0 B of 4.0 GiB"), "\(ready)")
         // The socket listens by the time READY=1 is sent.
         #expect((try? KVScrubDaemonClient.ping(root.file("ctl.sock"))) == true)
         kill(d.processIdentifier, SIGHUP)
