@@ -235,7 +235,7 @@ public final class Daemon: Sendable {
         logger.info("engine payload ABI in force", metadata: ["event": "engine-abi", "abi": "\(scan.engineABI.description)"])
         for e in scan.errors {
             state.with { $0.noteError("\(e)") }
-            logger.error("cannot read a checkpoint's header; it counts against the budget and goes first", metadata: ["error": "\(e)"])
+            logger.error("cannot read a checkpoint's header; it counts against the budget and goes first", metadata: ["event": "index-failed", "error": "\(e)"])
         }
         recoverTakenAway(scan.takenAway, in: dir, records: leftoverRecords)
         directory.withLock { $0 = dir }
@@ -413,7 +413,7 @@ public final class Daemon: Sendable {
                     logger.notice("the cache directory is back; watching it again", metadata: ["event": "directory-back"])
                     return
                 } catch {
-                    logger.error("cannot watch the cache directory yet", metadata: ["error": "\(error)"])
+                    logger.error("cannot watch the cache directory yet", metadata: ["event": "directory-watch-failed", "error": "\(error)"])
                 }
             }
             // Waiting is not hanging: the watchdog is fed and STATUS= says what it waits for.

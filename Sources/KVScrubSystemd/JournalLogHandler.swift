@@ -108,6 +108,16 @@ public enum KVScrubMessageID {
         "removal-brake-engaged": "3e8f198528904ae69f3c6abd09d365cd",
         "corrupt-kept": "ccb74004027a4318a603fa7ffe849721",
         "state-db-damaged": "b555359180d445df91b4ccec8a2b1f61",
+        "remove-failed": "f530bacc59d04ab5991e0fbd0b54960d",
+        "evict-failed": "7d5dee888599497aa5c6da33ef7fa974",
+        "directory-gone": "d92b9dd018d54b4b94aa4944c4e1c254",
+        "directory-watch-failed": "65675f26a373405aba7ae79721edb652",
+        "reload-failed": "942867d96e3447d488a77ecb7d768e35",
+        "scrub-error": "094491447d6141308fc570ab3b55f75d",
+        "index-failed": "48395a704ff04e73a614a696293a263c",
+        "quarantine-failed": "f1723b025ee845a9843fb28b70a26351",
+        "state-save-failed": "6b7cd70a5420443c9cf5f942e93a63a8",
+        "state-db-unavailable": "0bacb32987ee47c5b1ff2b593785b167",
     ]
 
     public static func id(forEvent event: String) -> String? { byEvent[event] }
