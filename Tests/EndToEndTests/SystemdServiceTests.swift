@@ -232,6 +232,25 @@ final class ServiceFixture {
         #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
     }
 
+    /// The shipped drop-in for the engine's unit parses cleanly on a stand-in engine unit
+    /// (systemd-analyze reads drop-ins from SYSTEMD_UNIT_PATH; a misspelled key proves it does).
+    @Test func engineDropIn_verifiesOnAnEngineUnit() throws {
+        let dir = NSTemporaryDirectory() + "engine-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir + "/ds4.service.d", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "[Unit]\nDescription=engine\n[Service]\nExecStart=/bin/true\n".write(toFile: dir + "/ds4.service", atomically: true, encoding: .utf8)
+        let dropIn = try String(contentsOfFile: ManPageTests.repo + "/packaging/examples/ds4-engine.kvscrubd.conf", encoding: .utf8)
+        #expect(dropIn.contains("SupplementaryGroups=ds4-kv") && dropIn.contains("UMask=0007") && dropIn.contains("ReadWritePaths=/var/cache/ds4/kv"))
+        func verify(_ text: String) throws -> Tool.Result {
+            try text.write(toFile: dir + "/ds4.service.d/kvscrubd.conf", atomically: true, encoding: .utf8)
+            return try Tool.runCapturing("/usr/bin/env", ["SYSTEMD_UNIT_PATH=\(dir):", "/usr/bin/systemd-analyze", "verify", dir + "/ds4.service"])
+        }
+        let good = try verify(dropIn)
+        #expect(good.status == 0 && good.stderr.isEmpty && good.stdout.isEmpty, "\(good.stderr)")
+        let typo = try verify(dropIn.replacingOccurrences(of: "UMask=", with: "UMsk="))
+        #expect(typo.stderr.contains("Unknown key"), "the drop-in was not read: \(typo.stderr)")
+    }
+
     @Test func catalog_explainsEveryMessageID() throws {
         let catalog = try String(contentsOfFile: ManPageTests.repo + "/packaging/kvscrubd.catalog", encoding: .utf8)
         for (event, id) in KVScrubMessageID.byEvent {
