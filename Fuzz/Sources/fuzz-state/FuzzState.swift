@@ -9,7 +9,7 @@ let path = NSTemporaryDirectory() + "kvscrubd-fuzz-state-\(getpid())"
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    FileManager.default.createFile(atPath: path + "/state.json", contents: Data(bytes(data, size)))
+    _ = FileManager.default.createFile(atPath: path + "/state.json", contents: Data(bytes(data, size)))
     if let record = try? StateStore(directory: path).load() {
         // What loads must save again and load back the same.
         try? StateStore(directory: path).save(record)
