@@ -113,6 +113,7 @@ enum StatusText {
             lines += brakeLines(b)
             row("action", "inspect the quarantined files (kvscrubd verify \(b.quarantine)), then 'kvscrubd brake release'")
         }
+        for a in actions(s, now: Date().timeIntervalSince1970) { row("action", a) }
         row("state", s.state + (s.dryRun ? " (dry run: nothing is removed)" : ""))
         row("cache", s.cacheDir)
         let pct = s.budgetBytes > 0 ? String(format: " (%.0f%%)", Double(s.bytes) * 100 / Double(s.budgetBytes)) : ""
@@ -139,8 +140,33 @@ enum StatusText {
             row("regret", "\(r.lastDay) in the last day, \(r.total) all time (evicted, then written again within \(DurationText.short(r.windowHours * 3600)))")
             if let advice = r.advice { row("advice", advice) }
         }
-        row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + s.lastErrors.last!)
+        row("errors", s.lastErrors.isEmpty ? "none" : "\(c.errors); last: " + readableError(s.lastErrors.last!, now: Date().timeIntervalSince1970))
         return lines.joined(separator: "\n")
+    }
+
+    /// What needs a person, besides the brake (above): a paused or overdue scrub, recent errors.
+    static func actions(_ s: StatusReport, now: Double) -> [String] {
+        var out: [String] = []
+        let sc = s.scrub
+        if sc.paused {
+            out.append("scrubbing is paused: nothing is verified until 'kvscrubd scrub resume'")
+        } else if let last = sc.lastPass, let next = sc.nextPassAt, now - last.endedAt > 2 * max(1, next - last.startedAt) {
+            out.append("the last complete scrub pass ended \(DurationText.short(now - last.endedAt)) ago, more than two intervals: raise scrub_rate_mb_per_s or scrub_interval_hours")
+        }
+        if let last = s.lastErrors.last, let at = Double(last.split(separator: " ").first ?? ""), now - at < 3600 {
+            out.append("errors in the last hour: 'journalctl -u kvscrubd -p err' has them all")
+        }
+        return out
+    }
+
+    /// "1795794349 save state …" as "3m ago (2026-11-27 15:45:49 UTC): save state …".
+    static func readableError(_ line: String, now: Double) -> String {
+        let parts = line.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, let at = Double(parts[0]) else { return line }
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss 'UTC'"
+        f.timeZone = TimeZone(identifier: "UTC")
+        return "\(DurationText.short(max(0, now - at))) ago (\(f.string(from: Date(timeIntervalSince1970: at)))): \(parts[1])"
     }
 
     /// The removal brake, at the top of `status` when engaged, and `brake status`.

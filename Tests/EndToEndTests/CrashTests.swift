@@ -179,6 +179,12 @@ import Glibc
         let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
                                   environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_STATE_EIO": "1"])
         try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
+        // status shows when, readably, and asks a person to look.
+        let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket]).stdout
+        #expect(text.contains("action:    errors in the last hour"), "\(text)")
+        let errorsLine = text.split(separator: "\n").first { $0.hasPrefix("errors:") } ?? ""
+        #expect(errorsLine.contains(" ago (") && errorsLine.contains(" UTC): "), "\(errorsLine)")
+        #expect(errorsLine.range(of: #"\b1[0-9]{9}\b"#, options: .regularExpression) == nil, "a raw Unix time: \(errorsLine)")
         #expect(try d.request("scrub-pause").ok)
         try waitUntil("the next save written", timeout: 20) { Self.savedState(root.file("state"))?.scrub.paused == true }
         _ = d.stop()

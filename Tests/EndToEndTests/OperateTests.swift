@@ -51,6 +51,9 @@ import Glibc
         if let e1 = p1.etaSeconds, let e2 = p2.etaSeconds { #expect(e2 <= e1 + 0.5, "ETA grew while paused: \(e1) -> \(e2)") }
         let human = try Tool.run("kvscrubd", ["scrub", "status"] + sock)
         #expect(human.stdout.contains("PAUSED") && human.stdout.contains("of scrubbing to go once resumed") && human.stdout.contains("limit 3.8 MiB/s = scrub_rate_mb_per_s 4"), "\(human.stdout)")
+        // status says a person is needed, and what to do.
+        let full = try Tool.run("kvscrubd", ["status"] + sock)
+        #expect(full.stdout.contains("action:    scrubbing is paused: nothing is verified until 'kvscrubd scrub resume'"), "\(full.stdout)")
         let js = Self.json(try Tool.run("kvscrubd", ["scrub", "status", "--json"] + sock))
         #expect(js["paused"] as? Bool == true && js["active"] as? Bool == true && (js["files_total"] as? Int) == 6)
 
