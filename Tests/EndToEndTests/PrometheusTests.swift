@@ -105,10 +105,14 @@ import Glibc
         }
         #expect(api("/api/v1/query?query=up%7Bjob%3D%22kvscrubd%22%7D").contains("\"1\"]"))
         #expect(!api("/api/v1/alerts").contains("KVScrubdCorruptCheckpointFound"))
-        // A disk flips a bit in a payload; the daemon finds it.
-        let bad = try Damage.store(cache, version: 2, seed: 8)
-        Damage.edit(bad) { $0[$0.count / 2] ^= 1 }
-        try waitUntil("the daemon removes it", timeout: 20) { try d.status().counters.corruptRemoved == 1 }
+        // A damaged checkpoint arrives whole (made aside, then renamed in, as a store is):
+        // damaging it in place after it arrived would race the daemon's first look at it.
+        let side = root.file("side")
+        try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+        let made = try Damage.store(side, version: 2, seed: 8)
+        Damage.edit(made) { $0[$0.count / 2] ^= 1 }
+        #expect(rename(made, cache + "/" + (made as NSString).lastPathComponent) == 0)
+        try waitUntil("the daemon removes it", timeout: 60) { try d.status().counters.corruptRemoved == 1 }
         try waitUntil("the alert fires", timeout: 60) {
             let alerts = api("/api/v1/alerts")
             return alerts.contains("\"alertname\":\"KVScrubdCorruptCheckpointFound\"") && alerts.contains("\"state\":\"firing\"")
