@@ -47,12 +47,11 @@ extension StateDatabase {
     }
 
     /// History, newest first.
-    public func history(since: Double? = nil, cause: String? = nil, action: String? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
+    public func history(since: Double? = nil, cause: String? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
         try pool().read { db in
             var sql = "SELECT * FROM history WHERE at >= ?"
             var args: [any DatabaseValueConvertible] = [since ?? 0]
             if let cause { sql += " AND cause = ?"; args.append(cause) }
-            if let action { sql += " AND action = ?"; args.append(action) }
             sql += " ORDER BY id DESC LIMIT ?"
             args.append(max(0, limit))
             return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(HistoryEvent.init(row:))
@@ -65,10 +64,7 @@ extension StateDatabase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw Failure(step: "open", path: path, underlying: Errno.noSuchFileOrDirectory)
         }
-        var config = Configuration()
-        config.readonly = true
-        config.busyMode = .timeout(5)
-        return ReadOnly(queue: try DatabaseQueue(path: path, configuration: config))
+        return ReadOnly(queue: try readOnlyQueue(path))
     }
 
     /// A read-only view of a database another process writes.

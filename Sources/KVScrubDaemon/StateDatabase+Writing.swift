@@ -85,14 +85,13 @@ extension StateDatabase {
 
     /// Writes the pending batch, on the writer queue.
     func drain() {
-        var batch = pending.withLockedValue { p -> Pending in
+        let batch = pending.withLockedValue { p -> Pending in
             let b = p
             p = Pending()
             p.retryScheduled = b.retryScheduled
             return b
         }
         guard !batch.isEmpty else { return }
-        batch.scheduled = false
         do {
             try ensureLive()
             try checkIfDue()
@@ -176,15 +175,9 @@ extension StateDatabase {
         guard due, FileManager.default.fileExists(atPath: path) else { return }
         // A connection of its own: the pool's connections trust their page caches, which
         // bytes written under them by someone else do not invalidate.
-        var config = Configuration()
-        config.readonly = true
-        config.busyMode = .timeout(5)
-        let fresh = try DatabaseQueue(path: path, configuration: config)
+        let fresh = try Self.readOnlyQueue(path)
         defer { try? fresh.close() }
-        let check = try fresh.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
-        guard check == "ok" else {
-            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "quick_check: \(check ?? "no answer")")
-        }
+        try fresh.read(Self.quickCheck)
     }
 
     /// The database file still is the one open (not deleted or replaced); else a new one from memory.
@@ -197,10 +190,7 @@ extension StateDatabase {
             report("the state database file was deleted or replaced while in use; starting a new one from memory",
                    Failure(step: "check", path: path, underlying: Errno.noSuchFileOrDirectory))
         }
-        db.withLockedValue { c in
-            if let p = c?.pool { try? p.close() }
-            c = nil
-        }
+        disconnect()
         try db.withLockedValue { $0 = try Self.connect(path) }
         try write(fullBatch(plus: Pending()))
     }

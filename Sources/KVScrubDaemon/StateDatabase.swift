@@ -181,10 +181,9 @@ public final class StateDatabase: Sendable {
         config.label = "kvscrubd-state"
         config.busyMode = .timeout(5)
         let pool = try DatabasePool(path: path, configuration: config)
-        let check = try pool.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
-        guard check == "ok" else {
+        do { try pool.read(quickCheck) } catch {
             try? pool.close()
-            throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "quick_check: \(check ?? "no answer")")
+            throw error
         }
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
@@ -220,12 +219,31 @@ public final class StateDatabase: Sendable {
         return (pool, UInt64(st.st_ino))
     }
 
-    /// Moves a damaged database (and its WAL files) aside. Returns where to.
-    func moveAside() -> String {
+    /// SQLite's own check of every page; a failure throws SQLITE_CORRUPT (`isDamage`).
+    static func quickCheck(_ db: Database) throws {
+        let check = try String.fetchOne(db, sql: "PRAGMA quick_check")
+        guard check == "ok" else { throw DatabaseError(resultCode: .SQLITE_CORRUPT, message: "quick_check: \(check ?? "no answer")") }
+    }
+
+    /// A read-only connection of its own to the file at `path`.
+    static func readOnlyQueue(_ path: String) throws -> DatabaseQueue {
+        var config = Configuration()
+        config.readonly = true
+        config.busyMode = .timeout(5)
+        return try DatabaseQueue(path: path, configuration: config)
+    }
+
+    /// Closes the live connection, if any.
+    func disconnect() {
         db.withLockedValue { current in
             if let c = current { try? c.pool.close() }
             current = nil
         }
+    }
+
+    /// Moves a damaged database (and its WAL files) aside. Returns where to.
+    func moveAside() -> String {
+        disconnect()
         let to = "\(path).damaged.\(Int(Date().timeIntervalSince1970))"
         for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
             if rename(path + suffix, to + suffix) != 0 { unlink(path + suffix) }
