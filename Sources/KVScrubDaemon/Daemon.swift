@@ -627,8 +627,7 @@ public final class Daemon: Sendable {
                              limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
                              verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),
                 pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds,
-                checksums: .init(inFile: s.index.values.filter { $0.header?.version == 2 }.count,
-                                 recorded: s.v1Protection.recorded, notYetRecorded: s.v1Protection.notYet))
+                checksums: s.checksumProtection)
         }
     }
 

@@ -122,7 +122,7 @@ public final class DaemonMetrics: Sendable {
             var engineABI: EngineABI.Resolution
             var brake: RemovalBrake
             var pending: Int
-            var protection: (inFile: Int, recorded: Int, none: Int) = (0, 0, 0)
+            var protection = StatusReport.Checksums(inFile: 0, recorded: 0, notYetRecorded: 0)
             var startedAt: Double = 0
             var interval: Double = 0
         }
@@ -136,8 +136,7 @@ public final class DaemonMetrics: Sendable {
                                 engineABI: s.engineABI, brake: s.brake, pending: s.pendingRemoval.count)
             snap.startedAt = s.startedAt
             snap.interval = s.config.scrubIntervalHours * 3600
-            let v1 = s.v1Protection
-            snap.protection = (s.index.values.filter { $0.header?.version == 2 }.count, v1.recorded, v1.notYet)
+            snap.protection = s.checksumProtection
             for e in s.index.values {
                 let verdict = e.unusable != nil ? "incompatible" : (s.verdicts[e.fileName].map { $0 == .ok ? "ok" : $0.rawValue } ?? "unverified")
                 let version = e.header.map { String($0.version) } ?? "unknown"
@@ -178,7 +177,7 @@ public final class DaemonMetrics: Sendable {
         // What protects each checkpoint's contents: its own CRC32C (v2), a checksum kvscrubd recorded (v1), nothing yet.
         gauge("kvscrubd_checksum_protected_files", [("source", "file")], Double(snap.protection.inFile))
         gauge("kvscrubd_checksum_protected_files", [("source", "recorded")], Double(snap.protection.recorded))
-        gauge("kvscrubd_checksum_protected_files", [("source", "none")], Double(snap.protection.none))
+        gauge("kvscrubd_checksum_protected_files", [("source", "none")], Double(snap.protection.notYetRecorded))
 
         let c = snap.counters
         counter("kvscrubd_evictions_total", [("cause", "budget")], to: c.evictedBudget)

@@ -129,32 +129,29 @@ public final class DaemonState: Sendable {
         public var dirtyRecords: Set<String> = []
         public var dirtyEvictions: Set<String> = []
 
-        /// The record for `name` when it belongs to the file the index holds under that name.
-        func record(for name: String) -> RecordedChecksum? { records[name] }
-
         mutating func setRecord(_ name: String, _ r: RecordedChecksum) {
             records[name] = r
             dirtyRecords.insert(name)
-        }
-
-        /// v1 files in the index with a record that matches them, and without.
-        var v1Protection: (recorded: Int, notYet: Int) {
-            var recorded = 0, notYet = 0
-            for e in index.values {
-                guard let h = e.header, h.version == 1 else { continue }
-                if let r = records[e.fileName], r.key == RecordedChecksum.Key(identity: e.identity, header: h) {
-                    recorded += 1
-                } else {
-                    notYet += 1
-                }
-            }
-            return (recorded, notYet)
         }
 
         /// Whether the index's v1 file `name` has a record that matches it (nil: not a v1 file).
         func isRecorded(_ name: String) -> Bool? {
             guard let e = index[name], let h = e.header, h.version == 1 else { return nil }
             return records[name].map { $0.key == RecordedChecksum.Key(identity: e.identity, header: h) } ?? false
+        }
+
+        /// What protects the index's files: their own CRC32C (v2), a matching record (v1), nothing yet (v1).
+        var checksumProtection: StatusReport.Checksums {
+            var p = StatusReport.Checksums(inFile: 0, recorded: 0, notYetRecorded: 0)
+            for (name, e) in index {
+                if e.header?.version == 2 { p.inFile += 1; continue }
+                switch isRecorded(name) {
+                case true?: p.recorded += 1
+                case false?: p.notYetRecorded += 1
+                case nil: break
+                }
+            }
+            return p
         }
 
         /// The part that goes into the state database.

@@ -121,10 +121,10 @@ extension Scrubber {
                 name = known
             }
             do {
-                let (abi, recorded) = state.with { ($0.engineABI.abi, $0.record(for: name)) }
+                let (abi, recorded) = state.with { ($0.engineABI.abi, $0.records[name]) }
                 let report = try dir.verify(name: name, with: Verifier(engineABI: abi, recorded: recorded))
-                recordIfNew(report, now: Date().timeIntervalSince1970)
                 let now = Date().timeIntervalSince1970
+                recordIfNew(report, now: now)
                 state.with {
                     if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
                     $0.brake.noteVerified(now: now)

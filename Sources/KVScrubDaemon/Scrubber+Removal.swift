@@ -102,7 +102,7 @@ extension Scrubber {
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
                             observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
         let config = state.config
-        let (abi, recorded) = state.with { ($0.engineABI.abi, $0.record(for: name)) }
+        let (abi, recorded) = state.with { ($0.engineABI.abi, $0.records[name]) }
         let verifier = Verifier(engineABI: abi, recorded: recorded, observer: observer)
         let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
