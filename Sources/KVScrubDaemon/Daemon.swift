@@ -59,7 +59,7 @@ public final class Daemon: Sendable {
             },
             replaced: { to, error in
                 state.with { $0.noteError("state database damaged, moved to \(to): \(error)") }
-                logger.error("the state database was damaged; moved aside and started anew from memory (recorded checksums are taken again)",
+                logger.error("the state database was damaged; moved aside and a new one started (recorded checksums are taken again)",
                              metadata: ["event": "state-db-damaged", "path": "\(config.stateDir)/state.sqlite", "moved_to": "\(to)", "error": "\(error)"])
             },
             recovered: { attempts in
@@ -156,10 +156,6 @@ public final class Daemon: Sendable {
             state.with { $0.noteError("open state database \(database.path): \(why)") }
             logger.error("cannot open the state database; running without it, and trying again at every save",
                          metadata: ["event": "state-db-unavailable", "path": "\(database.path)", "error": "\(why)"])
-        }
-        if let (to, why) = opening.movedAside {
-            logger.error("the state database was damaged; moved aside and started anew (recorded checksums are taken again)",
-                         metadata: ["event": "state-db-damaged", "path": "\(database.path)", "moved_to": "\(to)", "error": "\(why)"])
         }
         if let from = opening.migratedFrom {
             logger.notice("migrated the state file into the state database", metadata: ["event": "state-migrated", "from": "\(from)",

@@ -87,8 +87,6 @@ public final class StateDatabase: Sendable {
         public var unavailable: String?
         public var migratedFrom: String?
         public var legacyUnreadable: String?
-        /// The damaged database moved aside, and why.
-        public var movedAside: (to: String, why: String)?
     }
 
     public let path: String
@@ -98,7 +96,7 @@ public final class StateDatabase: Sendable {
     let writer = DispatchQueue(label: "kvscrubd-state-db")
     let snapshot: @Sendable () -> Snapshot
     let report: @Sendable (String, any Error) -> Void
-    /// Told when a damaged database was moved aside (to where) while running, and a new one started.
+    /// Told when a damaged database was moved aside (to where), at start-up or while running, and a new one started.
     let replaced: @Sendable (String, any Error) -> Void
     /// Told when writes succeed again after this many failed attempts.
     let recovered: @Sendable (Int) -> Void
@@ -139,7 +137,7 @@ public final class StateDatabase: Sendable {
         do {
             opening.snapshot = try connectAndLoad()
         } catch where Self.isDamage(error) {
-            opening.movedAside = (moveAside(), "\(error)")
+            replaced(moveAside(), error)
             do { opening.snapshot = try connectAndLoad() } catch {
                 opening.unavailable = "\(error)"
                 return opening
