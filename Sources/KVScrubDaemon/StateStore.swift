@@ -4,13 +4,12 @@ import SystemPackage
 import Glibc
 #endif
 
-/// The daemon's small state file (`<state_dir>/state.json`): scrub progress
-/// and the counters that matter across restarts. Written whole to a temporary
-/// file of its own (one name per save, so concurrent savers never share one),
-/// synced, renamed over the old file, and the directory synced: a crash at any
-/// point leaves the old state or the new, never half of one. It lives outside
-/// the cache directory, so it can never be taken for, or collide with, a
-/// checkpoint.
+/// The state file of earlier versions (`<state_dir>/state.json`): scrub
+/// progress and the counters that matter across restarts. The daemon now keeps
+/// its state in `StateDatabase` and only reads this file, once, to migrate it;
+/// `save` writes one the way those versions did (whole, to a temporary file of
+/// its own, synced, renamed over the old file, the directory synced), for the
+/// tests and the fuzz target's round trip.
 public struct StateStore: Sendable {
     public struct Record: Codable, Sendable, Equatable {
         public var version = 1
@@ -43,11 +42,9 @@ public struct StateStore: Sendable {
     }
 
     public let path: String
-    let faults: TestFaults
 
-    public init(directory: String, faults: TestFaults = TestFaults()) {
+    public init(directory: String) {
         path = directory + "/state.json"
-        self.faults = faults
     }
 
     /// Removes the temporary files of saves a crash interrupted (never the state file itself).
@@ -96,7 +93,6 @@ public struct StateStore: Sendable {
         defer { if !written { unlink(tmp) } }
         do {
             defer { close(fd) }
-            if faults.stateWriteFails() { throw SaveError(step: "write \(tmp) (injected fault)", errno: .ioError) }
             try data.withUnsafeBytes { raw in
                 var off = 0
                 while off < raw.count {
@@ -110,10 +106,8 @@ public struct StateStore: Sendable {
             }
             guard fsync(fd) == 0 else { throw SaveError(step: "fsync \(tmp)", errno: Errno(rawValue: errno)) }
         }
-        faults.reached("state-written")
         guard rename(tmp, path) == 0 else { throw SaveError(step: "rename to \(path)", errno: Errno(rawValue: errno)) }
         written = true
-        faults.reached("state-renamed")
         let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 { _ = fsync(dfd); close(dfd) }
     }
