@@ -58,7 +58,7 @@ struct HistoryCommand: ParsableCommand {
             var line = f.string(from: Date(timeIntervalSince1970: e.at)) + "  " + Output.pad(e.action.rawValue, 15) + Output.pad(e.cause, 13)
                 + e.file + "  " + Output.bytes(e.bytes)
             if let region = e.region { line += "  \(region): \(e.detail ?? "")" } else if let d = e.detail { line += "  (\(d))" }
-            if let x = e.expectedCrc, let a = e.actualCrc { line += String(format: " (expected 0x%08x, actual 0x%08x)", x, a) }
+            if let x = e.expectedCrc, let a = e.actualCrc { line += " (expected \(Output.crc(x)), actual \(Output.crc(a)))" }
             if let to = e.destination { line += "  -> \(to)" }
             return line
         }

@@ -153,7 +153,7 @@ enum StatusText {
         } else if let last = sc.lastPass, let next = sc.nextPassAt, now - last.endedAt > 2 * max(1, next - last.startedAt) {
             out.append("the last complete scrub pass ended \(DurationText.short(now - last.endedAt)) ago, more than two intervals: raise scrub_rate_mb_per_s or scrub_interval_hours")
         }
-        if let last = s.lastErrors.last, let at = Double(last.split(separator: " ").first ?? ""), now - at < 3600 {
+        if let last = s.lastErrors.last, let (at, _) = errorParts(last), now - at < 3600 {
             out.append("errors in the last hour: 'journalctl -u kvscrubd -p err' has them all")
         }
         return out
@@ -161,12 +161,18 @@ enum StatusText {
 
     /// "1795794349 save state …" as "3m ago (2026-11-27 15:45:49 UTC): save state …".
     static func readableError(_ line: String, now: Double) -> String {
-        let parts = line.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, let at = Double(parts[0]) else { return line }
+        guard let (at, message) = errorParts(line) else { return line }
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd HH:mm:ss 'UTC'"
         f.timeZone = TimeZone(identifier: "UTC")
-        return "\(DurationText.short(max(0, now - at))) ago (\(f.string(from: Date(timeIntervalSince1970: at)))): \(parts[1])"
+        return "\(DurationText.short(max(0, now - at))) ago (\(f.string(from: Date(timeIntervalSince1970: at)))): \(message)"
+    }
+
+    /// A `last_errors` line as the daemon writes it: Unix seconds, a space, the message.
+    static func errorParts(_ line: String) -> (at: Double, message: Substring)? {
+        let parts = line.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, let at = Double(parts[0]) else { return nil }
+        return (at, parts[1])
     }
 
     /// The removal brake, at the top of `status` when engaged, and `brake status`.
