@@ -1,6 +1,5 @@
 import Foundation
 import KVCFormat
-import Yams
 
 /// Every setting of the daemon, with its default. The config file and the
 /// command line fill the same fields; flags override the file, and a reload
@@ -154,22 +153,11 @@ public struct DaemonConfig: Sendable, Equatable {
 
     /// Parses a config file's text; `source` names it in errors.
     public static func pairs(fromYAML text: String, source path: String) throws(ConfigError) -> [(String, String)] {
-        // compose, not load: the scalars' own text is kept, so `socket_mode: 0660`
-        // stays octal text instead of becoming YAML 1.1's integer 432.
-        let node: Node?
-        do { node = try Yams.compose(yaml: text) } catch {
-            throw ConfigError(path, nil, "not valid YAML: \(error)")
+        let mapping: FlatYAMLMapping
+        do { mapping = try FlatYAMLMapping(parsing: text) } catch {
+            throw ConfigError(path, nil, error.description)
         }
-        guard let node else { return [] }
-        guard let map = node.mapping else { throw ConfigError(path, nil, "expected a mapping of settings (key: value lines)") }
-        var out: [(String, String)] = []
-        for (k, v) in map {
-            guard let key = k.scalar?.string else { throw ConfigError(path, nil, "a key that is not plain text") }
-            guard let scalar = v.scalar else { throw ConfigError(path, key, "expected a single value") }
-            let raw = scalar.string
-            out.append((key, ["~", "null", "Null", "NULL"].contains(raw) ? "" : raw))
-        }
-        return out
+        return mapping.entries.map { ($0.key, $0.value) }
     }
 
     /// The file's settings over the defaults, then the flags over both.

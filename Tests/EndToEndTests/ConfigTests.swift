@@ -72,7 +72,7 @@ import KVScrubDaemon
         #expect(c.budgetMB == 20 && c.scrubRateMBps == 3)
         for (bad, key) in [("budget_mb: -1", "budget_mb"), ("bogus: 1", "bogus"), ("dry_run: maybe", "dry_run"),
                            ("free_space_start_percent: 5", "free_space_stop_percent"), ("cache_dir: relative/path", "cache_dir"),
-                           ("- a\n- b", "mapping"), ("budget_mb: [", "YAML"), ("engine_payload_abi: two", "engine_payload_abi"),
+                           ("- a\n- b", "mapping"), ("budget_mb: \"unterminated", "YAML"), ("budget_mb: [", "budget_mb"), ("engine_payload_abi: two", "engine_payload_abi"),
                            ("engine_payload_abi: 256", "engine_payload_abi"), ("removal_brake: lots", "removal_brake"),
                            ("removal_settle_seconds: -1", "removal_settle_seconds")] {
             try bad.write(toFile: f, atomically: true, encoding: .utf8)
