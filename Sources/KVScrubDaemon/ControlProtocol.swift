@@ -40,6 +40,8 @@ public struct ControlResponse: Codable, Sendable {
     public var engineAbi: EngineABI.Resolution?
     /// `history`: removals, quarantines and evictions, newest first.
     public var history: [HistoryEvent]?
+    /// What a changing command did, in numbers (scrub control, brake-release, evict-now, reload).
+    public var outcome: CommandOutcome?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil, status: StatusReport? = nil, entries: [EntryReport]? = nil,
                 scrub: StatusReport.Scrub? = nil, verdicts: [FileVerdict]? = nil, explanation: Explanation? = nil, metrics: String? = nil) {
@@ -48,6 +50,37 @@ public struct ControlResponse: Codable, Sendable {
     }
 
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
+}
+
+/// A changing command's result as data, for scripts (`--json`): the state it
+/// left behind rather than only a sentence.
+public struct CommandOutcome: Codable, Sendable {
+    /// The scrub after the command (scrub start, pause, resume, cancel); `passStartedAt`
+    /// names the pass, which `scrub wait` follows to its end.
+    public var scrub: StatusReport.Scrub?
+    /// The removal brake after `brake-release`.
+    public var brake: StatusReport.Brake?
+    public var eviction: Eviction?
+    public var reload: Reload?
+
+    public init(scrub: StatusReport.Scrub? = nil, brake: StatusReport.Brake? = nil, eviction: Eviction? = nil, reload: Reload? = nil) {
+        self.scrub = scrub; self.brake = brake; self.eviction = eviction; self.reload = reload
+    }
+
+    /// `evict-now`: what this evaluation evicted, and where the cache stands after it.
+    public struct Eviction: Codable, Sendable {
+        public var evictedFiles: UInt64
+        public var evictedBytes: UInt64
+        public var files: Int
+        public var bytes: UInt64
+        /// 0: no budget.
+        public var budgetBytes: UInt64
+    }
+
+    /// `reload`: the settings a reload cannot change (kept until a restart).
+    public struct Reload: Codable, Sendable {
+        public var keptUntilRestart: [String]
+    }
 }
 
 /// One file's result from `scrub now`.
@@ -90,6 +123,8 @@ public struct StatusReport: Codable, Sendable {
         /// Seconds this pass has spent paused (not counted in its ETA or rate).
         public var pausedSeconds: Double = 0
         public var lastCancelledAt: Double?
+        /// Files found corrupt so far in the pass in progress.
+        public var corruptFound: Int?
     }
 
     /// Evicted checkpoints the engine wrote again within the regret window.

@@ -66,7 +66,9 @@ public final class Daemon: Sendable {
                 logger.notice("the state database is written again", metadata: ["event": "state-save-recovered", "failed_attempts": "\(attempts)"])
             })
         scrubber = Scrubber(state: state, database: database, faults: faults, stopping: stopping, logger: logger)
-        evictor = Evictor(state: state, logger: logger) { [database] in database.enqueue([.history($0)]) }
+        evictor = Evictor(state: state, logger: logger, summarySeconds: faults.evictionSummarySeconds ?? 600) { [database] in
+            database.enqueue([.history($0)])
+        }
         watcher = try DirectoryWatcher()
     }
 
@@ -315,6 +317,7 @@ public final class Daemon: Sendable {
                 nextStatus = now + .seconds(2)
             }
             guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            evictor.summarizeIfDue()
             // The timer, or `evict-now` (answered once an evaluation that began after the request is done).
             let asked = evictAsked.withLock { $0 }
             if now >= nextEvict || asked != evictDone.withLock({ $0 }) {
@@ -327,6 +330,7 @@ public final class Daemon: Sendable {
             var wait = nextEvict - now
             if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
             if notifier.isActive { wait = min(wait, max(.zero, nextStatus - now)) }
+            if let due = evictor.summaryDueIn() { wait = min(wait, .milliseconds(Int64(due * 1000) + 1)) }
             let events = watcher.next(timeout: wait)
             if stopping.isSet { break }
             var arrivals: [String] = []
@@ -425,9 +429,9 @@ public final class Daemon: Sendable {
     }
 
     /// SIGHUP (or `kvscrubd reload`): re-read the config file under the same flags.
-    /// Returns nil, or why the file was not taken (the previous settings stay).
+    /// Returns the settings kept until a restart, or why the file was not taken (the previous settings stay).
     @discardableResult
-    func reload() -> String? {
+    func reload() -> Result<[String], ConfigError> {
         notifier.reloading()
         defer { notifier.ready(status: statusLine()) }
         let old = state.config
@@ -457,11 +461,11 @@ public final class Daemon: Sendable {
             watcher.wake()
             logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)", "log_level": "\(new.logLevel)",
                                                                "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"])
-            return nil
+            return .success(fixed)
         } catch {
             state.with { $0.noteError("reload: \(error)") }
             logger.error("configuration reload failed; keeping the previous settings", metadata: ["event": "reload-failed", "error": "\(error)"])
-            return "\(error)"
+            return .failure(error)
         }
     }
 
@@ -497,12 +501,15 @@ public final class Daemon: Sendable {
         case "metrics": return ControlResponse(ok: true, metrics: metrics.render(state: state))
         case "scrub-status": return ControlResponse(ok: true, scrub: status().scrub)
         case "scrub-start":
-            do { return ControlResponse(ok: true, message: try scrubber.startNow()) } catch { return .failure(error.description) }
-        case "scrub-pause": return ControlResponse(ok: true, message: scrubber.pause())
-        case "scrub-resume": return ControlResponse(ok: true, message: scrubber.resume())
+            do { return scrubReply(try scrubber.startNow()) } catch { return .failure(error.description) }
+        case "scrub-pause": return scrubReply(scrubber.pause())
+        case "scrub-resume": return scrubReply(scrubber.resume())
         case "scrub-cancel":
-            do { return ControlResponse(ok: true, message: try scrubber.cancel()) } catch { return .failure(error.description) }
-        case "brake-release": return ControlResponse(ok: true, message: scrubber.releaseBrake())
+            do { return scrubReply(try scrubber.cancel()) } catch { return .failure(error.description) }
+        case "brake-release":
+            var r = ControlResponse(ok: true, message: scrubber.releaseBrake())
+            r.outcome = CommandOutcome(brake: status().brake)
+            return r
         case "test-hang-maintenance" where testFaults:
             hangMaintenance.set()
             watcher.wake()
@@ -511,6 +518,13 @@ public final class Daemon: Sendable {
             return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
                             + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, brake-release, reload, evict-now, history")
         }
+    }
+
+    /// A scrub control command's sentence, with the scrub it left behind.
+    private func scrubReply(_ message: String) -> ControlResponse {
+        var r = ControlResponse(ok: true, message: message)
+        r.outcome = CommandOutcome(scrub: status().scrub)
+        return r
     }
 
     /// Runs blocking work (file reads, SQLite, YAML, the group database) on a thread that
@@ -525,10 +539,16 @@ public final class Daemon: Sendable {
         switch request.cmd {
         case "reload":
             // Reads and parses the config file.
-            if let error = await Self.offLoop({ [self] in reload() }) {
-                return .failure("the configuration did not load; the previous settings stay: \(error)")
+            let result = await Self.offLoop { [self] in reload() }
+            switch result {
+            case .failure(let error):
+                return .failure("the configuration did not load; the previous settings stay: \(error.description)")
+            case .success(let kept):
+                var r = ControlResponse(ok: true, message: "configuration reloaded" +
+                                        (kept.isEmpty ? "" : "; \(kept.joined(separator: ", ")) change only on restart (kept as they were)"))
+                r.outcome = CommandOutcome(reload: .init(keptUntilRestart: kept))
+                return r
             }
-            return ControlResponse(ok: true, message: "configuration reloaded")
         case "history":
             if let cause = request.cause, !HistoryEvent.causes.contains(cause) {
                 return .failure("unknown cause '\(cause)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
@@ -554,17 +574,23 @@ public final class Daemon: Sendable {
             return ControlResponse(ok: true, verdicts: verdicts)
         case "evict-now":
             // Counted before asking: the maintenance thread may evict before this line would run again.
-            let before = state.with { $0.counters.evictedFiles }
+            let before = state.with { ($0.counters.evictedFiles, $0.counters.evictedBytes) }
             let ticket = evictAsked.withLock { $0 += 1; return $0 }
             watcher.wake()
             let deadline = ContinuousClock.now + .seconds(10)
             while evictDone.withLock({ $0 }) < ticket && ContinuousClock.now < deadline {
                 try? await Task.sleep(for: .milliseconds(5))
             }
-            let after = state.with { ($0.counters.evictedFiles, $0.totalBytes, $0.config.budgetBytes) }
             guard evictDone.withLock({ $0 }) >= ticket else { return .failure("the maintenance loop did not get to it within 10 s; see 'kvscrubd status'") }
-            return ControlResponse(ok: true, message: "evaluated: \(after.0 - before) files evicted; \(after.1) bytes in the cache" +
-                                   (after.2 > 0 ? " (budget \(after.2))" : " (no budget)"))
+            let e = state.with { s in
+                CommandOutcome.Eviction(evictedFiles: s.counters.evictedFiles - before.0, evictedBytes: s.counters.evictedBytes - before.1,
+                                        files: s.index.count, bytes: s.totalBytes, budgetBytes: s.config.budgetMB > 0 ? s.config.budgetBytes : 0)
+            }
+            var r = ControlResponse(ok: true, message: "evaluated: \(e.evictedFiles) files evicted (\(ByteText.short(e.evictedBytes))); " +
+                                    "\(e.files) files, \(ByteText.short(e.bytes)) in the cache" +
+                                    (e.budgetBytes > 0 ? " (budget \(ByteText.short(e.budgetBytes)))" : " (no budget)"))
+            r.outcome = CommandOutcome(eviction: e)
+            return r
         default:
             return .failure("unknown command '\(request.cmd)'")
         }
@@ -616,7 +642,7 @@ public final class Daemon: Sendable {
                              bytesDone: s.scrub.passStartedAt != nil ? s.scrub.bytesDone : 0, bytesTotal: bytesTotal, rateBytesPerSecond: s.scrubRate, limitMBps: c.scrubRateMBps,
                              etaSeconds: eta, current: s.scrubbing, passStartedAt: s.scrub.passStartedAt, nextPassAt: nextPass,
                              lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
-                             lastCancelledAt: s.scrub.lastCancelledAt),
+                             lastCancelledAt: s.scrub.lastCancelledAt, corruptFound: s.scrub.passStartedAt != nil ? s.scrub.corruptFound : nil),
                 counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now),
                 engineAbi: s.engineABI, engineAbiSetting: c.engineABI.description,
                 brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,

@@ -30,17 +30,34 @@ public final class Evictor: Sendable {
     let history: @Sendable (HistoryEvent) -> Void
     /// Holds `culling` (free-space hysteresis) between passes.
     private let culling = MutexBox(false)
+    /// Single evictions log at info; this says at notice, every `summarySeconds`, what went.
+    private let summary: MutexBox<EvictionSummary>
 
-    public init(state: DaemonState, logger: Logger, history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
+    /// `summarySeconds`: how often the notice-level summary of evictions is logged (when there were any).
+    public init(state: DaemonState, logger: Logger, summarySeconds: Double = 600,
+                history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
         self.logger = logger
         self.history = history
+        summary = MutexBox(EvictionSummary(interval: summarySeconds, now: Date().timeIntervalSince1970))
+    }
+
+    /// Seconds until the eviction summary is due (the maintenance loop wakes for it); nil: nothing to summarize.
+    func summaryDueIn(now: Double = Date().timeIntervalSince1970) -> Double? {
+        summary.withLock { $0.dueIn(now: now) }
+    }
+
+    /// Logs the summary of the evictions of the last window when it is over.
+    func summarizeIfDue(now: Double = Date().timeIntervalSince1970) {
+        guard let (message, metadata) = summary.withLock({ $0.due(now: now) }) else { return }
+        logger.notice("\(message)", metadata: metadata.mapValues { .string($0) })
     }
 
     public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible }
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
+        defer { summarizeIfDue(now: Date().timeIntervalSince1970) }
         let (config, entries, total) = state.with { ($0.config, Array($0.index.values), $0.totalBytes) }
         var incoming: IncomingCheckpoint? = nil
         var candidates = entries
@@ -88,7 +105,7 @@ public final class Evictor: Sendable {
         }
         guard needBudget > 0 || needSpace > 0 else { return }
         if needBudget > 0 {
-            logger.notice("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
+            logger.info("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
                                                     "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"])
         }
         let order = EvictionPlan.order(entries: needSpace > 0 ? candidates : candidates.filter { c in !oversized.contains { $0.fileName == c.fileName } },
@@ -105,7 +122,8 @@ public final class Evictor: Sendable {
                 "score": "\(v.score)", "bytes": "\(e.fileSize)", "tokens": "\(e.header?.tokens ?? 0)", "hits": "\(e.header?.hits ?? 0)",
             ]
             if config.dryRun {
-                logger.notice("would evict (dry run)", metadata: meta)
+                logger.info("would evict (dry run)", metadata: meta)
+                summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: true) }
                 freed += e.fileSize
                 continue
             }
@@ -123,7 +141,8 @@ public final class Evictor: Sendable {
                         case .incompatible: s.counters.evictedIncompatible += 1
                         }
                     }
-                    logger.notice("evicted", metadata: meta)
+                    logger.info("evicted", metadata: meta)
+                    summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.rawValue,
                                          detail: e.unusable ?? String(format: "score %.6g", v.score)))
                 case .vanished:

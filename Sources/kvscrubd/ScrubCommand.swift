@@ -6,25 +6,58 @@ import KVScrubDaemon
 struct ScrubCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scrub",
-        abstract: "Control the daemon's scrub: start, pause, resume, cancel a pass; show its status; verify files now.",
+        abstract: "Control the daemon's scrub: start, wait for, pause, resume, cancel a pass; show its status; verify files now.",
         discussion: """
             start, pause, resume, cancel and now change the daemon's work: they need root, the daemon's user, or \
             membership of admin_group. status is open to anyone who can connect.
-            Exit status: 0 success; 1 the daemon refused the request (or, for now, a file is corrupt); 2 the daemon could not be reached.
+            Exit status: 0 success; 1 the daemon refused the request (or, for now and for wait, a file is corrupt); 2 the daemon could not \
+            be reached; 3 (wait) the pass was cancelled.
             """,
-        subcommands: [Start.self, Pause.self, Resume.self, Cancel.self, Status.self, Now.self]
+        subcommands: [Start.self, Wait.self, Pause.self, Resume.self, Cancel.self, Status.self, Now.self]
     )
 
-    /// One request, one sentence back.
-    static func simple(_ cmd: String, _ options: SocketOptions) throws {
+    /// One request; a sentence back, or with --json the reply as data (its `outcome`: the scrub,
+    /// brake, eviction or reload it left behind).
+    @discardableResult
+    static func simple(_ cmd: String, _ options: SocketOptions) throws -> ControlResponse {
         let r = try options.send(ControlRequest(cmd: cmd))
-        if options.json { options.printJSON(["ok": true, "message": AnyEncodable(r.message ?? "")] as [String: AnyEncodable]) } else { print(r.message ?? "ok") }
+        if options.json { options.printJSON(r) } else { print(r.message ?? "ok") }
+        return r
     }
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start a scrub pass now (refused while one runs; lifts a pause).")
+        static let configuration = CommandConfiguration(
+            abstract: "Start a scrub pass now (refused while one runs; lifts a pause).",
+            discussion: "With --wait, as 'scrub wait' after it: exit status 1 if the pass found a corrupt file, 3 if it was cancelled.")
         @OptionGroup var options: SocketOptions
-        func run() throws { try ScrubCommand.simple("scrub-start", options) }
+        @Flag(name: [.short, .long], help: "Wait for the pass to end, showing its progress (as 'zpool scrub -w').")
+        var wait = false
+
+        func run() throws {
+            let r = try options.send(ControlRequest(cmd: "scrub-start"))
+            guard wait else {
+                if options.json { options.printJSON(r) } else { print(r.message ?? "ok") }
+                return
+            }
+            if !options.json { print(r.message ?? "scrub pass started") }
+            try ScrubWait(options: options).run(pass: r.outcome?.scrub?.passStartedAt)
+        }
+    }
+
+    struct Wait: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Wait for the scrub pass in progress to end, showing its progress; return at once if none runs.",
+            discussion: """
+                On a terminal, one progress line updated in place; otherwise a plain line at every tenth of the pass and when it \
+                pauses or resumes. With --json, one JSON object when it ends.
+                Exit status: 0 the pass completed with nothing corrupt found (or no pass was running); 1 it found a corrupt file \
+                (or the request was refused); 2 the daemon could not be reached; 3 the pass was cancelled before it ended.
+                """)
+        @OptionGroup var options: SocketOptions
+        func run() throws {
+            guard let sc = try options.send(ControlRequest(cmd: "scrub-status")).scrub else { throw ExitCode(2) }
+            try ScrubWait(options: options).run(pass: sc.active ? sc.passStartedAt : nil)
+        }
     }
 
     struct Pause: ParsableCommand {
@@ -87,13 +120,4 @@ struct ScrubCommand: ParsableCommand {
             if verdicts.contains(where: { $0.verdict == "missing" || $0.verdict == "unreadable" || $0.verdict == "ignored" }) { throw ExitCode(2) }
         }
     }
-}
-
-/// Small heterogeneous JSON objects for `--json` output.
-struct AnyEncodable: Encodable, ExpressibleByBooleanLiteral, ExpressibleByStringLiteral {
-    let encode: (any Encoder) throws -> Void
-    init<T: Encodable>(_ v: T) { encode = v.encode }
-    init(booleanLiteral v: Bool) { self.init(v) }
-    init(stringLiteral v: String) { self.init(v) }
-    func encode(to encoder: any Encoder) throws { try encode(encoder) }
 }

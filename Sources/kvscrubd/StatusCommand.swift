@@ -22,15 +22,25 @@ struct SocketOptions: ParsableArguments {
             var client = ControlClient(path: socket)
             client.timeout = timeout
             let r = try client.send(request)
-            if !r.ok {
-                Output.error(r.error ?? "the daemon refused the request")
-                throw ExitCode(1)
-            }
+            if !r.ok { throw fail(r.error ?? "the daemon refused the request", exitStatus: 1) }
             return r
         } catch let e as ControlClientError {
-            Output.error("\(e)")
-            throw ExitCode(2)
+            throw fail("\(e)", exitStatus: 2)
         }
+    }
+
+    /// Says why on stderr and, with --json, as a JSON object on stdout too, so a
+    /// script reading stdout never gets nothing: {"ok":false,"error":...,"exit_status":N}.
+    func fail(_ message: String, exitStatus: Int32) -> ExitCode {
+        Output.error(message)
+        if json { printJSON(JSONError(ok: false, error: message, exitStatus: exitStatus)) }
+        return ExitCode(exitStatus)
+    }
+
+    private struct JSONError: Encodable {
+        var ok: Bool
+        var error: String
+        var exitStatus: Int32
     }
 
     func printJSON<T: Encodable>(_ value: T) {
