@@ -1,9 +1,18 @@
 #define _GNU_SOURCE
 #include "clinux.h"
 #include <errno.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+_Static_assert(sizeof(kvs_peer_credentials) == sizeof(struct ucred), "kvs_peer_credentials is not struct ucred's size");
+_Static_assert(offsetof(kvs_peer_credentials, pid) == offsetof(struct ucred, pid), "pid offset");
+_Static_assert(offsetof(kvs_peer_credentials, uid) == offsetof(struct ucred, uid), "uid offset");
+_Static_assert(offsetof(kvs_peer_credentials, gid) == offsetof(struct ucred, gid), "gid offset");
+_Static_assert(sizeof(pid_t) == sizeof(int32_t) && sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t),
+               "pid_t, uid_t and gid_t widths");
 
 #define KVS_IOPRIO_WHO_PROCESS 1
 #define KVS_IOPRIO_CLASS_SHIFT 13

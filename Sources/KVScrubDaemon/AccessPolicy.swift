@@ -29,25 +29,44 @@ public struct AccessPolicy: Sendable {
 
     public let daemonUID: UInt32
     public let adminGroup: String?
+    /// The daemon runs for the fault tests (KVSCRUBD_TEST_FAULTS=1): test-only commands are allowed.
+    public let testCommands: Bool
 
-    public init(daemonUID: UInt32 = getuid(), adminGroup: String?) {
+    public init(daemonUID: UInt32 = getuid(), adminGroup: String?, testCommands: Bool = false) {
         self.daemonUID = daemonUID
         self.adminGroup = adminGroup
+        self.testCommands = testCommands
     }
 
-    /// Requests that change the daemon's work or the cache directory.
-    public static let mutating: Set<String> = ["scrub-start", "scrub-pause", "scrub-resume", "scrub-cancel", "scrub-now", "reload", "evict-now", "brake-release",
-                                               "test-hang-maintenance"]
+    /// Root and the daemon's own user: decided from the credentials alone, without the group database.
+    public func isPrivileged(_ peer: Peer) -> Bool { peer.uid == 0 || peer.uid == daemonUID }
 
-    public func decide(_ cmd: String, peer: Peer?) -> Decision {
-        guard Self.mutating.contains(cmd) else { return .allowed }
-        guard let peer else { return .refused("'\(cmd)' changes the daemon's work, and the caller's credentials could not be read") }
-        if peer.uid == 0 || peer.uid == daemonUID { return .allowed }
-        if let adminGroup, isMember(uid: peer.uid, gid: peer.gid, of: adminGroup) { return .allowed }
-        let who = Self.userName(peer.uid).map { "user \($0) (uid \(peer.uid))" } ?? "uid \(peer.uid)"
+    /// What can be decided without reading the group database (which may block, on NSS): everything
+    /// but a change asked by someone who is neither root nor the daemon's user while an admin group is set.
+    public func decideWithoutGroupLookup(_ cmd: ControlCommand, peer: Peer?) -> Decision? {
+        switch cmd.access {
+        case .read: return .allowed
+        case .testOnly: return testCommands ? .allowed : .refused("unknown command '\(cmd.rawValue)'; known: \(ControlCommand.publicNames)")
+        case .change:
+            guard let peer else { return .refused("'\(cmd.rawValue)' changes the daemon's work, and the caller's credentials could not be read") }
+            if isPrivileged(peer) { return .allowed }
+            return adminGroup == nil ? refusal(cmd, peer) : nil
+        }
+    }
+
+    /// The whole decision; reads the group database when it must (call it off the event loop then).
+    public func decide(_ cmd: ControlCommand, peer: Peer?) -> Decision {
+        if let d = decideWithoutGroupLookup(cmd, peer: peer) { return d }
+        guard let peer, let adminGroup else { return refusal(cmd, peer) }
+        return isMember(uid: peer.uid, gid: peer.gid, of: adminGroup) ? .allowed : refusal(cmd, peer)
+    }
+
+    private func refusal(_ cmd: ControlCommand, _ peer: Peer?) -> Decision {
+        let who = peer.map { p in Self.userName(p.uid).map { "user \($0) (uid \(p.uid))" } ?? "uid \(p.uid)" } ?? "an unknown caller"
         let need = adminGroup.map { "root, the daemon's user (\(Self.userName(daemonUID) ?? "uid \(daemonUID)")), or a member of group \($0)" }
             ?? "root or the daemon's user (\(Self.userName(daemonUID) ?? "uid \(daemonUID)")); set admin_group to allow a group"
-        return .refused("permission denied: '\(cmd)' changes the daemon's work and needs \(need); \(who) may only read (status, entries, metrics, explain, scrub status)")
+        let reads = ControlCommand.allCases.filter { $0.access == .read && $0 != .ping }.map(\.rawValue).joined(separator: ", ")
+        return .refused("permission denied: '\(cmd.rawValue)' changes the daemon's work and needs \(need); \(who) may only read (\(reads))")
     }
 
     func isMember(uid: UInt32, gid: UInt32, of group: String) -> Bool {
@@ -68,4 +87,27 @@ public struct AccessPolicy: Sendable {
         guard let pw = getpwuid(uid) else { return nil }
         return String(cString: pw.pointee.pw_name)
     }
+}
+
+/// The admin group as the group database lists it, resolved off the event
+/// loop (at start-up and at every reload) so the loop can tell an admin from
+/// anyone else when it hands out the connections kept for them
+/// (`ConnectionLimits`) without calling into NSS. Permission itself is
+/// decided by `AccessPolicy.decide`, which reads the database afresh.
+public struct AdminGroupMembers: Sendable, Equatable {
+    public var gid: UInt32
+    public var uids: Set<UInt32>
+
+    /// Reads the group database (may block); nil when there is no such group.
+    public static func resolve(_ group: String) -> AdminGroupMembers? {
+        guard let gr = getgrnam(group) else { return nil }
+        var members = AdminGroupMembers(gid: gr.pointee.gr_gid, uids: [])
+        var names: [String] = []
+        var p = gr.pointee.gr_mem
+        while let name = p?.pointee { names.append(String(cString: name)); p = p?.advanced(by: 1) }
+        for name in names { if let pw = getpwnam(name) { members.uids.insert(pw.pointee.pw_uid) } }
+        return members
+    }
+
+    public func contains(_ peer: AccessPolicy.Peer) -> Bool { peer.gid == gid || uids.contains(peer.uid) }
 }

@@ -40,6 +40,8 @@ public final class Daemon: Sendable {
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
     private let hangMaintenance = StopFlag()
     private let faults = TestFaults()
+    /// The admin group's members, for the connections kept for privileged peers; refreshed off the loop.
+    private let adminMembers = MutexBox<AdminGroupMembers?>(nil)
     private var testFaults: Bool { faults.enabled }
 
     public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger,
@@ -85,15 +87,21 @@ public final class Daemon: Sendable {
         }
         recordOnFirstSight()
 
+        await refreshAdminMembers()
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server: ControlServer
+        let privileged: @Sendable (AccessPolicy.Peer) -> Bool = { [self] peer in
+            AccessPolicy(adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
+        }
         do {
             if let fd = SocketActivation.listeningUnixSocket() {
-                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, logger: logger) { [self] request, peer in handle(request, peer: peer) }
+                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged) { [self] request, peer in
+                    handle(request, peer: peer)
+                }
                 logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
             } else {
                 server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                       on: loop, logger: logger) { [self] request, peer in handle(request, peer: peer) }
+                                                       on: loop, privileged: privileged) { [self] request, peer in handle(request, peer: peer) }
             }
         } catch {
             try? await loop.shutdownGracefully()
@@ -131,7 +139,12 @@ public final class Daemon: Sendable {
         notifier.ready(status: statusLine())
 
         for await signal in signals {
-            if signal == .sighup { reload(); continue }
+            if signal == .sighup {
+                // Parses a file: off the cooperative pool.
+                _ = await Self.offLoop { [self] in reload() }
+                await refreshAdminMembers()
+                continue
+            }
             logger.notice("stopping", metadata: ["event": "stopping", "signal": "\(signal)"])
             break
         }
@@ -474,50 +487,66 @@ public final class Daemon: Sendable {
     /// maintenance loop (scrub now, history, reload, evict now) run later, off it. Public
     /// for the control fuzz target (Fuzz/), which feeds it arbitrary requests.
     public func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
-        let policy = AccessPolicy(adminGroup: state.config.adminGroup)
-        if case .refused(let why) = policy.decide(request.cmd, peer: peer) {
-            logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(request.cmd)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])
-            return .now(.failure(why))
+        guard let cmd = ControlCommand(rawValue: request.cmd) else {
+            return .now(.failure("unknown command '\(request.cmd)'; known: \(ControlCommand.publicNames)"))
         }
-        switch request.cmd {
-        case "scrub-now", "evict-now", "history", "reload":
-            return .later { [self] in await handleSlow(request) }
-        default:
-            return .now(handleFromMemory(request))
+        let policy = AccessPolicy(adminGroup: state.config.adminGroup, testCommands: testFaults)
+        guard let decision = policy.decideWithoutGroupLookup(cmd, peer: peer) else {
+            // The admin group's membership is in the group database, which may block (NSS): off the loop.
+            return .later { [self] in
+                let decision = await Self.offLoop { policy.decide(cmd, peer: peer) }
+                if case .refused(let why) = decision { return refused(cmd, peer, why) }
+                return cmd.blocks ? await handleSlow(cmd, request) : handleFromMemory(cmd, request)
+            }
         }
+        if case .refused(let why) = decision { return .now(refused(cmd, peer, why)) }
+        if cmd.blocks { return .later { [self] in await handleSlow(cmd, request) } }
+        return .now(handleFromMemory(cmd, request))
     }
 
-    func handleFromMemory(_ request: ControlRequest) -> ControlResponse {
-        switch request.cmd {
-        case "ping": return ControlResponse(ok: true)
-        case "status": return ControlResponse(ok: true, status: status())
-        case "entries":
+    private func refused(_ cmd: ControlCommand, _ peer: AccessPolicy.Peer?, _ why: String) -> ControlResponse {
+        logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(cmd.rawValue)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])
+        return .failure(why)
+    }
+
+    /// The commands answered from memory, on the socket's event loop.
+    func handleFromMemory(_ cmd: ControlCommand, _ request: ControlRequest) -> ControlResponse {
+        switch cmd {
+        case .ping: return ControlResponse(ok: true)
+        case .status: return ControlResponse(ok: true, status: status())
+        case .entries:
             var r = ControlResponse(ok: true, entries: entries())
             r.engineAbi = state.with { $0.engineABI }
             return r
-        case "explain":
+        case .explain:
             guard let name = request.name, !name.isEmpty else { return .failure("explain needs a file: {\"cmd\":\"explain\",\"name\":\"<sha>\"}") }
             return explain(name).map { ControlResponse(ok: true, explanation: $0) } ?? .failure("no checkpoint \(name) in the index")
-        case "metrics": return ControlResponse(ok: true, metrics: metrics.render(state: state))
-        case "scrub-status": return ControlResponse(ok: true, scrub: status().scrub)
-        case "scrub-start":
+        case .metrics: return ControlResponse(ok: true, metrics: metrics.render(state: state))
+        case .scrubStatus: return ControlResponse(ok: true, scrub: status().scrub)
+        case .scrubStart:
             do { return scrubReply(try scrubber.startNow()) } catch { return .failure(error.description) }
-        case "scrub-pause": return scrubReply(scrubber.pause())
-        case "scrub-resume": return scrubReply(scrubber.resume())
-        case "scrub-cancel":
+        case .scrubPause: return scrubReply(scrubber.pause())
+        case .scrubResume: return scrubReply(scrubber.resume())
+        case .scrubCancel:
             do { return scrubReply(try scrubber.cancel()) } catch { return .failure(error.description) }
-        case "brake-release":
+        case .brakeRelease:
             var r = ControlResponse(ok: true, message: scrubber.releaseBrake())
             r.outcome = CommandOutcome(brake: status().brake)
             return r
-        case "test-hang-maintenance" where testFaults:
+        case .testHangMaintenance:
             hangMaintenance.set()
             watcher.wake()
             return ControlResponse(ok: true)
-        default:
-            return .failure("unknown command '\(request.cmd)'; known: ping, status, entries, explain, metrics, scrub-status, "
-                            + "scrub-start, scrub-pause, scrub-resume, scrub-cancel, scrub-now, brake-release, reload, evict-now, history")
+        case .scrubNow, .evictNow, .history, .reload:
+            return .failure("'\(cmd.rawValue)' is not answered from memory")
         }
+    }
+
+    /// Reads the admin group's members again (the group database may block: off every loop).
+    func refreshAdminMembers() async {
+        let group = state.config.adminGroup
+        let members = await Self.offLoop { group.flatMap(AdminGroupMembers.resolve) }
+        adminMembers.withLock { $0 = members }
     }
 
     /// A scrub control command's sentence, with the scrub it left behind.
@@ -535,11 +564,13 @@ public final class Daemon: Sendable {
         }
     }
 
-    func handleSlow(_ request: ControlRequest) async -> ControlResponse {
-        switch request.cmd {
-        case "reload":
+    /// The commands that block (files, SQLite, the config file, the maintenance loop), off the event loop.
+    func handleSlow(_ cmd: ControlCommand, _ request: ControlRequest) async -> ControlResponse {
+        switch cmd {
+        case .reload:
             // Reads and parses the config file.
             let result = await Self.offLoop { [self] in reload() }
+            await refreshAdminMembers()
             switch result {
             case .failure(let error):
                 return .failure("the configuration did not load; the previous settings stay: \(error.description)")
@@ -549,7 +580,7 @@ public final class Daemon: Sendable {
                 r.outcome = CommandOutcome(reload: .init(keptUntilRestart: kept))
                 return r
             }
-        case "history":
+        case .history:
             if let cause = request.cause, !HistoryEvent.causes.contains(cause) {
                 return .failure("unknown cause '\(cause)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
             }
@@ -566,13 +597,13 @@ public final class Daemon: Sendable {
             case .failure(let error):
                 return .failure("the history cannot be read: \(error)")
             }
-        case "scrub-now":
+        case .scrubNow:
             guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
             guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }
             // Reads whole files.
             let verdicts = await Self.offLoop { [scrubber] in scrubber.verifyNow(files) }
             return ControlResponse(ok: true, verdicts: verdicts)
-        case "evict-now":
+        case .evictNow:
             // Counted before asking: the maintenance thread may evict before this line would run again.
             let before = state.with { ($0.counters.evictedFiles, $0.counters.evictedBytes) }
             let ticket = evictAsked.withLock { $0 += 1; return $0 }
@@ -591,8 +622,9 @@ public final class Daemon: Sendable {
                                     (e.budgetBytes > 0 ? " (budget \(ByteText.short(e.budgetBytes)))" : " (no budget)"))
             r.outcome = CommandOutcome(eviction: e)
             return r
-        default:
-            return .failure("unknown command '\(request.cmd)'")
+        case .ping, .status, .entries, .explain, .metrics, .scrubStatus, .scrubStart, .scrubPause, .scrubResume, .scrubCancel,
+             .brakeRelease, .testHangMaintenance:
+            return handleFromMemory(cmd, request)
         }
     }
 

@@ -356,7 +356,7 @@ import Glibc
         let d = try DaemonProcess(root: root)
         // Hold the cap's worth of idle connections open, then one more.
         var held: [RawClient] = []
-        for _ in 0..<ControlServer.maxConnections { held.append(try RawClient(path: d.socket)) }
+        for _ in 0..<ConnectionLimits().total { held.append(try RawClient(path: d.socket)) }
         held[0].send("{\"cmd\":\"ping\"}\n")
         #expect(held[0].readLine() == "{\"ok\":true}")
         let surplus = try RawClient(path: d.socket)

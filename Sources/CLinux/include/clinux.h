@@ -20,6 +20,16 @@ long kvs_page_size(void);
 /* A non-blocking, close-on-exec eventfd (sys/eventfd.h is not in Swift's Glibc module). */
 int kvs_eventfd(void);
 
+/* struct ucred as getsockopt(SO_PEERCRED) fills it. <sys/socket.h> shows
+ * struct ucred only under _GNU_SOURCE, which Swift's Glibc module does not
+ * set; clinux.c (which does) proves at compile time that this struct has the
+ * kernel's size and field offsets, so it can be handed to getsockopt. */
+typedef struct {
+    int32_t pid;
+    uint32_t uid;
+    uint32_t gid;
+} kvs_peer_credentials;
+
 /* Names the calling thread (at most 15 bytes are kept), as ps -L and /proc show it. */
 int kvs_set_thread_name(const char *name);
 #endif

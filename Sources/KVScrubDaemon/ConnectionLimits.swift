@@ -1,0 +1,69 @@
+import NIOConcurrencyHelpers
+
+/// Who may hold the control socket's connections, so that nobody can keep the
+/// others out.
+///
+/// There are `total` connections at most. The last `reserved` of them are kept
+/// for privileged peers (root, the daemon's user, the admin group), so an
+/// operator can always get in to see what is wrong; and no single unprivileged
+/// uid may hold more than `perUID`, so one user (or one runaway script) opening
+/// connections and keeping them busy leaves room for everyone else. Decided on
+/// connect, from the kernel's credentials for the peer (`SO_PEERCRED`).
+public final class ConnectionLimits: Sendable {
+    public let total: Int
+    public let reserved: Int
+    public let perUID: Int
+
+    private struct Counts {
+        var all = 0
+        var unprivileged = 0
+        var byUID: [UInt32: Int] = [:]
+    }
+    private let counts = NIOLockedValueBox(Counts())
+
+    public init(total: Int = 256, reserved: Int = 16, perUID: Int = 32) {
+        self.total = total
+        self.reserved = reserved
+        self.perUID = perUID
+    }
+
+    public enum Admission: Sendable, Equatable {
+        case admitted
+        case refused(String)
+    }
+
+    /// Counts a new connection when there is room for this peer; nothing is counted when it is refused.
+    public func admit(uid: UInt32?, privileged: Bool) -> Admission {
+        counts.withLockedValue { c in
+            guard c.all < total else { return .refused("too many connections (\(total)); try again") }
+            if !privileged {
+                guard c.unprivileged < total - reserved else {
+                    return .refused("too many connections (\(total - reserved) open to unprivileged users; \(reserved) kept for root and the admin group); try again")
+                }
+                let key = uid ?? UInt32.max
+                guard c.byUID[key, default: 0] < perUID else {
+                    return .refused("too many connections from uid \(uid.map(String.init) ?? "unknown") (at most \(perUID) per user); close some and try again")
+                }
+                c.byUID[key, default: 0] += 1
+                c.unprivileged += 1
+            }
+            c.all += 1
+            return .admitted
+        }
+    }
+
+    /// Gives back what `admit` counted for this peer.
+    public func leave(uid: UInt32?, privileged: Bool) {
+        counts.withLockedValue { c in
+            c.all -= 1
+            guard !privileged else { return }
+            c.unprivileged -= 1
+            let key = uid ?? UInt32.max
+            let n = c.byUID[key, default: 1] - 1
+            c.byUID[key] = n > 0 ? n : nil
+        }
+    }
+
+    /// Open connections: all, and unprivileged.
+    public var open: (all: Int, unprivileged: Int) { counts.withLockedValue { ($0.all, $0.unprivileged) } }
+}

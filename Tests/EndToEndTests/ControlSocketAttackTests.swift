@@ -1,0 +1,118 @@
+import Foundation
+import Testing
+import KVScrubDaemon
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The control socket under the attacks that used to work (issue 13): one
+/// user holding every connection, and a client that pipelines requests and
+/// never reads its replies. Real processes, a real second and third user.
+@Suite(.serialized) struct ControlSocketAttackTests {
+    /// A system user for the test, removed afterwards.
+    final class TestUser {
+        let name: String
+        init(_ name: String) throws {
+            self.name = name
+            _ = try Tool.runCapturing("/usr/sbin/useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        }
+        deinit { _ = try? Tool.runCapturing("/usr/sbin/userdel", [name]) }
+    }
+
+    static func rssKiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
+    @Test func oneUserHoldingConnections_cannotKeepOthersOut() throws {
+        let flood = try TestUser("kvs-e2e-flood"), other = try TestUser("kvs-e2e-other")
+        let root = TempDir()
+        chmod(root.path, 0o755)
+        let d = try DaemonProcess(root: root, extra: ["--socket-mode", "0666"])
+        // As the flooding user: open 256 connections (the whole cap), ping on each, report, and hold them until stdin closes.
+        let script = """
+            import socket, sys
+            held, admitted, refused = [], 0, 0
+            for i in range(256):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sys.argv[1])
+                s.sendall(b'{"cmd":"ping"}\\n')
+                reply = s.makefile().readline()
+                if '"ok":true' in reply: admitted += 1
+                elif 'too many connections from uid' in reply: refused += 1
+                held.append(s)
+            print(f"admitted={admitted} refused={refused}", flush=True)
+            sys.stdin.read()
+            """
+        let helper = Process()
+        helper.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        helper.arguments = ["--reuid", flood.name, "--regid", flood.name, "--init-groups", "/usr/bin/python3", "-c", script, d.socket]
+        let out = Pipe(), input = Pipe()
+        helper.standardOutput = out
+        helper.standardInput = input
+        try helper.run()
+        defer { try? input.fileHandleForWriting.close(); helper.waitUntilExit() }
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line += chunk
+        }
+        let report = String(decoding: line, as: UTF8.self)
+        let limits = ConnectionLimits()
+        #expect(report.hasPrefix("admitted=\(limits.perUID) refused=\(256 - limits.perUID)"), "\(report)")
+        // While the flood holds its connections: another user, and root, get in at once.
+        let asOther = try Tool.runCapturing("/usr/bin/setpriv", ["--reuid", other.name, "--regid", other.name, "--init-groups",
+                                                                 Tool.binDir + "/kvscrubd", "status", "--socket", d.socket])
+        #expect(asOther.status == 0 && asOther.stdout.contains("state:"), "\(asOther.stderr)")
+        #expect(try d.request("status").ok)
+        d.stop()
+    }
+
+    @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonOneReply() throws {
+        // 400 checkpoints: each `entries` reply is about 200 KB.
+        let (root, _, _) = try OperateTests.cacheWith(400, payload: 64 << 10)
+        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"])
+        try waitUntil("the files indexed", timeout: 30) { try d.status().files == 400 }
+        let pid = d.process.processIdentifier
+        _ = try d.request("entries")
+        let before = Self.rssKiB(pid)
+        // Pipelined requests, never a read: send until the socket will take no more.
+        let c = try RawClient(path: d.socket)
+        _ = fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK)
+        let request = Array(String(repeating: "{\"cmd\":\"entries\"}\n", count: 64).utf8)
+        var sent = 0
+        var stuck = 0
+        // A full socket for two seconds running: the daemon has stopped reading.
+        while stuck < 200 {
+            let n = request.withUnsafeBytes { write(c.fd, $0.baseAddress, $0.count) }
+            if n > 0 { sent += n; stuck = 0 } else { stuck += 1; usleep(10_000) }
+        }
+        let requests = sent / 18
+        // Meanwhile everyone else is answered.
+        let start = ContinuousClock.now
+        #expect(try d.request("status").ok)
+        #expect(ContinuousClock.now - start < .seconds(1))
+        let after = Self.rssKiB(pid)
+        // Unbounded, this is every reply asked for: requests x ~200 KB (hundreds of MiB).
+        #expect(requests > 1000, "only \(requests) requests went out")
+        #expect(after - before < 32 * 1024, "RSS grew \((after - before) / 1024) MiB for \(requests) unread requests")
+        print("pipelined \(requests) entries requests never read: RSS \(before / 1024) -> \(after / 1024) MiB")
+        d.stop()
+    }
+
+    @Test func aSlowReader_getsEveryReply_inOrder() throws {
+        // Flow control must not cost a slow client anything: replies wait in the socket, in request order.
+        let (root, _, _) = try OperateTests.cacheWith(400, payload: 64 << 10)
+        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"])
+        try waitUntil("the files indexed", timeout: 30) { try d.status().files == 400 }
+        let c = try RawClient(path: d.socket)
+        c.send("{\"cmd\":\"entries\"}\n{\"cmd\":\"entries\"}\n{\"cmd\":\"ping\"}\n")
+        sleep(2) // the client is slow on purpose; nothing here waits for the daemon
+        let first = c.readLine(), second = c.readLine(), third = c.readLine()
+        #expect(first.hasPrefix("{\"engine_abi\"") || first.contains("\"entries\""), "\(first.prefix(80))")
+        #expect(second.contains("\"entries\"") && third == "{\"ok\":true}", "\(third)")
+        d.stop()
+    }
+}
