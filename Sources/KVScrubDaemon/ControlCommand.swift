@@ -43,8 +43,9 @@ public enum ControlCommand: String, CaseIterable, Sendable {
     /// maintenance loop) and so runs off the socket's event loop; the rest are answered from memory on it.
     public var blocks: Bool {
         switch self {
-        case .scrubNow, .evictNow, .history, .reload: true
-        case .ping, .status, .entries, .explain, .metrics, .scrubStatus, .scrubStart, .scrubPause, .scrubResume,
+        // metrics: counts every file (O(n) at a scrape), so not on the loop that answers everyone's status.
+        case .scrubNow, .evictNow, .history, .reload, .metrics: true
+        case .ping, .status, .entries, .explain, .scrubStatus, .scrubStart, .scrubPause, .scrubResume,
              .scrubCancel, .brakeRelease, .testHangMaintenance: false
         }
     }

@@ -521,7 +521,6 @@ public final class Daemon: Sendable {
         case .explain:
             guard let name = request.name, !name.isEmpty else { return .failure("explain needs a file: {\"cmd\":\"explain\",\"name\":\"<sha>\"}") }
             return explain(name).map { ControlResponse(ok: true, explanation: $0) } ?? .failure("no checkpoint \(name) in the index")
-        case .metrics: return ControlResponse(ok: true, metrics: metrics.render(state: state))
         case .scrubStatus: return ControlResponse(ok: true, scrub: status().scrub)
         case .scrubStart:
             do { return scrubReply(try scrubber.startNow()) } catch { return .failure(error.description) }
@@ -537,7 +536,7 @@ public final class Daemon: Sendable {
             hangMaintenance.set()
             watcher.wake()
             return ControlResponse(ok: true)
-        case .scrubNow, .evictNow, .history, .reload:
+        case .scrubNow, .evictNow, .history, .reload, .metrics:
             return .failure("'\(cmd.rawValue)' is not answered from memory")
         }
     }
@@ -567,6 +566,8 @@ public final class Daemon: Sendable {
     /// The commands that block (files, SQLite, the config file, the maintenance loop), off the event loop.
     func handleSlow(_ cmd: ControlCommand, _ request: ControlRequest) async -> ControlResponse {
         switch cmd {
+        case .metrics:
+            return await Self.offLoop { [self] in ControlResponse(ok: true, metrics: metrics.render(state: state)) }
         case .reload:
             // Reads and parses the config file.
             let result = await Self.offLoop { [self] in reload() }
@@ -622,7 +623,7 @@ public final class Daemon: Sendable {
                                     (e.budgetBytes > 0 ? " (budget \(ByteText.short(e.budgetBytes)))" : " (no budget)"))
             r.outcome = CommandOutcome(eviction: e)
             return r
-        case .ping, .status, .entries, .explain, .metrics, .scrubStatus, .scrubStart, .scrubPause, .scrubResume, .scrubCancel,
+        case .ping, .status, .entries, .explain, .scrubStatus, .scrubStart, .scrubPause, .scrubResume, .scrubCancel,
              .brakeRelease, .testHangMaintenance:
             return handleFromMemory(cmd, request)
         }
@@ -667,7 +668,7 @@ public final class Daemon: Sendable {
             return StatusReport(
                 state: s.phase, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
-                filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.index.values.filter { $0.unusable != nil }.count,
+                filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.tally().incompatible,
                 // Between passes nothing is done of the next one (the last pass has its own summary).
                 scrub: .init(active: s.scrub.passStartedAt != nil, filesDone: s.scrub.passStartedAt != nil ? s.scrub.filesDone : 0,
                              filesTotal: s.scrub.passStartedAt != nil ? s.passFilesTotal : filesTotal,

@@ -58,34 +58,41 @@ public final class Evictor: Sendable {
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
         defer { summarizeIfDue(now: Date().timeIntervalSince1970) }
-        let (config, entries, total) = state.with { ($0.config, Array($0.index.values), $0.totalBytes) }
+        // What an arrival costs must not grow with the index: the whole index is copied only when
+        // something has to be evicted (over budget), and the arrival's text is read only when there
+        // are continued waypoints it may supersede, or an eviction plan to weigh it in.
+        let (config, total, newcomer, waypoints) = state.with { s in
+            (s.config, s.totalBytes, arrived.flatMap { s.index[$0] }, s.continuedNames.compactMap { n in n == arrived ? nil : s.index[n] })
+        }
+        let overBudget = config.budgetMB > 0 && total > config.budgetBytes
         var incoming: IncomingCheckpoint? = nil
-        var candidates = entries
-        if let arrived, let newcomer = entries.first(where: { $0.fileName == arrived }) {
-            candidates.removeAll { $0.fileName == arrived }
-            if let h = newcomer.header, let text = directory.text(named: arrived) {
-                let inc = IncomingCheckpoint(text: text, modelID: h.modelID, quantBits: h.quantBits, ctxSize: h.ctxSize,
-                                             rejectDifferentQuant: false)
-                incoming = inc
-                // Remembered for `entries` and `explain`: which waypoints this arrival dominates.
-                let dominated = candidates.filter { inc.supersedes($0) }.map(\.fileName)
+        func readIncoming() {
+            guard incoming == nil, let arrived, let newcomer, let h = newcomer.header, let text = directory.text(named: arrived) else { return }
+            incoming = IncomingCheckpoint(text: text, modelID: h.modelID, quantBits: h.quantBits, ctxSize: h.ctxSize, rejectDifferentQuant: false)
+        }
+        if !waypoints.isEmpty {
+            readIncoming()
+            // Remembered for `entries` and `explain`: which waypoints this arrival dominates.
+            if let arrived, let inc = incoming {
+                let dominated = waypoints.filter { inc.supersedes($0) }.map(\.fileName)
                 if !dominated.isEmpty { state.with { s in for d in dominated { s.supersededBy[d] = arrived } } }
             }
         }
+        var entries = overBudget ? state.with { Array($0.index.values) } : []
         // Bytes to free for the budget. A checkpoint larger than the whole budget evicts
         // nothing else: the engine's `extra_bytes > budget_bytes` guard (no amount of
         // eviction could make room for it). Only an engine with a larger budget of its
         // own writes one; it is left out of the budget's sum, and the budget is kept
         // for the rest.
         var needBudget: UInt64 = 0
-        let oversized = config.budgetMB > 0 ? entries.filter { $0.fileSize > config.budgetBytes } : []
+        let oversized = overBudget ? entries.filter { $0.fileSize > config.budgetBytes } : []
         if let a = arrived, let big = oversized.first(where: { $0.fileName == a }) {
             logger.warning("a checkpoint larger than the whole budget arrived; evicting nothing for it",
                            metadata: ["event": "oversized-arrival", "file": "\(a)", "bytes": "\(big.fileSize)",
                                       "budget": "\(config.budgetBytes)"])
         }
         let budgeted = total - oversized.reduce(0) { $0 + $1.fileSize }
-        if config.budgetMB > 0 && budgeted > config.budgetBytes {
+        if overBudget && budgeted > config.budgetBytes {
             needBudget = budgeted - config.budgetBytes
         }
         // Bytes to free for the free-space floor.
@@ -104,6 +111,9 @@ public final class Evictor: Sendable {
             state.with { $0.freeBytes = free; $0.fsBytes = size }
         }
         guard needBudget > 0 || needSpace > 0 else { return }
+        if entries.isEmpty { entries = state.with { Array($0.index.values) } }
+        readIncoming()
+        let candidates = entries.filter { $0.fileName != arrived }
         if needBudget > 0 {
             logger.info("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
                                                     "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"])

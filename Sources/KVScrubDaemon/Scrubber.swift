@@ -32,7 +32,7 @@ public final class Scrubber: Sendable {
     let stopping: StopFlag
     let throttle: ScrubThrottle
     private let wakeup = DispatchSemaphore(value: 0)
-    private let newFiles = MutexBox<[String: Double]>([:])
+    private let newFiles = MutexBox(DueQueue())
     /// The first corrupt verdict of each file waiting for the removal rule's second look.
     let firstVerdicts = MutexBox<[String: VerifyReport]>([:])
     let directory = MutexBox<CacheDirectory?>(nil)
@@ -56,7 +56,7 @@ public final class Scrubber: Sendable {
     /// A checkpoint arrived or changed content: verify it soon.
     public func fileArrived(_ name: String) {
         let due = Date().timeIntervalSince1970 + state.config.scrubNewFileDelaySeconds
-        newFiles.withLock { $0[name] = due }
+        newFiles.withLock { $0.schedule(name, at: due) }
         wake()
     }
 
@@ -88,7 +88,7 @@ public final class Scrubber: Sendable {
                 ($0.scrub.passStartedAt != nil, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
             }
             if passActive {
-                if let next = state.with({ s in s.index.keys.filter(s.isLeftInPass).min() }) {
+                if let next = state.with({ s in s.nextInPass() }) {
                     scrub(next, in: dir, partOfPass: true)
                 } else {
                     finishPass(now: now)
@@ -101,7 +101,7 @@ public final class Scrubber: Sendable {
                 startPass(now: now)
                 continue
             }
-            let nextNew = newFiles.withLock { $0.values.min() }
+            let nextNew = newFiles.withLock { $0.earliest() }
             let nextRemoval = state.with { $0.pendingRemoval.values.min() }
             let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
             state.with { $0.scrubRate = 0 } // idle: nothing is being read
@@ -119,11 +119,7 @@ public final class Scrubber: Sendable {
     }
 
     private func nextDueNewFile(now: Double) -> String? {
-        newFiles.withLock { q in
-            guard let (name, _) = q.filter({ $0.value <= now }).min(by: { $0.value < $1.value }) else { return nil }
-            q.removeValue(forKey: name)
-            return name
-        }
+        newFiles.withLock { $0.takeDue(now: now) }
     }
 
     func startPass(now: Double) {
@@ -186,7 +182,7 @@ public final class Scrubber: Sendable {
         }
         if partOfPass {
             state.with { s in
-                s.scrub.cursor = name
+                s.advancePass(to: name)
                 s.scrub.filesDone += 1
                 s.scrub.bytesDone += bytes
             }

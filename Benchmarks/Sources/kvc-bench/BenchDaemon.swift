@@ -48,6 +48,13 @@ final class BenchDaemon {
         return ((p["bytes"] as? NSNumber)?.doubleValue ?? 0, (p["started_at"] as? NSNumber)?.doubleValue ?? 0, (p["ended_at"] as? NSNumber)?.doubleValue ?? 0)
     }
 
+    /// Resident memory, MiB (/proc/PID/status VmRSS).
+    func rssMiB() -> Double {
+        let s = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = s.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return (Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+    }
+
     /// User plus system CPU seconds the daemon has used (/proc/PID/stat).
     func cpuSeconds() -> Double {
         guard let s = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),

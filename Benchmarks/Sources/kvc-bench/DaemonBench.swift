@@ -11,7 +11,7 @@ import Glibc
 struct DaemonBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon",
-        abstract: "Daemon benchmarks: event-to-index latency, start-up index of 10,000 files, idle CPU, scrub page-cache footprint and rate, control-socket latency under 100 clients.")
+        abstract: "Daemon benchmarks: event-to-index latency, start-up index of 10,000 files, idle CPU, scrub page-cache footprint and rate, control-socket latency under 100 clients, the index at 100,000 files.")
 
     @Option(help: "The kvscrubd binary (a release build).")
     var kvscrubd: String = "../.build/release/kvscrubd"
@@ -46,7 +46,10 @@ struct DaemonBench: ParsableCommand {
     @Option(name: .customLong("removal-files"), help: "Damaged arrivals for the damage-to-removal figure.")
     var removalFiles: Int = 40
 
-    @Option(help: "Run one part only: latency, startup, scrub, control or removal.")
+    @Option(name: .customLong("scale-files"), help: "Files for the scale figures (start-up, mass deletion and arrival, status at scale).")
+    var scaleFiles: Int = 100_000
+
+    @Option(help: "Run one part only: latency, startup, scrub, control, removal or scale.")
     var only: String?
 
     func run() throws {
@@ -61,6 +64,89 @@ struct DaemonBench: ParsableCommand {
         if only == nil || only == "scrub" { try pageCacheAndRate(work + "/scrub") }
         if only == nil || only == "control" { try control(work + "/control") }
         if only == nil || only == "removal" { try removal(work + "/removal") }
+        if only == nil || only == "scale" { try scale(work + "/scale") }
+    }
+
+    // MARK: - scale
+
+    /// The index at 100,000 files (issue 13): start-up to every file indexed and the
+    /// daemon's RSS then; half the files deleted, and as many new ones renamed in,
+    /// each timed until `status` shows the new count; `status` latency at this size
+    /// against the same daemon at 1,000 files. References from the same run: the
+    /// header-read loop over the same files, and the unlink and rename loops themselves.
+    func scale(_ base: String) throws {
+        let cache = base + "/cache", side = base + "/side"
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
+        let n = scaleFiles, half = scaleFiles / 2
+        print("INFO  scale: writing \(n + half) checkpoints...")
+        var names: [String] = []
+        for i in 0..<n { names.append(String(try storeSmall(in: cache, seed: UInt64(5_000_000 + i)).split(separator: "/").last!)) }
+        var newcomers: [String] = []
+        for i in 0..<half { newcomers.append(String(try storeSmall(in: side, seed: UInt64(9_000_000 + i)).split(separator: "/").last!)) }
+        // Reference: open, read the header, stat and close every file, in this process.
+        let t0 = ContinuousClock.now
+        var b = [UInt8](repeating: 0, count: 68)
+        var st = stat()
+        for name in names {
+            let fd = open(cache + "/" + name, O_RDONLY)
+            _ = pread(fd, &b, 68, 0)
+            fstat(fd, &st)
+            close(fd)
+        }
+        let ref = seconds(ContinuousClock.now - t0)
+        let s0 = ContinuousClock.now
+        let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, cache: cache, extra: ["--budget-mb", "0"])
+        defer { d.stop() }
+        while try d.files() < n { usleep(2000) }
+        let startup = seconds(ContinuousClock.now - s0)
+        let rss = d.rssMiB()
+        print(String(format: "%@  start-up index of %d files: %.2f s from exec to every file indexed (target <= 3 s); reference header-read loop %.2f s (ratio %.2f)",
+                     startup <= 3 ? "PASS" : "MISS", n, startup, ref, startup / ref))
+        print(String(format: "%@  RSS with %d files indexed: %.0f MiB (target <= 150 MiB)", rss <= 150 ? "PASS" : "MISS", n, rss))
+        let big = try statusLatency(d)
+
+        // Half deleted.
+        let u0 = ContinuousClock.now
+        for name in names.prefix(half) { unlink(cache + "/" + name) }
+        let unlinkTook = seconds(ContinuousClock.now - u0)
+        while try d.files() > n - half { usleep(2000) }
+        let deleted = seconds(ContinuousClock.now - u0)
+        print(String(format: "%@  %d deletions reflected in the index %.2f s after the first (target <= 5 s); the unlink loop itself %.2f s",
+                     deleted <= 5 ? "PASS" : "MISS", half, deleted, unlinkTook))
+        // As many arrivals.
+        let r0 = ContinuousClock.now
+        for name in newcomers { rename(side + "/" + name, cache + "/" + name) }
+        let renameTook = seconds(ContinuousClock.now - r0)
+        while try d.files() < n { usleep(2000) }
+        let arrived = seconds(ContinuousClock.now - r0)
+        print(String(format: "%@  %d arrivals reflected in the index %.2f s after the first (target <= 5 s); the rename loop itself %.2f s",
+                     arrived <= 5 ? "PASS" : "MISS", half, arrived, renameTook))
+        print(String(format: "INFO  RSS after the churn: %.0f MiB", d.rssMiB()))
+        d.stop()
+
+        // The same daemon over 1,000 files: status latency should not grow with the index.
+        let smallBase = base + "/small"
+        let smallCache = smallBase + "/cache"
+        try FileManager.default.createDirectory(atPath: smallCache, withIntermediateDirectories: true)
+        for i in 0..<1000 { _ = try storeSmall(in: smallCache, seed: UInt64(7_000_000 + i)) }
+        let small = try BenchDaemon(kvscrubd: kvscrubd, base: smallBase, cache: smallCache, extra: ["--budget-mb", "0"])
+        defer { small.stop() }
+        while try small.files() < 1000 { usleep(2000) }
+        let little = try statusLatency(small)
+        print(String(format: "%@  status p50 %.3f ms at %d files against %.3f ms at 1,000 (ratio %.2f; target <= 1.5)",
+                     big / little <= 1.5 ? "PASS" : "MISS", big * 1e3, n, little * 1e3, big / little))
+    }
+
+    /// Median seconds of 200 `status` round trips.
+    func statusLatency(_ d: BenchDaemon) throws -> Double {
+        var xs: [Double] = []
+        for _ in 0..<200 {
+            let t = ContinuousClock.now
+            _ = try d.ask("{\"cmd\":\"status\"}")
+            xs.append(seconds(ContinuousClock.now - t))
+        }
+        return percentile(xs, 0.5)
     }
 
     // MARK: - damage to removal
