@@ -84,17 +84,7 @@ struct DaemonBench: ParsableCommand {
         for i in 0..<n { names.append(String(try storeSmall(in: cache, seed: UInt64(5_000_000 + i)).split(separator: "/").last!)) }
         var newcomers: [String] = []
         for i in 0..<half { newcomers.append(String(try storeSmall(in: side, seed: UInt64(9_000_000 + i)).split(separator: "/").last!)) }
-        // Reference: open, read the header, stat and close every file, in this process.
-        let t0 = ContinuousClock.now
-        var b = [UInt8](repeating: 0, count: 68)
-        var st = stat()
-        for name in names {
-            let fd = open(cache + "/" + name, O_RDONLY)
-            _ = pread(fd, &b, 68, 0)
-            fstat(fd, &st)
-            close(fd)
-        }
-        let ref = seconds(ContinuousClock.now - t0)
+        let ref = headerReadLoop(cache, names)
         let s0 = ContinuousClock.now
         let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, cache: cache, extra: ["--budget-mb", "0"])
         defer { d.stop() }
@@ -302,18 +292,7 @@ struct DaemonBench: ParsableCommand {
         let cache = base + "/cache"
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for i in 0..<indexFiles { _ = try storeSmall(in: cache, seed: UInt64(1_000_000 + i)) }
-        // Reference: open, read 68 bytes, stat and close every file, in this process.
-        let names = try FileManager.default.contentsOfDirectory(atPath: cache)
-        let t0 = ContinuousClock.now
-        var b = [UInt8](repeating: 0, count: 68)
-        var st = stat()
-        for n in names {
-            let fd = open(cache + "/" + n, O_RDONLY)
-            _ = pread(fd, &b, 68, 0)
-            fstat(fd, &st)
-            close(fd)
-        }
-        let ref = seconds(ContinuousClock.now - t0)
+        let ref = headerReadLoop(cache, try FileManager.default.contentsOfDirectory(atPath: cache))
         let s0 = ContinuousClock.now
         let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, cache: cache,
                                 extra: ["--scrub-interval-hours", "1000", "--budget-mb", "0"])
@@ -388,6 +367,20 @@ struct DaemonBench: ParsableCommand {
     }
 
     // MARK: - helpers
+
+    /// The reference for indexing: open, read the 68-byte header, stat and close every file, in this process; seconds.
+    func headerReadLoop(_ dir: String, _ names: [String]) -> Double {
+        let t0 = ContinuousClock.now
+        var b = [UInt8](repeating: 0, count: 68)
+        var st = stat()
+        for n in names {
+            let fd = open(dir + "/" + n, O_RDONLY)
+            _ = pread(fd, &b, 68, 0)
+            fstat(fd, &st)
+            close(fd)
+        }
+        return seconds(ContinuousClock.now - t0)
+    }
 
     func storeSmall(in dir: String, seed: UInt64) throws -> String {
         try CheckpointWriter(version: 2).store(
