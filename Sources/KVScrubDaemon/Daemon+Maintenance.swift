@@ -1,0 +1,215 @@
+import CLinux
+import Foundation
+import KVCFormat
+import Logging
+import NIOPosix
+import KVScrubSystemd
+import UnixSignals
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The maintenance thread: inotify events into the index, eviction on arrivals
+/// and on the timer, the directory going and coming back, and reloads.
+extension Daemon {
+    /// Reads one name's index entry as the engine in force sees it, or an
+    /// unusable entry with its `stat` size when it cannot be read.
+    func indexEntry(_ name: String, in dir: CacheDirectory) throws -> CacheEntry? {
+        do {
+            return try dir.entry(named: name, engineABI: state.with { $0.engineABI.abi })
+        } catch let e as KVCError where e.errno != .noSuchFileOrDirectory {
+            guard let st = try? FileStatus.of(name: name, in: dir.fd, dirPath: dir.path), st.isRegular else { throw e }
+            logger.error("cannot read an arriving checkpoint; it counts against the budget and goes first",
+                         metadata: ["event": "index-failed", "file": "\(name)", "error": "\(e)"])
+            state.with { $0.noteError("index \(name): \(e)") }
+            return CacheEntry.unreadable(name: name, status: st, error: e)
+        }
+    }
+
+    /// `engine_payload_abi: auto`: a new checkpoint the engine just stored says which ABI it writes.
+    func learnEngineABI(from e: CacheEntry) {
+        guard state.config.engineABI == .auto, let h = e.header, EngineABI.isTrustworthy(h) else { return }
+        let r = EngineABI.Resolution(abi: h.payloadABI, source: "latest arrival", file: e.fileName)
+        let changed = state.with { s -> Bool in
+            let c = s.engineABI.abi != r.abi
+            s.setEngineABI(r)
+            return c
+        }
+        if changed { logger.notice("engine payload ABI in force changed", metadata: ["event": "engine-abi", "abi": "\(r.description)"]) }
+    }
+
+    /// The loop that must not hang: it feeds the watchdog, so a stuck
+    /// maintenance thread (not just a live process) is what systemd restarts.
+    func maintain() {
+        var nextEvict = ContinuousClock.now
+        let watchdogEvery = notifier.watchdogInterval
+        var nextWatchdog = ContinuousClock.now
+        var nextStatus = ContinuousClock.now
+        while !stopping.isSet {
+            if testFaults && hangMaintenance.isSet {
+                logger.warning("test fault: the maintenance loop hangs now")
+                while !stopping.isSet { Thread.sleep(forTimeInterval: 0.2) }
+                return
+            }
+            let now = ContinuousClock.now
+            if let every = watchdogEvery, now >= nextWatchdog {
+                notifier.watchdog()
+                nextWatchdog = now + every
+            }
+            if notifier.isActive && now >= nextStatus {
+                notifier.status(statusLine())
+                nextStatus = now + .seconds(2)
+            }
+            guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            evictor.summarizeIfDue()
+            // The timer, or `evict-now` (answered once an evaluation that began after the request is done).
+            let asked = evictAsked.withLock { $0 }
+            if now >= nextEvict || asked != evictDone.withLock({ $0 }) {
+                evictor.evaluate(directory: dir)
+                scrubber.persist(force: false)
+                evictDone.withLock { $0 = asked }
+                nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
+                continue
+            }
+            var wait = nextEvict - now
+            if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
+            if notifier.isActive { wait = min(wait, max(.zero, nextStatus - now)) }
+            if let due = evictor.summaryDueIn() { wait = min(wait, .milliseconds(Int64(due * 1000) + 1)) }
+            let events = watcher.next(timeout: wait)
+            if stopping.isSet { break }
+            var arrivals: [String] = []
+            for event in events {
+                state.with { $0.counters.inotifyEvents += 1 }
+                switch event {
+                case .changed(let name):
+                    guard CheckpointName.isCheckpoint(name) else { continue }
+                    let before = state.with { $0.index[name] }
+                    do {
+                        if var entry = try indexEntry(name, in: dir) {
+                            if before?.identity != entry.identity {
+                                learnEngineABI(from: entry)
+                                entry = entry.judged(engineABI: state.with { $0.engineABI.abi })
+                            }
+                            let regret = state.with { s -> DaemonState.RegretRecord? in
+                                s.insert(entry)
+                                return before == nil ? s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) : nil
+                            }
+                            if let regret {
+                                logger.notice("an evicted checkpoint was written again (regret)", metadata: [
+                                    "event": "regret", "file": "\(name)", "bytes": "\(regret.bytes)", "seconds": "\(Int(regret.afterSeconds))"])
+                            }
+                            if before?.identity != entry.identity {
+                                arrivals.append(name)
+                                scrubber.fileArrived(name)
+                            }
+                        } else {
+                            state.with { _ = $0.remove(name) }
+                        }
+                    } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+                        state.with { _ = $0.remove(name) }
+                    } catch {
+                        state.with { $0.noteError("index \(name): \(error)") }
+                    }
+                case .removed(let name):
+                    state.with { _ = $0.remove(name) }
+                case .overflow:
+                    logger.warning("inotify queue overflowed; rescanning", metadata: ["event": "rescan"])
+                    rescan(dir)
+                case .directoryBack:
+                    continue
+                case .directoryGone:
+                    logger.warning("the cache directory was removed or moved; waiting for it", metadata: ["event": "directory-gone"])
+                    directory.withLock { $0 = nil }
+                    scrubber.use(directory: nil)
+                    state.with { $0.replaceIndex([]); $0.phase = "waiting for the cache directory" }
+                }
+            }
+            guard directory.withLock({ $0 }) != nil else { continue }
+            for name in arrivals { evictor.evaluate(directory: dir, arrived: name) }
+            // Records of files that went, evictions and regrets: to the state database (it batches).
+            if !events.isEmpty { scrubber.persist(force: false) }
+        }
+    }
+
+    func rescan(_ dir: CacheDirectory) {
+        do {
+            let known = state.with { $0.index }
+            let scan = try dir.scan(engineABI: state.config.engineABI)
+            state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI); $0.counters.rescans += 1 }
+            // Only what is new or replaced needs a look soon; the rest keeps its place in the pass.
+            for e in scan.entries where known[e.fileName]?.identity != e.identity { scrubber.fileArrived(e.fileName) }
+        } catch {
+            state.with { $0.noteError("rescan: \(error)") }
+        }
+    }
+
+    /// Waits until the cache directory exists again (woken by the parent
+    /// directory's inotify watch), then watches and rescans it.
+    func waitForDirectory() {
+        let path = state.config.cacheDir
+        try? watcher.watchParentOnly(path: path)
+        while !stopping.isSet {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+                do {
+                    try openDirectory(path, create: false)
+                    state.with { $0.phase = "running"; $0.counters.rescans += 1 }
+                    logger.notice("the cache directory is back; watching it again", metadata: ["event": "directory-back"])
+                    return
+                } catch {
+                    logger.error("cannot watch the cache directory yet", metadata: ["event": "directory-watch-failed", "error": "\(error)"])
+                }
+            }
+            // Waiting is not hanging: the watchdog is fed and STATUS= says what it waits for.
+            var wait: Duration = .seconds(2)
+            if let every = notifier.watchdogInterval {
+                notifier.watchdog()
+                wait = min(wait, every)
+            }
+            if notifier.isActive { notifier.status(statusLine()) }
+            // Woken by the parent's inotify event; the timeout covers a parent that cannot be watched.
+            _ = watcher.next(timeout: wait)
+        }
+    }
+
+    /// SIGHUP (or `kvscrubd reload`): re-read the config file under the same flags.
+    /// Returns the settings kept until a restart, or why the file was not taken (the previous settings stay).
+    @discardableResult
+    func reload() -> Result<[String], ConfigError> {
+        notifier.reloading()
+        defer { notifier.ready(status: statusLine()) }
+        let old = state.config
+        do {
+            var new = try DaemonConfig.resolve(file: configFile, flags: flags)
+            let fixed = old.restartOnlyChanges(to: new)
+            if !fixed.isEmpty {
+                logger.warning("these settings change only on restart; keeping their current values",
+                               metadata: ["settings": "\(fixed.joined(separator: ","))"])
+                new.cacheDir = old.cacheDir
+                new.socketPath = old.socketPath
+                new.socketMode = old.socketMode
+                new.socketGroup = old.socketGroup
+                new.metricsListen = old.metricsListen
+                new.stateDir = old.stateDir
+            }
+            let abiChanged = new.engineABI != old.engineABI
+            state.with { $0.config = new }
+            if new.logLevel != old.logLevel, let level = Logger.Level(rawValue: new.logLevel) {
+                logLevels?.set(level)
+            }
+            if abiChanged {
+                // From the headers already in the index: no file is read again.
+                state.with { $0.setEngineABI(new.engineABI.resolve(entries: Array($0.index.values))) }
+            }
+            scrubber.wake()
+            watcher.wake()
+            logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)", "log_level": "\(new.logLevel)",
+                                                               "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"])
+            return .success(fixed)
+        } catch {
+            state.with { $0.noteError("reload: \(error)") }
+            logger.error("configuration reload failed; keeping the previous settings", metadata: ["event": "reload-failed", "error": "\(error)"])
+            return .failure(error)
+        }
+    }
+}
