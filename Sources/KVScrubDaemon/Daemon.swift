@@ -4,20 +4,28 @@ import KVCFormat
 import Logging
 import NIOPosix
 import KVScrubSystemd
+import ServiceLifecycle
 import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Wires the parts together and runs them until SIGTERM or SIGINT:
+/// Wires the parts together and runs them, as services of one
+/// swift-service-lifecycle `ServiceGroup`, until SIGTERM or SIGINT:
 ///
+/// - the control socket (`ControlServer`) and the optional metrics listener,
+///   on one SwiftNIO event loop;
+/// - the state (`StateDatabase`): saved and closed on the way out;
 /// - the maintenance thread: inotify events into the index, eviction on
 ///   arrivals and on the evict timer, surviving the directory's removal;
 /// - the scrub thread (`Scrubber`);
-/// - the control socket (`ControlServer`) on one SwiftNIO event loop;
-/// - this task: signals. SIGHUP reloads the config file (a bad file keeps the
-///   old settings); SIGTERM/SIGINT stop: the scrub read in progress is
-///   abandoned, progress is saved, and `run` returns within about a second.
+/// - the lifecycle: readiness, SIGHUP (reload the config file; a bad file
+///   keeps the old settings), and saying it stops.
+///
+/// The group shuts them down in the reverse order, each once the one after it
+/// has ended: the scrub read in progress is abandoned, the maintenance loop
+/// ends, progress is saved, the sockets close, and `run` returns within about
+/// a second. The blocking loops run on threads of their own (`ThreadService`).
 public final class Daemon: Sendable {
     let state: DaemonState
     let configFile: String?
@@ -25,7 +33,10 @@ public final class Daemon: Sendable {
     let logger: Logger
     /// The handlers' level, which `reload` sets from log_level (nil: levels are fixed, as in the fuzz target).
     let logLevels: LogLevelSwitch?
+    /// Ends the maintenance loop (its service's graceful shutdown sets it).
     let stopping = StopFlag()
+    /// Ends the scrub: a flag of its own, so the scrub's thread ends first and the maintenance loop after it.
+    let scrubStopping = StopFlag()
     let database: StateDatabase
     let scrubber: Scrubber
     let evictor: Evictor
@@ -67,7 +78,7 @@ public final class Daemon: Sendable {
             recovered: { attempts in
                 logger.notice("the state database is written again", metadata: ["event": "state-save-recovered", "failed_attempts": "\(attempts)"])
             })
-        scrubber = Scrubber(state: state, database: database, faults: faults, stopping: stopping, logger: logger)
+        scrubber = Scrubber(state: state, database: database, faults: faults, stopping: scrubStopping, logger: logger)
         evictor = Evictor(state: state, logger: logger, summarySeconds: faults.evictionSummarySeconds ?? 600) { [database] in
             database.enqueue([.history($0)])
         }
@@ -75,8 +86,12 @@ public final class Daemon: Sendable {
     }
 
     public func run() async throws {
-        // Trap signals before anything slow, so an early SIGTERM is a clean stop.
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        // Trapped before anything slow: a stop asked for during start-up is a clean stop once it is
+        // over, and a SIGHUP then does not end the process (the group below takes over from here).
+        let early = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
+        let stopAsked = StopFlag()
+        let earlyWatch = Task { for await signal in early where signal != .sighup { stopAsked.set() } }
+        defer { earlyWatch.cancel() }
         let config = state.config
         StateStore(directory: config.stateDir).removeStaleTemporaries()
         let pendingAtStart = restoreState()
@@ -89,23 +104,19 @@ public final class Daemon: Sendable {
 
         await refreshAdminMembers()
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { loop.shutdownGracefully { _ in } }
         let server: ControlServer
         let privileged: @Sendable (AccessPolicy.Peer) -> Bool = { [self] peer in
             AccessPolicy(adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
         }
-        do {
-            if let fd = SocketActivation.listeningUnixSocket() {
-                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged) { [self] request, peer in
-                    handle(request, peer: peer)
-                }
-                logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
-            } else {
-                server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                       on: loop, privileged: privileged) { [self] request, peer in handle(request, peer: peer) }
+        if let fd = SocketActivation.listeningUnixSocket() {
+            server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged) { [self] request, peer in
+                handle(request, peer: peer)
             }
-        } catch {
-            try? await loop.shutdownGracefully()
-            throw error
+            logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
+        } else {
+            server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
+                                                   on: loop, privileged: privileged) { [self] request, peer in handle(request, peer: peer) }
         }
         var metricsServer: MetricsHTTPServer? = nil
         if let listen = config.metricsListen {
@@ -114,52 +125,57 @@ public final class Daemon: Sendable {
                 logger.info("serving /metrics over HTTP", metadata: ["listen": "\(listen)"])
             } catch {
                 await server.stop()
-                try? await loop.shutdownGracefully()
                 throw error
             }
         }
-        let maintenanceDone = DispatchSemaphore(value: 0)
-        let scrubDone = DispatchSemaphore(value: 0)
-        let maintenance = Thread { [self] in
-            Daemon.nameThread("kvscrubd-watch")
-            maintain()
-            maintenanceDone.signal()
+        if stopAsked.isSet {
+            logger.notice("stopping: asked to during start-up", metadata: ["event": "stopping"])
+            await metricsServer?.stop()
+            await server.stop()
+            await database.close()
+            return
         }
-        maintenance.start()
-        let scrub = Thread { [self] in
-            Daemon.nameThread("kvscrubd-scrub")
-            scrubber.run()
-            scrubDone.signal()
-        }
-        scrub.start()
+
+        // The parts as services. Started in this order; on SIGTERM or SIGINT shut down in the reverse
+        // order, each once the one after it has ended: the lifecycle (reports stopping), the scrub and
+        // the maintenance threads, the state (saved and closed), then the metrics and control servers.
+        let servers: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: ClosureService { try? await gracefulShutdown(); await server.stop() }, serviceName: "control socket"),
+        ] + (metricsServer.map { m in
+            [.init(service: ClosureService { try? await gracefulShutdown(); await m.stop() }, serviceName: "metrics listener")]
+        } ?? [])
+        let parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: ClosureService { [self] in
+                try? await gracefulShutdown()
+                scrubber.persist(force: true)
+                await database.close()
+            }, serviceName: "state"),
+            .init(service: ThreadService(description: "kvscrubd-watch", body: { [self] in maintain() },
+                                         stop: { [self] in stopping.set(); watcher.wake() })),
+            .init(service: ThreadService(description: "kvscrubd-scrub", body: { [self] in scrubber.run() },
+                                         stop: { [self] in scrubStopping.set(); scrubber.wake() })),
+            .init(service: ClosureService { [self] in await lifecycle() }, serviceName: "lifecycle"),
+        ]
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: servers + parts, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    /// Says ready, reloads on SIGHUP until the group shuts down, then says stopping.
+    private func lifecycle() async {
         state.with { $0.phase = "running" }
         let (files, bytes) = state.with { ($0.index.count, $0.totalBytes) }
-        logger.notice("ready", metadata: ["event": "ready", "cache_dir": "\(config.cacheDir)", "files": "\(files)",
-                                          "bytes": "\(bytes)", "socket": "\(config.socketPath)"])
+        logger.notice("ready", metadata: ["event": "ready", "cache_dir": "\(state.config.cacheDir)", "files": "\(files)",
+                                          "bytes": "\(bytes)", "socket": "\(state.config.socketPath)"])
         notifier.ready(status: statusLine())
-
-        for await signal in signals {
-            if signal == .sighup {
-                // Parses a file: off the cooperative pool.
-                _ = await Self.offLoop { [self] in reload() }
-                await refreshAdminMembers()
-                continue
-            }
-            logger.notice("stopping", metadata: ["event": "stopping", "signal": "\(signal)"])
-            break
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            // Parses a file: off the cooperative pool.
+            _ = await Self.offLoop { [self] in reload() }
+            await refreshAdminMembers()
         }
+        logger.notice("stopping", metadata: ["event": "stopping"])
         notifier.stopping()
-        stopping.set()
         state.with { $0.phase = "stopping" }
-        watcher.wake()
-        scrubber.wake()
-        if maintenanceDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("maintenance thread did not stop in time") }
-        if scrubDone.wait(timeout: .now() + 1.5) == .timedOut { logger.warning("scrub thread did not stop in time") }
-        scrubber.persist(force: true)
-        await database.close()
-        await server.stop()
-        await metricsServer?.stop()
-        try? await loop.shutdownGracefully()
     }
 
     /// Opens the state database (migrating state.json, replacing a damaged

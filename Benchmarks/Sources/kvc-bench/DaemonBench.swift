@@ -49,7 +49,10 @@ struct DaemonBench: ParsableCommand {
     @Option(name: .customLong("scale-files"), help: "Files for the scale figures (start-up, mass deletion and arrival, status at scale).")
     var scaleFiles: Int = 100_000
 
-    @Option(help: "Run one part only: latency, startup, scrub, control, removal or scale.")
+    @Option(name: .customLong("engine-loads"), help: "Verified loads per phase for the engine-latency figure.")
+    var engineLoads: Int = 60
+
+    @Option(help: "Run one part only: latency, startup, scrub, control, removal, scale or engine.")
     var only: String?
 
     func run() throws {
@@ -65,6 +68,60 @@ struct DaemonBench: ParsableCommand {
         if only == nil || only == "control" { try control(work + "/control") }
         if only == nil || only == "removal" { try removal(work + "/removal") }
         if only == nil || only == "scale" { try scale(work + "/scale") }
+        if only == nil || only == "engine" { try engineLatency(work + "/engine") }
+    }
+
+    // MARK: - the engine's loads, with and without a scrub
+
+    /// Never in the engine's way, measured (issue 13): the engine's verified load
+    /// (the whole checkpoint read and its CRC32C checked, as ds4 with PR #146 loads
+    /// one) of checkpoints not in the page cache, timed one by one, first with the
+    /// daemon running and its scrub paused (the reference), then with a scrub pass
+    /// running at the default rate (50 MB/s) over other files on the same disk.
+    func engineLatency(_ base: String) throws {
+        let cache = base + "/cache"
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        // The engine's: 32 MiB checkpoints. The scrub's: enough for the pass to outlast both phases.
+        var loads: [String] = []
+        for i in 0..<engineLoads {
+            loads.append(try CheckpointWriter(version: 2).store(
+                in: cache, text: Array("engine load \(i)".utf8), payload: FillPayload(byteCount: 32 << 20, seed: UInt64(i)),
+                metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: UInt64(Date().timeIntervalSince1970))))
+        }
+        var scrubbed: [String] = []
+        for i in 0..<24 {
+            scrubbed.append(try CheckpointWriter(version: 2).store(
+                in: cache, text: Array("scrubbed \(i)".utf8), payload: FillPayload(byteCount: 256 << 20, seed: UInt64(1000 + i)),
+                metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: UInt64(Date().timeIntervalSince1970))))
+        }
+        dropCache(loads + scrubbed)
+        let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, cache: cache, extra: ["--budget-mb", "0"])
+        defer { d.stop() }
+        _ = try d.ask("{\"cmd\":\"scrub-pause\"}")
+        _ = try d.ask("{\"cmd\":\"scrub-cancel\"}")
+        dropCache(loads + scrubbed)
+        let verifier = Verifier(engineABI: nil)
+        func phase() throws -> [Double] {
+            var xs: [Double] = []
+            for p in loads {
+                dropCache([p])
+                let t = ContinuousClock.now
+                let r = try verifier.verify(path: p)
+                xs.append(seconds(ContinuousClock.now - t))
+                guard r.verdict == .ok else { throw ValidationErrorText("\(p): \(r.verdict)") }
+            }
+            return xs
+        }
+        let quiet = try phase()
+        _ = try d.ask("{\"cmd\":\"scrub-resume\"}")
+        _ = try d.ask("{\"cmd\":\"scrub-start\"}")
+        while (try d.status()["scrub"] as? [String: Any])?["bytes_done"] as? Int ?? 0 == 0 { usleep(20_000) }
+        let busy = try phase()
+        let rate = (try d.status()["scrub"] as? [String: Any])?["rate_bytes_per_second"] as? Double ?? 0
+        let (q50, q99) = (percentile(quiet, 0.5), percentile(quiet, 0.99))
+        let (b50, b99) = (percentile(busy, 0.5), percentile(busy, 0.99))
+        print(String(format: "%@  engine verified load of a 32 MiB checkpoint not in cache, %d loads: p50 %.1f ms, p99 %.1f ms with the scrub running (%.0f MB/s) against p50 %.1f ms, p99 %.1f ms with it paused: p99 ratio %.2f (target <= 1.10)",
+                     b99 / q99 <= 1.10 ? "PASS" : "MISS", loads.count, b50 * 1e3, b99 * 1e3, rate / 1e6, q50 * 1e3, q99 * 1e3, b99 / q99))
     }
 
     // MARK: - scale
