@@ -89,9 +89,10 @@ struct DaemonBench: ParsableCommand {
                 metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: UInt64(Date().timeIntervalSince1970))))
         }
         var scrubbed: [String] = []
-        for i in 0..<24 {
+        // 1 GiB: at the default 50 MB/s, a pass of about 20 s, longer than the loads take.
+        for i in 0..<8 {
             scrubbed.append(try CheckpointWriter(version: 2).store(
-                in: cache, text: Array("scrubbed \(i)".utf8), payload: FillPayload(byteCount: 256 << 20, seed: UInt64(1000 + i)),
+                in: cache, text: Array("scrubbed \(i)".utf8), payload: FillPayload(byteCount: 128 << 20, seed: UInt64(1000 + i)),
                 metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: UInt64(Date().timeIntervalSince1970))))
         }
         dropCache(loads + scrubbed)
