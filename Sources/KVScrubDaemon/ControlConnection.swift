@@ -38,6 +38,10 @@ final class ControlConnection: ChannelInboundHandler {
     private var closing = false
     private var admitted: (uid: UInt32?, privileged: Bool)?
     private var peer: AccessPolicy.Peer?
+    /// Replies written so far, and the last one whose write completed; the stall timer of the one in flight.
+    private var writes = 0
+    private var writesDone = 0
+    private var stall: Scheduled<Void>?
 
     init(handler: @escaping ControlServer.Handler, limits: ConnectionLimits, privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool) {
         self.handler = handler
@@ -117,6 +121,8 @@ final class ControlConnection: ChannelInboundHandler {
             switch handler(request, peer) {
             case .now(let response):
                 write(context: context, response)
+            case .encoded(let line):
+                write(context: context, line: line)
             case .later(let work):
                 answering = true
                 let promise = context.eventLoop.makePromise(of: ControlResponse.self)
@@ -133,26 +139,32 @@ final class ControlConnection: ChannelInboundHandler {
 
     /// Writes one reply; the next line is taken once it is written (or the connection closes, when closing).
     private func write(context: ChannelHandlerContext, _ response: ControlResponse) {
+        write(context: context, line: response.line)
+    }
+
+    private func write(context: ChannelHandlerContext, line data: Data) {
         answering = true
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        enc.keyEncodingStrategy = .convertToSnakeCase
-        var data = (try? enc.encode(response)) ?? Data(#"{"ok":false,"error":"cannot encode reply"}"#.utf8)
-        data.append(UInt8(ascii: "\n"))
         var out = context.channel.allocator.buffer(capacity: data.count)
         out.writeBytes(data)
+        writes += 1
+        let this = writes
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        // A client that stops reading stops the write; past the stall limit, it loses the connection.
-        let stall = context.eventLoop.scheduleTask(in: Self.writeStall) { bound.value.1.close(promise: nil) }
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(out), promise: written)
         written.futureResult.whenComplete { result in
-            stall.cancel()
             let (me, ctx) = bound.value
+            me.writesDone = this
+            me.stall?.cancel()
+            me.stall = nil
             me.answering = false
             if case .failure = result { ctx.close(promise: nil); return }
             if me.closing { ctx.close(promise: nil); return }
             me.next(context: ctx)
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: written)
+        // A client that stops reading stops the write; past the stall limit, it loses the connection.
+        // Most writes are done by now (the socket took them): the timer is only for those that are not.
+        if writesDone < this && stall == nil {
+            stall = context.eventLoop.scheduleTask(in: Self.writeStall) { bound.value.1.close(promise: nil) }
         }
     }
 

@@ -50,6 +50,16 @@ public struct ControlResponse: Codable, Sendable {
     }
 
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
+
+    /// The reply as the socket sends it: one line of snake_case JSON, keys sorted, with its newline.
+    public var line: Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        var data = (try? enc.encode(self)) ?? Data(#"{"ok":false,"error":"cannot encode reply"}"#.utf8)
+        data.append(UInt8(ascii: "\n"))
+        return data
+    }
 }
 
 /// A changing command's result as data, for scripts (`--json`): the state it

@@ -108,5 +108,7 @@ public struct ControlServerError: Error, CustomStringConvertible {
 /// A handler's answer: ready now, or work to run off the event loop.
 public enum ControlReply: Sendable {
     case now(ControlResponse)
+    /// A reply already encoded as one line (`ControlResponse.line`), as a cache keeps it.
+    case encoded(Data)
     case later(@Sendable () async -> ControlResponse)
 }

@@ -30,8 +30,32 @@ extension Daemon {
             }
         }
         if case .refused(let why) = decision { return .now(refused(cmd, peer, why)) }
-        if cmd.blocks { return .later { [self] in await handleSlow(cmd, request) } }
-        return .now(handleFromMemory(cmd, request))
+        if cmd == .status { return .encoded(statusReply()) }
+        // Whatever a changing command does shows in the very next status.
+        if cmd.access == .change { statusCache.withLock { $0 = nil } }
+        if cmd.blocks {
+            return .later { [self] in
+                let r = await handleSlow(cmd, request)
+                if cmd.access == .change { statusCache.withLock { $0 = nil } }
+                return r
+            }
+        }
+        let r = handleFromMemory(cmd, request)
+        if cmd.access == .change { statusCache.withLock { $0 = nil } }
+        return .now(r)
+    }
+
+    /// `status`, encoded at most once per `statusCacheTime` while the index stays as it was (monitoring
+    /// polls it from many clients at once): a file that arrives or goes, an eviction or a removal shows
+    /// in the next reply, as does whatever a changing command did; only progress figures (a scrub's
+    /// bytes, the rate) may be that much old.
+    func statusReply() -> Data {
+        let now = ContinuousClock.now
+        let generation = state.with { $0.generation }
+        if let c = statusCache.withLock({ $0 }), c.generation == generation, now - c.at < Self.statusCacheTime { return c.line }
+        let line = ControlResponse(ok: true, status: status()).line
+        statusCache.withLock { $0 = (now, generation, line) }
+        return line
     }
 
     func refused(_ cmd: ControlCommand, _ peer: AccessPolicy.Peer?, _ why: String) -> ControlResponse {

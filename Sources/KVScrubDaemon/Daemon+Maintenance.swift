@@ -177,7 +177,7 @@ extension Daemon {
     @discardableResult
     func reload() -> Result<[String], ConfigError> {
         notifier.reloading()
-        defer { notifier.ready(status: statusLine()) }
+        defer { notifier.ready(status: statusLine()); statusCache.withLock { $0 = nil } }
         let old = state.config
         do {
             var new = try DaemonConfig.resolve(file: configFile, flags: flags)

@@ -51,6 +51,9 @@ public final class Daemon: Sendable {
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
     let hangMaintenance = StopFlag()
     let faults = TestFaults()
+    /// The last encoded `status` reply and when it was made (`statusReply`).
+    let statusCache = MutexBox<(at: ContinuousClock.Instant, generation: UInt64, line: Data)?>(nil)
+    static let statusCacheTime = Duration.milliseconds(50)
     /// The admin group's members, for the connections kept for privileged peers; refreshed off the loop.
     let adminMembers = MutexBox<AdminGroupMembers?>(nil)
     var testFaults: Bool { faults.enabled }
