@@ -50,6 +50,32 @@ import Testing
         }
     }
 
+    /// The options a command's --help lists as its own (option lines, not words in the descriptions).
+    static func options(in help: String) -> Set<String> {
+        Set(help.split(separator: "\n").compactMap { line -> String? in
+            let t = line.trimmingCharacters(in: .whitespaces)
+            guard t.hasPrefix("-") else { return nil }
+            return t.split(whereSeparator: { $0 == " " || $0 == "," }).first { $0.hasPrefix("--") }.map(String.init)
+        }).subtracting(["--help", "--version"])
+    }
+
+    @Test func synopsis_listsEveryOptionOfEveryCommand() throws {
+        let man = try Self.manText("kvscrubd.8")
+        let synopsis = try #require(man.range(of: ".SH SYNOPSIS").flatMap { a in man.range(of: ".SH DESCRIPTION").map { man[a.upperBound..<$0.lowerBound] } })
+        var checked = 0
+        for sub in try Self.subcommands() {
+            var commands = [[sub]]
+            commands += try Self.subcommands(of: [sub]).map { [sub, $0] }
+            for command in commands {
+                for option in Self.options(in: try Tool.run("kvscrubd", command + ["--help"]).stdout) {
+                    #expect(synopsis.contains(option), "\(command.joined(separator: " ")) \(option) is not in kvscrubd(8)'s SYNOPSIS")
+                    checked += 1
+                }
+            }
+        }
+        #expect(checked > 40)
+    }
+
     @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5"])
     func mandocLint_isClean(page: String) throws {
         let p = Process()
