@@ -96,28 +96,33 @@ struct DaemonBench: ParsableCommand {
                 metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: UInt64(Date().timeIntervalSince1970))))
         }
         dropCache(loads + scrubbed)
+        sync() // what was just written is on disk before anything is timed
         let d = try BenchDaemon(kvscrubd: kvscrubd, base: base, cache: cache, extra: ["--budget-mb", "0"])
         defer { d.stop() }
         _ = try d.ask("{\"cmd\":\"scrub-pause\"}")
         _ = try d.ask("{\"cmd\":\"scrub-cancel\"}")
-        dropCache(loads + scrubbed)
-        let verifier = Verifier(engineABI: nil)
-        func phase() throws -> [Double] {
-            var xs: [Double] = []
-            for p in loads {
-                dropCache([p])
-                let t = ContinuousClock.now
-                let r = try verifier.verify(path: p)
-                xs.append(seconds(ContinuousClock.now - t))
-                guard r.verdict == .ok else { throw ValidationErrorText("\(p): \(r.verdict)") }
-            }
-            return xs
-        }
-        let quiet = try phase()
-        _ = try d.ask("{\"cmd\":\"scrub-resume\"}")
-        _ = try d.ask("{\"cmd\":\"scrub-start\"}")
+        _ = try d.ask("{\"cmd\":\"scrub-start\"}") // lifts the pause: a pass over everything, at the default rate
         while (try d.status()["scrub"] as? [String: Any])?["bytes_done"] as? Int ?? 0 == 0 { usleep(20_000) }
-        let busy = try phase()
+        let verifier = Verifier(engineABI: nil)
+        // Blocks of ten loads, the scrub paused for one block and running for the next, so that
+        // whatever else the machine does falls on both alike.
+        var quiet: [Double] = [], busy: [Double] = []
+        for (i, p) in loads.enumerated() {
+            let running = (i / 10) % 2 == 1
+            if i % 10 == 0 {
+                func done() throws -> Int { (try d.status()["scrub"] as? [String: Any])?["bytes_done"] as? Int ?? 0 }
+                let before = try done()
+                _ = try d.ask(running ? "{\"cmd\":\"scrub-resume\"}" : "{\"cmd\":\"scrub-pause\"}")
+                // Timed only once the scrub is seen reading again.
+                while try running && done() == before { usleep(2_000) }
+            }
+            dropCache([p])
+            let t = ContinuousClock.now
+            let r = try verifier.verify(path: p)
+            let took = seconds(ContinuousClock.now - t)
+            guard r.verdict == .ok else { throw ValidationErrorText("\(p): \(r.verdict)") }
+            if running { busy.append(took) } else { quiet.append(took) }
+        }
         let rate = (try d.status()["scrub"] as? [String: Any])?["rate_bytes_per_second"] as? Double ?? 0
         let (q50, q99) = (percentile(quiet, 0.5), percentile(quiet, 0.99))
         let (b50, b99) = (percentile(busy, 0.5), percentile(busy, 0.99))
