@@ -102,6 +102,47 @@ import Glibc
         d.stop()
     }
 
+    @Test func aBurstOfPipelinedRequests_isAnsweredInFull_oneAtATime() throws {
+        // 20,000 requests in one write, replies read as they come: every one answered, in order,
+        // and answering them one after another (each write completing at once) does not recurse.
+        let d = try DaemonProcess(root: TempDir())
+        let c = try RawClient(path: d.socket)
+        let n = 20_000
+        let replies = Mutexed([String]())
+        let done = DispatchSemaphore(value: 0)
+        let fd = c.fd
+        let reader = Thread {
+            var got: [String] = []
+            var pending: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while got.count < n {
+                let r = read(fd, &chunk, chunk.count)
+                if r <= 0 { break }
+                pending += chunk[0..<r]
+                while let nl = pending.firstIndex(of: 10) {
+                    got.append(String(decoding: pending[..<nl], as: UTF8.self))
+                    pending.removeSubrange(...nl)
+                }
+            }
+            replies.set(got)
+            done.signal()
+        }
+        reader.start()
+        let burst = Array(String(repeating: "{\"cmd\":\"ping\"}\n", count: n).utf8)
+        var sent = 0
+        while sent < burst.count {
+            let w = burst[sent...].withUnsafeBytes { write(c.fd, $0.baseAddress, $0.count) }
+            guard w > 0 else { break }
+            sent += w
+        }
+        #expect(sent == burst.count)
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        let got = replies.get()
+        #expect(got.count == n && got.allSatisfy { $0 == "{\"ok\":true}" }, "\(got.count) replies")
+        #expect(try d.request("status").ok)
+        d.stop()
+    }
+
     @Test func aSlowReader_getsEveryReply_inOrder() throws {
         // Flow control must not cost a slow client anything: replies wait in the socket, in request order.
         let (root, _, _) = try OperateTests.cacheWith(400, payload: 64 << 10)
