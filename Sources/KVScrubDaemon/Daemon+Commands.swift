@@ -26,23 +26,19 @@ extension Daemon {
             return .later { [self] in
                 let decision = await Self.offLoop { policy.decide(cmd, peer: peer) }
                 if case .refused(let why) = decision { return refused(cmd, peer, why) }
-                return cmd.blocks ? await handleSlow(cmd, request) : handleFromMemory(cmd, request)
+                return cmd.blocks ? answered(cmd, await handleSlow(cmd, request)) : answered(cmd, handleFromMemory(cmd, request))
             }
         }
         if case .refused(let why) = decision { return .now(refused(cmd, peer, why)) }
         if cmd == .status { return .encoded(statusReply()) }
-        // Whatever a changing command does shows in the very next status.
+        if cmd.blocks { return .later { [self] in answered(cmd, await handleSlow(cmd, request)) } }
+        return .now(answered(cmd, handleFromMemory(cmd, request)))
+    }
+
+    /// A command's reply, once it has done its work: whatever a changing command did shows in the very next status.
+    private func answered(_ cmd: ControlCommand, _ reply: ControlResponse) -> ControlResponse {
         if cmd.access == .change { statusCache.withLock { $0 = nil } }
-        if cmd.blocks {
-            return .later { [self] in
-                let r = await handleSlow(cmd, request)
-                if cmd.access == .change { statusCache.withLock { $0 = nil } }
-                return r
-            }
-        }
-        let r = handleFromMemory(cmd, request)
-        if cmd.access == .change { statusCache.withLock { $0 = nil } }
-        return .now(r)
+        return reply
     }
 
     /// `status`, encoded at most once per `statusCacheTime` while the index stays as it was (monitoring
@@ -95,10 +91,9 @@ extension Daemon {
         }
     }
 
-    /// Reads the admin group's members again (the group database may block: off every loop).
-    func refreshAdminMembers() async {
-        let group = state.config.adminGroup
-        let members = await Self.offLoop { group.flatMap(AdminGroupMembers.resolve) }
+    /// Reads the admin group's members again, from the group database (which may block: call it off every loop).
+    func refreshAdminMembers() {
+        let members = state.config.adminGroup.flatMap(AdminGroupMembers.resolve)
         adminMembers.withLock { $0 = members }
     }
 
@@ -125,7 +120,6 @@ extension Daemon {
         case .reload:
             // Reads and parses the config file.
             let result = await Self.offLoop { [self] in reload() }
-            await refreshAdminMembers()
             switch result {
             case .failure(let error):
                 return .failure("the configuration did not load; the previous settings stay: \(error.description)")

@@ -174,10 +174,15 @@ extension Daemon {
 
     /// SIGHUP (or `kvscrubd reload`): re-read the config file under the same flags.
     /// Returns the settings kept until a restart, or why the file was not taken (the previous settings stay).
+    /// Blocks (the file, the group database for admin_group): call it off the event loop.
     @discardableResult
     func reload() -> Result<[String], ConfigError> {
         notifier.reloading()
-        defer { notifier.ready(status: statusLine()); statusCache.withLock { $0 = nil } }
+        defer {
+            refreshAdminMembers()
+            notifier.ready(status: statusLine())
+            statusCache.withLock { $0 = nil }
+        }
         let old = state.config
         do {
             var new = try DaemonConfig.resolve(file: configFile, flags: flags)

@@ -105,7 +105,7 @@ public final class Daemon: Sendable {
         }
         recordOnFirstSight()
 
-        await refreshAdminMembers()
+        await Self.offLoop { [self] in refreshAdminMembers() }
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { loop.shutdownGracefully { _ in } }
         let server: ControlServer
@@ -135,24 +135,17 @@ public final class Daemon: Sendable {
             logger.notice("stopping: asked to during start-up", metadata: ["event": "stopping"])
             await metricsServer?.stop()
             await server.stop()
-            await database.close()
+            await saveAndCloseState()
             return
         }
 
         // The parts as services. Started in this order; on SIGTERM or SIGINT shut down in the reverse
         // order, each once the one after it has ended: the lifecycle (reports stopping), the scrub and
         // the maintenance threads, the state (saved and closed), then the metrics and control servers.
-        let servers: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: ClosureService { try? await gracefulShutdown(); await server.stop() }, serviceName: "control socket"),
-        ] + (metricsServer.map { m in
-            [.init(service: ClosureService { try? await gracefulShutdown(); await m.stop() }, serviceName: "metrics listener")]
-        } ?? [])
+        let servers = [Self.onShutdown("control socket") { await server.stop() }]
+            + (metricsServer.map { m in [Self.onShutdown("metrics listener") { await m.stop() }] } ?? [])
         let parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: ClosureService { [self] in
-                try? await gracefulShutdown()
-                scrubber.persist(force: true)
-                await database.close()
-            }, serviceName: "state"),
+            Self.onShutdown("state") { [self] in await saveAndCloseState() },
             .init(service: ThreadService(description: "kvscrubd-watch", body: { [self] in maintain() },
                                          stop: { [self] in stopping.set(); watcher.wake() })),
             .init(service: ThreadService(description: "kvscrubd-scrub", body: { [self] in scrubber.run() },
@@ -162,6 +155,20 @@ public final class Daemon: Sendable {
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: servers + parts, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+
+    /// A part with nothing to run, only something to do when the group shuts it down.
+    private static func onShutdown(_ name: String, _ body: @escaping @Sendable () async -> Void) -> ServiceGroupConfiguration.ServiceConfiguration {
+        .init(service: ClosureService {
+            try? await gracefulShutdown()
+            await body()
+        }, serviceName: name)
+    }
+
+    /// The last of the progress and counters to the state database, which is then closed.
+    private func saveAndCloseState() async {
+        scrubber.persist(force: true)
+        await database.close()
     }
 
     /// Says ready, reloads on SIGHUP until the group shuts down, then says stopping.
@@ -174,7 +181,6 @@ public final class Daemon: Sendable {
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             // Parses a file: off the cooperative pool.
             _ = await Self.offLoop { [self] in reload() }
-            await refreshAdminMembers()
         }
         logger.notice("stopping", metadata: ["event": "stopping"])
         notifier.stopping()

@@ -318,6 +318,9 @@ import Glibc
         #expect(try Tool.run("kvscrubd", ["scrub", "pause", "--socket", d.socket]).status == 0)
         #expect(try Tool.runCapturing("/usr/sbin/groupadd", ["--system", group]).status == 0)
         #expect(try Tool.runCapturing("/usr/sbin/usermod", ["-aG", group, user]).status == 0)
+        // Read just before, so a status reply from before the resume is at hand: the resume, decided
+        // off the event loop (the group database), must still make the next status fresh.
+        #expect(try d.status().scrub.paused == true)
         let r = try asUser(["scrub", "resume"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try d.status().scrub.paused == false)
