@@ -35,6 +35,18 @@ public final class ControlServer: Sendable {
         self.ownsPath = ownsPath
     }
 
+    /// Every accepted connection a `ControlConnection`, reading only when it asks to (flow control).
+    private static func bootstrap(_ loop: any EventLoopGroup, limits: ConnectionLimits,
+                                  privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool, handler: @escaping Handler) -> ServerBootstrap {
+        ServerBootstrap(group: loop)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ControlConnection.install(on: ch, handler: handler, limits: limits, privileged: privileged)
+                }
+            }
+    }
+
     /// Serves on a listening socket systemd passed (socket activation); its
     /// path, mode and group are the socket unit's business.
     /// `privileged`: whether a peer may use the connections kept back (root, the daemon's user, the admin group);
@@ -42,13 +54,7 @@ public final class ControlServer: Sendable {
     public static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
                              privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool,
                              handler: @escaping Handler) async throws -> ControlServer {
-        let channel = try await ServerBootstrap(group: loop)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    try ControlConnection.install(on: ch, handler: handler, limits: limits, privileged: privileged)
-                }
-            }
+        let channel = try await bootstrap(loop, limits: limits, privileged: privileged, handler: handler)
             .withBoundSocket(descriptor)
             .get()
         return ControlServer(channel: channel, path: path, ownsPath: false)
@@ -65,14 +71,8 @@ public final class ControlServer: Sendable {
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
             throw ControlServerError(path: path, detail: "exists and is not a socket; refusing to replace it")
         }
-        let channel = try await ServerBootstrap(group: loop)
+        let channel = try await bootstrap(loop, limits: limits, privileged: privileged, handler: handler)
             .serverChannelOption(.backlog, value: 128)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
-                    try ControlConnection.install(on: ch, handler: handler, limits: limits, privileged: privileged)
-                }
-            }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
             .get()
         guard chmod(path, mode_t(mode)) == 0 else {

@@ -206,9 +206,7 @@ public final class DaemonState: Sendable {
             index[e.fileName] = e
             totalBytes += e.fileSize
             if e.header?.reason == .continued { continuedNames.insert(e.fileName) } else { continuedNames.remove(e.fileName) }
-            if passOrderFor != nil && passOrderFor == scrub.passStartedAt {
-                passOrder.inserted(e.fileName, size: e.fileSize, oldSize: old?.fileSize, cursor: scrub.cursor, active: true)
-            }
+            if walkingPass { passOrder.inserted(e.fileName, size: e.fileSize, oldSize: old?.fileSize, cursor: scrub.cursor) }
         }
 
         @discardableResult
@@ -219,9 +217,7 @@ public final class DaemonState: Sendable {
             continuedNames.remove(name)
             guard let old = index.removeValue(forKey: name) else { return nil }
             totalBytes -= old.fileSize
-            if passOrderFor != nil && passOrderFor == scrub.passStartedAt {
-                passOrder.removed(name, size: old.fileSize, cursor: scrub.cursor, active: true)
-            }
+            if walkingPass { passOrder.removed(name, size: old.fileSize, cursor: scrub.cursor) }
             return old
         }
 
@@ -269,6 +265,10 @@ public final class DaemonState: Sendable {
             passOrder.rebuild(index: index, cursor: scrub.cursor, active: scrub.passStartedAt != nil)
             passOrderFor = scrub.passStartedAt
         }
+
+        /// A pass is in progress and `passOrder` walks it: index changes must be told to it
+        /// (otherwise it is rebuilt from the index when next asked).
+        private var walkingPass: Bool { passOrderFor != nil && passOrderFor == scrub.passStartedAt }
 
         /// The next file of the pass in progress: the first name after the cursor.
         mutating func nextInPass() -> String? {

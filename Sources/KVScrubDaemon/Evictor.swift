@@ -47,7 +47,7 @@ public final class Evictor: Sendable {
         summary.withLock { $0.dueIn(now: now) }
     }
 
-    /// Logs the summary of the evictions of the last window when it is over.
+    /// Logs the summary of the evictions of the last window when it is over (the maintenance loop asks).
     func summarizeIfDue(now: Double = Date().timeIntervalSince1970) {
         guard let (message, metadata) = summary.withLock({ $0.due(now: now) }) else { return }
         logger.notice("\(message)", metadata: metadata.mapValues { .string($0) })
@@ -57,7 +57,6 @@ public final class Evictor: Sendable {
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
-        defer { summarizeIfDue(now: Date().timeIntervalSince1970) }
         // What an arrival costs must not grow with the index: the whole index is copied only when
         // something has to be evicted (over budget), and the arrival's text is read only when there
         // are continued waypoints it may supersede, or an eviction plan to weigh it in.

@@ -36,9 +36,9 @@ struct PassOrder: Sendable {
         leftBytes = snapshot.reduce(0) { $0 + (index[$1]?.fileSize ?? 0) }
     }
 
-    /// A name put in the index (`oldSize`: the size it replaced, nil for a new name).
-    mutating func inserted(_ name: String, size: UInt64, oldSize: UInt64?, cursor: String?, active: Bool) {
-        guard active, cursor.map({ name > $0 }) ?? true else { return }
+    /// A name put in the index during the pass (`oldSize`: the size it replaced, nil for a new name).
+    mutating func inserted(_ name: String, size: UInt64, oldSize: UInt64?, cursor: String?) {
+        guard cursor.map({ name > $0 }) ?? true else { return }
         if let oldSize {
             leftBytes = leftBytes - oldSize + size
         } else {
@@ -48,9 +48,9 @@ struct PassOrder: Sendable {
         }
     }
 
-    /// A name taken out of the index.
-    mutating func removed(_ name: String, size: UInt64, cursor: String?, active: Bool) {
-        guard active, cursor.map({ name > $0 }) ?? true else { return }
+    /// A name taken out of the index during the pass.
+    mutating func removed(_ name: String, size: UInt64, cursor: String?) {
+        guard cursor.map({ name > $0 }) ?? true else { return }
         leftFiles -= 1
         leftBytes -= size
     }
