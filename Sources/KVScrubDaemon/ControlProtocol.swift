@@ -51,12 +51,17 @@ public struct ControlResponse: Codable, Sendable {
 
     public static func failure(_ message: String) -> ControlResponse { ControlResponse(ok: false, error: message) }
 
-    /// The reply as the socket sends it: one line of snake_case JSON, keys sorted, with its newline.
-    public var line: Data {
+    /// The socket's JSON, which the CLI's `--json` prints as well: snake_case keys, sorted, slashes as they are.
+    public static func encoder() -> JSONEncoder {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         enc.keyEncodingStrategy = .convertToSnakeCase
-        var data = (try? enc.encode(self)) ?? Data(#"{"ok":false,"error":"cannot encode reply"}"#.utf8)
+        return enc
+    }
+
+    /// The reply as the socket sends it: one line of the socket's JSON, with its newline.
+    public var line: Data {
+        var data = (try? Self.encoder().encode(self)) ?? Data(#"{"ok":false,"error":"cannot encode reply"}"#.utf8)
         data.append(UInt8(ascii: "\n"))
         return data
     }

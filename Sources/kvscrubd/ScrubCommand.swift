@@ -18,11 +18,9 @@ struct ScrubCommand: ParsableCommand {
 
     /// One request; a sentence back, or with --json the reply as data (its `outcome`: the scrub,
     /// brake, eviction or reload it left behind).
-    @discardableResult
-    static func simple(_ cmd: String, _ options: SocketOptions) throws -> ControlResponse {
+    static func simple(_ cmd: String, _ options: SocketOptions) throws {
         let r = try options.send(ControlRequest(cmd: cmd))
         if options.json { options.printJSON(r) } else { print(r.message ?? "ok") }
-        return r
     }
 
     struct Start: ParsableCommand {
@@ -34,11 +32,8 @@ struct ScrubCommand: ParsableCommand {
         var wait = false
 
         func run() throws {
+            guard wait else { return try ScrubCommand.simple("scrub-start", options) }
             let r = try options.send(ControlRequest(cmd: "scrub-start"))
-            guard wait else {
-                if options.json { options.printJSON(r) } else { print(r.message ?? "ok") }
-                return
-            }
             if !options.json { print(r.message ?? "scrub pass started") }
             try ScrubWait(options: options).run(pass: r.outcome?.scrub?.passStartedAt)
         }

@@ -44,10 +44,7 @@ struct SocketOptions: ParsableArguments {
     }
 
     func printJSON<T: Encodable>(_ value: T) {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        enc.keyEncodingStrategy = .convertToSnakeCase
-        print(String(decoding: (try? enc.encode(value)) ?? Data(), as: UTF8.self))
+        print(String(decoding: (try? ControlResponse.encoder().encode(value)) ?? Data(), as: UTF8.self))
     }
 }
 

@@ -54,9 +54,9 @@ struct VerifyCommand: ParsableCommand {
         var summary = SummaryJSON()
         if !json && !quiet { print("engine payload ABI: \(engine.description)") }
         var progress = VerifyProgress(items: items)
-        for item in items {
+        for (i, item) in items.enumerated() {
             progress.show()
-            defer { progress.done(item) }
+            defer { progress.done(i) }
             if let e = item.error { errors.append(ErrorJSON(path: item.path, error: e)); continue }
             do {
                 let name = (item.path as NSString).lastPathComponent
@@ -88,6 +88,8 @@ struct VerifyCommand: ParsableCommand {
     struct VerifyProgress {
         let line = ProgressLine(fd: STDERR_FILENO)
         let files: Int
+        /// Each item's size, for a terminal only (a stat per file is cheap, but not free).
+        let sizes: [UInt64]
         let bytes: UInt64
         var filesDone = 0
         var bytesDone: UInt64 = 0
@@ -95,9 +97,9 @@ struct VerifyCommand: ParsableCommand {
         var shown = ContinuousClock.now - .seconds(1)
 
         init(items: [PathExpansion.Item]) {
+            sizes = line.enabled ? items.map { (try? FileStatus.of(path: $0.path))?.size ?? 0 } : []
+            bytes = sizes.reduce(0, +)
             files = items.count
-            // Sizes are counted only for a terminal: a stat per file is cheap, but not free.
-            bytes = line.enabled ? items.reduce(0) { $0 + ((try? FileStatus.of(path: $1.path))?.size ?? 0) } : 0
         }
 
         mutating func show() {
@@ -109,9 +111,10 @@ struct VerifyCommand: ParsableCommand {
             line.show("verifying \(filesDone + 1) of \(files) files, \(ByteText.short(bytesDone)) of \(ByteText.short(bytes))" + rate)
         }
 
-        mutating func done(_ item: PathExpansion.Item) {
+        /// Item `i` is done.
+        mutating func done(_ i: Int) {
             filesDone += 1
-            if line.enabled { bytesDone += (try? FileStatus.of(path: item.path))?.size ?? 0 }
+            if line.enabled { bytesDone += sizes[i] }
         }
 
         func clear() { line.finish() }
