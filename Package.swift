@@ -6,6 +6,9 @@ let package = Package(
     products: [
         // The engine links this one: it must stay free of daemon, socket and systemd code.
         .library(name: "KVCFormat", targets: ["KVCFormat"]),
+        // libkvcformat.so for C engines (kvc.h); scripts/build-libkvcformat adds the
+        // SONAME, the version script and the static Swift runtime.
+        .library(name: "kvcformat", type: .dynamic, targets: ["KVCFormatC"]),
         // For Fuzz/ (the fuzz targets of the daemon's parsers); not an API.
         .library(name: "KVScrubDaemon", targets: ["KVScrubDaemon"]),
         .executable(name: "kvscrubd", targets: ["kvscrubd"]),
@@ -39,6 +42,11 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // kvc.h, the C API's one header, and the compile-time checks of its layout.
+        .target(name: "CKVCAPI"),
+        // The C API's export layer: @_cdecl functions over KVCFormat, so the format
+        // module itself holds no C-export code.
+        .target(name: "KVCFormatC", dependencies: ["KVCFormat", "CKVCAPI"]),
         // The config file's YAML parser: Debian's libyaml, not a copy bundled in the binary.
         .systemLibrary(
             name: "CYAML",

@@ -10,6 +10,9 @@ public struct CRC32C: Sendable, Equatable {
 
     public init() {}
 
+    /// Continues a CRC already finished as `value` (zlib's `crc32(crc, ...)` convention).
+    public init(continuing value: UInt32) { state = value ^ 0xFFFF_FFFF }
+
     /// Largest slice handed to ISA-L in one call (its length parameter is a C `int`).
     static let maxSlice = 1 << 30
 

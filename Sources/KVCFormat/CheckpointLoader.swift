@@ -24,30 +24,88 @@ public struct CheckpointLoader: Sendable {
 
     public init() {}
 
+    /// Where a load puts the payload: a buffer at least `payloadBytes` long,
+    /// or a sink that gets each chunk, in order, after it was CRC'd.
+    public enum PayloadDestination {
+        case buffer(UnsafeMutableRawBufferPointer)
+        case sink((UnsafeRawBufferPointer) throws -> Void)
+    }
+
+    /// What a load through a `PayloadDestination` returns: everything but the payload.
+    public struct LoadedBody: Sendable {
+        public var header: KVCHeader
+        public var fileSize: UInt64
+        public var text: [UInt8]
+        /// The tool-map trailer as stored (v2: its CRC checked again on these very bytes); nil without one.
+        public var toolMapBytes: [UInt8]?
+        public var checksums: Checksums
+        public var warnings: [Problem]
+    }
+
     /// Reads the checkpoint at `path`. With `verify`, throws `.corrupt` (with
     /// every problem in the message) or `.incompatible` instead of returning damaged bytes.
     public func load(path: String, verify: Bool = true) throws -> Loaded {
         // No lock, as the engine: a touch or trailer rewrite caught half done reads as damage, as it would for ds4.
         let file = try CheckpointFile.open(path, .readOnly)
-        let name = String(path.split(separator: "/").last ?? "")
+        let (h, size) = try header(of: file, verify: verify)
+        var payload = [UInt8](repeating: 0, count: Int(h.payloadBytes))
+        let body = try payload.withUnsafeMutableBytes {
+            try self.body(of: file, header: h, size: size, verify: verify, into: .buffer($0))
+        }
+        return Loaded(path: path, header: h, text: body.text, payload: payload,
+                      toolMap: body.toolMapBytes.flatMap(ToolMap.decode),
+                      checksums: body.checksums, warnings: body.warnings)
+    }
+
+    /// Reads the checkpoint at `path` into the caller's destination. `destination`
+    /// is asked once the header is known (with the trailer's length), before any
+    /// payload byte is read, and may throw to decline (a buffer too small).
+    /// With `verify`, nothing returns unless every check passed; a sink's chunks
+    /// are only good once this returns.
+    public func load(path: String, verify: Bool = true,
+                     destination: (_ header: KVCHeader, _ trailerBytes: UInt64) throws -> PayloadDestination) throws -> LoadedBody {
+        let file = try CheckpointFile.open(path, .readOnly)
+        let (h, size) = try header(of: file, verify: verify)
+        let trailer = h.hasToolMap ? size - (h.bodyEnd ?? size) : 0
+        return try body(of: file, header: h, size: size, verify: verify, into: destination(h, trailer))
+    }
+
+    /// The header, once it is known to describe a file as long as it says; refused otherwise.
+    private func header(of file: borrowing CheckpointFile, verify: Bool) throws -> (KVCHeader, UInt64) {
+        let name = String(file.path.split(separator: "/").last ?? "")
         let size = try file.size
         let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
         guard case .header(let h) = KVCHeader.probe(head) else {
-            if verify { return try refuse(file, name: name) }
-            throw KVCError(.notACheckpoint, path: path, "no readable v1 or v2 KVC header")
+            if verify { try refuse(file, name: name) }
+            throw KVCError(.notACheckpoint, path: file.path, "no readable v1 or v2 KVC header")
         }
         guard let end = h.bodyEnd, end <= size, h.payloadBytes <= maxPayloadBytes else {
-            if verify { return try refuse(file, name: name) }
-            throw KVCError(.corrupt, path: path, "file is \(size) bytes, shorter than its header says")
+            if verify { try refuse(file, name: name) }
+            throw KVCError(.corrupt, path: file.path, "file is \(size) bytes, shorter than its header says")
         }
-        var payload = [UInt8](repeating: 0, count: Int(h.payloadBytes))
+        return (h, size)
+    }
+
+    private func body(of file: borrowing CheckpointFile, header h: KVCHeader, size: UInt64, verify: Bool,
+                      into destination: PayloadDestination) throws -> LoadedBody {
+        let path = file.path
+        let name = String(path.split(separator: "/").last ?? "")
+        let end = h.bodyEnd ?? size
         var checksums = Checksums.none
         var warnings: [Problem] = []
         if verify {
             var scan = Scan(options: verifierOptions, observer: nil)
-            let exam = try payload.withUnsafeMutableBytes { dest -> Scan.Examination in
+            let exam: Scan.Examination
+            switch destination {
+            case .buffer(let dest):
+                guard UInt64(dest.count) >= h.payloadBytes else {
+                    throw KVCError(.invalidArgument, path: path, "payload buffer of \(dest.count) bytes; the payload is \(h.payloadBytes)")
+                }
                 scan.payloadDestination = dest
-                return try scan.examine(file, name: name)
+                exam = try scan.examine(file, name: name)
+            case .sink(let sink):
+                scan.payloadSink = sink
+                exam = try scan.examine(file, name: name)
             }
             switch exam.verdict {
             case .corrupt:
@@ -64,20 +122,37 @@ public struct CheckpointLoader: Sendable {
         } else {
             // The same chunked reads as the verified path, minus the checks: what today's engine does.
             var scan = Scan(options: verifierOptions, observer: nil)
-            try payload.withUnsafeMutableBytes {
-                try scan.streamInto(file, from: UInt64(h.prologueSize) + UInt64(h.textBytes), destination: $0) { _ in }
+            let from = UInt64(h.prologueSize) + UInt64(h.textBytes)
+            switch destination {
+            case .buffer(let dest):
+                guard UInt64(dest.count) >= h.payloadBytes else {
+                    throw KVCError(.invalidArgument, path: path, "payload buffer of \(dest.count) bytes; the payload is \(h.payloadBytes)")
+                }
+                try scan.streamInto(file, from: from, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) { _ in }
+            case .sink(let sink):
+                guard try scan.stream(file, from: from, length: h.payloadBytes, sink) == h.payloadBytes else {
+                    throw KVCError(.io, path: path, "file ended while reading the payload")
+                }
             }
         }
         let text = try file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes))
-        var toolMap: ToolMap? = nil
+        var toolMapBytes: [UInt8]? = nil
         if h.hasToolMap {
-            toolMap = ToolMap.decode(try file.read(at: end, count: Int(size - end)))
+            // Read again after the verification: check these bytes themselves, so a
+            // trailer rewritten in between is refused rather than handed over unchecked.
+            let bytes = try file.read(at: end, count: Int(size - end))
+            if verify {
+                if h.version == 2 && CRC32C.checksum(bytes) != h.trailerCRC || ToolMap.decode(bytes) == nil {
+                    throw KVCError(.corrupt, path: path, "refusing to load: the tool-map trailer changed while it was read")
+                }
+            }
+            toolMapBytes = bytes
         }
-        return Loaded(path: path, header: h, text: text, payload: payload, toolMap: toolMap,
-                      checksums: checksums, warnings: warnings)
+        return LoadedBody(header: h, fileSize: size, text: text, toolMapBytes: toolMapBytes,
+                          checksums: checksums, warnings: warnings)
     }
 
-    private func refuse(_ file: borrowing CheckpointFile, name: String) throws -> Loaded {
+    private func refuse(_ file: borrowing CheckpointFile, name: String) throws -> Never {
         var scan = Scan(options: verifierOptions, observer: nil)
         let exam = try scan.examine(file, name: name)
         let kind: KVCError.Kind = exam.verdict == .incompatible ? .incompatible : .corrupt

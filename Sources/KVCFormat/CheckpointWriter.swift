@@ -81,7 +81,7 @@ public struct CheckpointWriter: Sendable {
         while done < payload.byteCount {
             let n = Int(min(UInt64(chunkSize), payload.byteCount - done))
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[0..<n])
-            payload.fill(offset: done, into: slice)
+            try payload.fill(offset: done, into: slice)
             crc.update(UnsafeRawBufferPointer(slice))
             try file.write(UnsafeRawBufferPointer(slice), at: offset + done)
             done += UInt64(n)

@@ -1,4 +1,6 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The engine's eviction score, `ds4_kvstore_entry_eviction_score`, to the bit.
 ///

@@ -51,6 +51,26 @@ public struct PayloadPrefix: Sendable, Equatable {
         version = f[1]
     }
 
+    /// What makes this prefix wrong for a header with `tokens` and `payloadBytes`
+    /// (empty: nothing): the checker's payload-prefix rules, also what a writer
+    /// refuses before it writes a file the checker would call corrupt.
+    public func defects(tokens: UInt32, payloadBytes: UInt64) -> [String] {
+        guard magic == PayloadPrefix.magicValue else {
+            return ["payload magic is \(hex32(magic)), expected \(hex32(PayloadPrefix.magicValue)) (DSV4)"]
+        }
+        var out: [String] = []
+        if version != PayloadPrefix.currentVersion {
+            out.append("payload version is \(version), expected \(PayloadPrefix.currentVersion)")
+        }
+        if tokenCount != tokens {
+            out.append("payload holds \(tokenCount) tokens; the header says \(tokens)")
+        }
+        if minimumPayloadBytes > payloadBytes {
+            out.append("payload prefix claims at least \(minimumPayloadBytes) bytes (\(tokenCount) tokens, vocabulary \(vocabSize)); the payload is \(payloadBytes)")
+        }
+        return out
+    }
+
     public func encoded() -> [UInt8] {
         var b: [UInt8] = []
         b.reserveCapacity(PayloadPrefix.size)

@@ -3,8 +3,9 @@
 /// session state the same way).
 public protocol PayloadSource {
     var byteCount: UInt64 { get }
-    /// Fills `buffer` with the payload bytes starting at `offset`.
-    func fill(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+    /// Fills `buffer` with the payload bytes starting at `offset`. Throwing
+    /// abandons the store: the temporary file is removed, nothing is renamed.
+    func fill(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
 }
 
 /// A payload already in memory.

@@ -9,6 +9,9 @@ public struct TextDigest {
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) { sha.update(bufferPointer: bytes) }
 
+    /// The 20 digest bytes.
+    public func bytes() -> [UInt8] { Array(sha.finalize()) }
+
     public func hex() -> String {
         let table = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []

@@ -179,6 +179,8 @@ struct Scan {
     var bytesRead: UInt64 = 0
     /// When set, payload bytes are read into this buffer (a verified load) rather than a scratch one.
     var payloadDestination: UnsafeMutableRawBufferPointer?
+    /// When set, each payload chunk is handed here after it is CRC'd (a verified load through a callback).
+    var payloadSink: ((UnsafeRawBufferPointer) throws -> Void)?
     private var scratch: ReadBuffer?
 
     init(options: Verifier.Options, observer: (any ReadObserver)?) {
@@ -270,19 +272,8 @@ struct Scan {
         // for a file the engine in force can use: a fork's payload is its own business.
         if let p = digest.prefix, headerTrusted, Verifier.dsv4PayloadABIs.contains(h.payloadABI),
            options.engineABI.map({ $0 == h.payloadABI }) ?? true {
-            if p.magic != PayloadPrefix.magicValue {
-                problems.append(Problem(.payload, .corrupt, "payload magic is \(hex32(p.magic)), expected \(hex32(PayloadPrefix.magicValue)) (DSV4)"))
-            } else {
-                if p.version != PayloadPrefix.currentVersion {
-                    problems.append(Problem(.payload, .corrupt, "payload version is \(p.version), expected \(PayloadPrefix.currentVersion)"))
-                }
-                if p.tokenCount != h.tokens {
-                    problems.append(Problem(.payload, .corrupt, "payload holds \(p.tokenCount) tokens; the header says \(h.tokens)"))
-                }
-                if p.minimumPayloadBytes > h.payloadBytes {
-                    problems.append(Problem(.payload, .corrupt,
-                        "payload prefix claims at least \(p.minimumPayloadBytes) bytes (\(p.tokenCount) tokens, vocabulary \(p.vocabSize)); the payload is \(h.payloadBytes)"))
-                }
+            for defect in p.defects(tokens: h.tokens, payloadBytes: h.payloadBytes) {
+                problems.append(Problem(.payload, .corrupt, defect))
             }
         }
 
@@ -339,12 +330,18 @@ struct Scan {
             let b = try file.read(at: payloadStart, count: PayloadPrefix.size)
             if b.count == PayloadPrefix.size { d.prefix = b.withUnsafeBytes { PayloadPrefix(decoding: $0) } }
         }
-        if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil || options.checksumV1Body || options.recorded != nil) {
+        if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil || payloadSink != nil || options.checksumV1Body || options.recorded != nil) {
             var crc = CRC32C()
             if let dest = payloadDestination {
                 precondition(UInt64(dest.count) >= h.payloadBytes)
                 try streamInto(file, from: payloadStart, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) {
                     crc.update($0)
+                }
+                d.payloadCRC = crc.value
+            } else if let sink = payloadSink {
+                let got = try stream(file, from: payloadStart, length: h.payloadBytes) { crc.update($0); try sink($0) }
+                guard got == h.payloadBytes else {
+                    throw KVCError(.io, path: file.path, "file ended while reading at \(payloadStart + got)")
                 }
                 d.payloadCRC = crc.value
             } else if try stream(file, from: payloadStart, length: h.payloadBytes, { crc.update($0) }) == h.payloadBytes {

@@ -1,0 +1,144 @@
+import CKVCAPI
+import KVCFormat
+
+/// Declined before any payload byte was read: the caller's buffer is too small.
+private struct BufferTooSmall: Error {
+    var header: KVCHeader
+    var trailerBytes: UInt64
+}
+
+private func compatibility(_ c: UnsafePointer<kvc_compat>?) throws -> CheckpointLoader.Compatibility {
+    guard let c = c?.pointee else { throw CAPIError.invalid("compat is NULL") }
+    return CheckpointLoader.Compatibility(modelID: c.model_id, quantBits: c.quant_bits, ctxSize: c.ctx_size,
+                                          rejectDifferentQuant: c.reject_different_quant != 0,
+                                          payloadABI: try engineABI(c.payload_abi))
+}
+
+private func prompt(_ p: UnsafePointer<UInt8>?, _ len: Int) throws -> [UInt8] { try bytes(p, len, "prompt") }
+
+private func find(_ handle: CacheHandle, _ prompt: [UInt8], _ compat: CheckpointLoader.Compatibility) throws -> CacheEntry {
+    guard let e = try CheckpointLoader().findTextPrefix(in: handle.path, prompt: prompt, compatibility: compat) else {
+        throw CAPIError(KVC_ERR_NOT_FOUND, "\(handle.path): no stored checkpoint is a prefix of the \(prompt.count)-byte prompt")
+    }
+    return e
+}
+
+private func load(_ handle: CacheHandle, name: String, path: String, expectedABI: UInt8?,
+                  _ target: UnsafePointer<kvc_load_target>?, _ out: UnsafeMutablePointer<kvc_checkpoint>?) throws {
+    guard let t = target?.pointee else { throw CAPIError.invalid("target is NULL") }
+    guard (t.payload != nil) != (t.read_fn != nil) else {
+        throw CAPIError.invalid("target must set exactly one of payload and read_fn")
+    }
+    out?.pointee = kvc_checkpoint()
+    var loader = CheckpointLoader()
+    loader.verifierOptions.engineABI = expectedABI
+    let body: CheckpointLoader.LoadedBody
+    do {
+        body = try loader.load(path: path) { h, trailer in
+            if let buffer = t.payload {
+                guard t.payload_cap >= h.payloadBytes, t.tool_map == nil || UInt64(t.tool_map_cap) >= trailer else {
+                    throw BufferTooSmall(header: h, trailerBytes: trailer)
+                }
+                return .buffer(UnsafeMutableRawBufferPointer(start: buffer, count: Int(h.payloadBytes)))
+            }
+            guard t.tool_map == nil || UInt64(t.tool_map_cap) >= trailer else { throw BufferTooSmall(header: h, trailerBytes: trailer) }
+            let fn = t.read_fn!
+            return .sink { chunk in
+                let rc = fn(t.read_ctx, chunk.baseAddress, chunk.count)
+                if rc != 0 {
+                    throw CAPIError(KVC_ERR_CANCELED, "\(path): the read callback returned \(rc); the load was abandoned")
+                }
+            }
+        }
+    } catch let e as BufferTooSmall {
+        if let out {
+            copyName(name, into: &out.pointee.name)
+            out.pointee.header = kvc_header(e.header)
+            out.pointee.tool_map_bytes = Int(e.trailerBytes)
+        }
+        throw CAPIError(KVC_ERR_BUFFER, "\(path): needs a payload buffer of \(e.header.payloadBytes) bytes"
+                        + (t.tool_map == nil ? "" : " and a tool-map buffer of \(e.trailerBytes)")
+                        + "; given \(t.payload == nil ? "a read callback" : "\(t.payload_cap)")"
+                        + (t.tool_map == nil ? "" : " and \(t.tool_map_cap)"))
+    }
+    let trailer = body.toolMapBytes ?? []
+    if let dest = t.tool_map, !trailer.isEmpty {
+        guard trailer.count <= t.tool_map_cap else {
+            throw CAPIError(KVC_ERR_BUFFER, "\(path): the tool map grew to \(trailer.count) bytes while it was loaded; tool_map_cap is \(t.tool_map_cap)")
+        }
+        UnsafeMutableRawBufferPointer(start: dest, count: trailer.count).copyBytes(from: trailer)
+    }
+    if let out {
+        copyName(name, into: &out.pointee.name)
+        out.pointee.header = kvc_header(body.header)
+        out.pointee.file_size = body.fileSize
+        out.pointee.tool_map_bytes = trailer.count
+        out.pointee.crc_verified = body.checksums == .crc32c ? 1 : 0
+    }
+}
+
+@_cdecl("kvc_find_prefix")
+public func kvc_find_prefix(_ cache: OpaquePointer?, _ promptBytes: UnsafePointer<UInt8>?, _ promptLen: Int,
+                            _ compat: UnsafePointer<kvc_compat>?, _ found: UnsafeMutablePointer<kvc_checkpoint>?,
+                            _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
+    reporting(err) {
+        let handle = try CacheHandle.from(cache)
+        guard let found else { throw CAPIError.invalid("found is NULL") }
+        let e = try find(handle, try prompt(promptBytes, promptLen), try compatibility(compat))
+        found.pointee = kvc_checkpoint()
+        copyName(e.fileName, into: &found.pointee.name)
+        if let h = e.header { found.pointee.header = kvc_header(h) }
+        found.pointee.file_size = e.fileSize
+        if let h = e.header, h.hasToolMap, let end = h.bodyEnd, e.fileSize >= end {
+            found.pointee.tool_map_bytes = Int(e.fileSize - end)
+        }
+    }
+}
+
+@_cdecl("kvc_load")
+public func kvc_load(_ cache: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ expectedABI: Int32,
+                     _ target: UnsafePointer<kvc_load_target>?, _ out: UnsafeMutablePointer<kvc_checkpoint>?,
+                     _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
+    reporting(err) {
+        let handle = try CacheHandle.from(cache)
+        let (n, path) = try handle.pathOf(name: name)
+        try load(handle, name: n, path: path, expectedABI: try engineABI(expectedABI), target, out)
+    }
+}
+
+@_cdecl("kvc_load_prefix")
+public func kvc_load_prefix(_ cache: OpaquePointer?, _ promptBytes: UnsafePointer<UInt8>?, _ promptLen: Int,
+                            _ compat: UnsafePointer<kvc_compat>?, _ target: UnsafePointer<kvc_load_target>?,
+                            _ out: UnsafeMutablePointer<kvc_checkpoint>?, _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
+    reporting(err) {
+        let handle = try CacheHandle.from(cache)
+        let c = try compatibility(compat)
+        let e = try find(handle, try prompt(promptBytes, promptLen), c)
+        try load(handle, name: e.fileName, path: handle.directory.pathOf(e.fileName), expectedABI: c.payloadABI, target, out)
+    }
+}
+
+@_cdecl("kvc_tool_map_decode")
+public func kvc_tool_map_decode(_ buf: UnsafePointer<UInt8>?, _ len: Int, _ entries: UnsafeMutablePointer<kvc_tool_entry>?,
+                                _ cap: Int, _ count: UnsafeMutablePointer<Int>?,
+                                _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
+    reporting(err) {
+        count?.pointee = 0
+        let raw = try bytes(buf, len, "buf")
+        guard let map = ToolMap.decode(raw) else { throw CAPIError(KVC_ERR_CORRUPT, "the \(len)-byte buffer is not a KTM tool map") }
+        count?.pointee = map.entries.count
+        guard map.entries.count <= cap else {
+            throw CAPIError(KVC_ERR_BUFFER, "the tool map has \(map.entries.count) entries; cap is \(cap)")
+        }
+        guard map.entries.isEmpty || entries != nil else { throw CAPIError.invalid("entries is NULL") }
+        // Entries point into the caller's buffer: walk the same layout ToolMap.decode accepted.
+        var offset = 8
+        for i in 0..<map.entries.count {
+            let e = map.entries[i]
+            let idAt = offset + 8
+            let dsmlAt = idAt + e.id.count
+            entries![i] = kvc_tool_entry(id: buf! + idAt, id_len: e.id.count, dsml: buf! + dsmlAt, dsml_len: e.dsml.count)
+            offset = dsmlAt + e.dsml.count
+        }
+    }
+}
