@@ -104,12 +104,6 @@ import Glibc
         }
     }
 
-    func scrubNow(_ d: DaemonProcess, _ files: [String]) throws -> [FileVerdict] {
-        var c = ControlClient(path: d.socket)
-        c.timeout = 120
-        return try c.send(ControlRequest(cmd: "scrub-now", files: files)).verdicts ?? []
-    }
-
     @Test func cEngine_besideARealDaemon_keepsEveryFile_findsEveryCorruption_andRefusesDamageOnLoad() throws {
         let root = TempDir()
         let cache = root.file("cache")
@@ -132,7 +126,7 @@ import Glibc
         #expect(Set(names).count == 80 && stored.filter { $0.version == 1 }.count >= 20)
         #expect(checkpoints(in: cache) == Set(names), "the engine's files are all there and nothing else")
         try waitUntil("every file indexed", timeout: 30) { try d!.status().files == 80 }
-        for v in try scrubNow(d!, names) {
+        for v in try d!.scrubNow(names) {
             #expect(v.verdict == "ok" && v.action == "kept", "\(v.file): \(v.verdict) \(v.action) \(v.problems)")
         }
         // v1 files get their checksums recorded on the daemon's first verification: wait for all of them.
@@ -175,7 +169,7 @@ import Glibc
         let d2 = try DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-new-file-delay", "0", "--removal-settle-seconds", "0.5",
             "--removal-brake", "50"], cacheDir: cache)
-        let verdicts = try scrubNow(d2, names)
+        let verdicts = try d2.scrubNow(names)
         for v in verdicts {
             let name = URL(fileURLWithPath: v.file).lastPathComponent
             #expect((v.verdict == "corrupt") == damaged.contains(name) || v.verdict == "missing", "\(name): \(v.verdict) \(v.problems)")

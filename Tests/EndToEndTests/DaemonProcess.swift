@@ -46,6 +46,13 @@ final class DaemonProcess {
 
     func status() throws -> StatusReport { try request("status").status! }
 
+    /// `scrub-now` for these files: each verified at once, with what the daemon did.
+    func scrubNow(_ files: [String]) throws -> [FileVerdict] {
+        var c = ControlClient(path: socket)
+        c.timeout = 120
+        return try c.send(ControlRequest(cmd: "scrub-now", files: files)).verdicts ?? []
+    }
+
     var metricsText: String? { try? request("metrics").metrics }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }

@@ -45,12 +45,6 @@ import Glibc
         ((try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: log)))) as? [String: Any]) ?? [:]
     }
 
-    func scrubNow(_ d: DaemonProcess, _ files: [String]) throws -> [FileVerdict] {
-        var c = ControlClient(path: d.socket)
-        c.timeout = 120
-        return try c.send(ControlRequest(cmd: "scrub-now", files: files)).verdicts ?? []
-    }
-
     @Test func lockFreeRewrites_withTheDaemonScrubbingFlatOut_removeNoGoodFile() throws {
         let root = TempDir()
         let cache = root.file("cache")
@@ -69,7 +63,7 @@ import Glibc
         while churn.isRunning {
             // Aimed at files being rewritten: every verdict must be kept or put off, never a removal.
             let picks = (0..<3).map { _ in files[Int(rng.next() % UInt64(files.count))] }
-            for v in try scrubNow(d, picks) {
+            for v in try d.scrubNow(picks) {
                 #expect(!v.action.hasPrefix("removed") && !v.action.hasPrefix("quarantined"), "\(v.file): \(v.action)")
             }
             scrubNows += 1
