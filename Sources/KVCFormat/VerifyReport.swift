@@ -91,7 +91,8 @@ public struct VerifyReport: Sendable {
     public var unchangedDuringRead: Bool { before != nil && before == after }
 }
 
-func hex32(_ v: UInt32) -> String {
+/// A CRC as kvscrubd prints it everywhere: 0x and eight hex digits.
+public func hex32(_ v: UInt32) -> String {
     let s = String(v, radix: 16)
     return "0x" + String(repeating: "0", count: max(0, 8 - s.count)) + s
 }

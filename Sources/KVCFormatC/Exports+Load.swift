@@ -7,6 +7,17 @@ private struct BufferTooSmall: Error {
     var trailerBytes: UInt64
 }
 
+extension kvc_checkpoint {
+    /// What the index knows of a checkpoint (header and size; the body unread, so not CRC-verified).
+    init(_ e: CacheEntry) {
+        self.init()
+        copyName(e.fileName, into: &name)
+        if let h = e.header { header = kvc_header(h) }
+        file_size = e.fileSize
+        if let h = e.header, h.hasToolMap, let end = h.bodyEnd, e.fileSize >= end { tool_map_bytes = Int(e.fileSize - end) }
+    }
+}
+
 private func compatibility(_ c: UnsafePointer<kvc_compat>?) throws -> CheckpointLoader.Compatibility {
     guard let c = c?.pointee else { throw CAPIError.invalid("compat is NULL") }
     return CheckpointLoader.Compatibility(modelID: c.model_id, quantBits: c.quant_bits, ctxSize: c.ctx_size,
@@ -85,13 +96,7 @@ public func kvc_find_prefix(_ cache: OpaquePointer?, _ promptBytes: UnsafePointe
         let handle = try CacheHandle.from(cache)
         guard let found else { throw CAPIError.invalid("found is NULL") }
         let e = try find(handle, try prompt(promptBytes, promptLen), try compatibility(compat))
-        found.pointee = kvc_checkpoint()
-        copyName(e.fileName, into: &found.pointee.name)
-        if let h = e.header { found.pointee.header = kvc_header(h) }
-        found.pointee.file_size = e.fileSize
-        if let h = e.header, h.hasToolMap, let end = h.bodyEnd, e.fileSize >= end {
-            found.pointee.tool_map_bytes = Int(e.fileSize - end)
-        }
+        found.pointee = kvc_checkpoint(e)
     }
 }
 
@@ -140,5 +145,26 @@ public func kvc_tool_map_decode(_ buf: UnsafePointer<UInt8>?, _ len: Int, _ entr
             entries![i] = kvc_tool_entry(id: buf! + idAt, id_len: e.id.count, dsml: buf! + dsmlAt, dsml_len: e.dsml.count)
             offset = dsmlAt + e.dsml.count
         }
+    }
+}
+
+@_cdecl("kvc_stat")
+public func kvc_stat(_ cache: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ expectedABI: Int32,
+                     _ out: UnsafeMutablePointer<kvc_checkpoint>?, _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
+    reporting(err) {
+        let handle = try CacheHandle.from(cache)
+        let (n, path) = try handle.pathOf(name: name)
+        guard let out else { throw CAPIError.invalid("out is NULL") }
+        out.pointee = kvc_checkpoint()
+        guard let e = try handle.directory.entry(named: n, engineABI: try engineABI(expectedABI)) else {
+            throw CAPIError(KVC_ERR_NOT_CHECKPOINT, "\(path): not a regular file")
+        }
+        guard let h = e.header else { throw CAPIError(KVC_ERR_NOT_CHECKPOINT, "\(path): \(e.defect ?? "no KVC header")") }
+        if h.isV2 && h.computedHeaderCRC != h.headerCRC {
+            throw CAPIError(KVC_ERR_CORRUPT, "\(path): header CRC mismatch (expected \(hex32(h.headerCRC)), actual \(hex32(h.computedHeaderCRC)))")
+        }
+        if let defect = e.defect { throw CAPIError(KVC_ERR_CORRUPT, "\(path): \(defect)") }
+        if let why = e.unusable { throw CAPIError(KVC_ERR_INCOMPATIBLE, "\(path): \(why)") }
+        out.pointee = kvc_checkpoint(e)
     }
 }

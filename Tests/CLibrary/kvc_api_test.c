@@ -215,6 +215,15 @@ static void test_store_load(kvc_cache *cache) {
     st = kvc_load_prefix(cache, (const uint8_t *)prompt, strlen(prompt), &compat, &t, &cp, &err);
     CHECK(st == KVC_OK && memcmp(back, payload, plen) == 0 && strcmp(cp.name, name) == 0, "load prefix: %s", err.message);
 
+    /* Stat: the header without the body. */
+    kvc_checkpoint st_cp;
+    st = kvc_stat(cache, name, -1, &st_cp, &err);
+    CHECK(st == KVC_OK && st_cp.header.tokens == 10 && st_cp.file_size == cp.file_size && st_cp.tool_map_bytes > 0 &&
+          st_cp.crc_verified == 0 && strcmp(st_cp.name, name) == 0, "stat: %s", err.message);
+    CHECK(kvc_stat(cache, name, 2, &st_cp, &err) == KVC_ERR_INCOMPATIBLE, "stat, another ABI");
+    CHECK(kvc_stat(cache, "0000000000000000000000000000000000000000.kv", -1, &st_cp, &err) == KVC_ERR_IO &&
+          err.sys_errno == ENOENT, "stat of a missing file");
+
     /* Touch: one more hit, new last_used, the header CRC resealed. */
     kvc_header h;
     st = kvc_touch(cache, name, KVC_TOUCH_INCREMENT, 1700000100, &h, &err);
@@ -258,6 +267,7 @@ static void test_store_load(kvc_cache *cache) {
     CHECK(kvc_verify(NULL, path, -1, &r, &err) == KVC_OK && r.verdict == KVC_VERDICT_CORRUPT, "verify by path");
     CHECK(kvc_touch(cache, name, KVC_TOUCH_INCREMENT, 1, &h, &err) == KVC_OK, "touch only needs a sound header");
     damage(name, 9);  /* the header: the touch must not reseal it */
+    CHECK(kvc_stat(cache, name, -1, &st_cp, &err) == KVC_ERR_CORRUPT && strstr(err.message, "header CRC"), "stat: %s", err.message);
     CHECK(kvc_touch(cache, name, KVC_TOUCH_INCREMENT, 1, &h, &err) == KVC_ERR_CORRUPT, "no touch of a damaged header: %s",
           err.message);
     free(back); free(c.buf); free(stop.buf); free(payload);

@@ -84,7 +84,7 @@ import Glibc
             symbols.insert(String(f[2].split(separator: "@")[0]))
         }
         let declared = try Self.headerFunctions()
-        #expect(declared.count == 20, "\(declared.sorted())")
+        #expect(declared.count == 21, "\(declared.sorted())")
         let extra = symbols.subtracting(declared).sorted(), missing = declared.subtracting(symbols).sorted()
         #expect(symbols == declared, "exported but not in kvc.h: \(extra); declared but not exported: \(missing)")
         let map = try String(contentsOfFile: Self.packageRoot + "/packaging/libkvcformat/libkvcformat.map", encoding: .utf8)
@@ -93,6 +93,22 @@ import Glibc
         #expect(listed == declared, "the version script and kvc.h disagree")
         let pc = try String(contentsOfFile: Self.libraryTree() + "/lib/pkgconfig/kvcformat.pc", encoding: .utf8)
         #expect(pc.contains("Libs: -L${libdir} -lkvcformat") && pc.contains("Cflags: -I${includedir}"), "\(pc)")
+    }
+
+    @Test func manPage_documentsEveryFunctionOfKvcH() throws {
+        let page = try String(contentsOfFile: Self.packageRoot + "/man/kvc.h.3", encoding: .utf8)
+            .replacingOccurrences(of: "\\-", with: "-")
+        let synopsis = page.components(separatedBy: ".SH DESCRIPTION")[0]
+        let description = page.components(separatedBy: ".SH DESCRIPTION")[1]
+        for f in try Self.headerFunctions() {
+            #expect(synopsis.contains(f + "("), "\(f) is not in kvc.h(3)'s SYNOPSIS")
+            #expect(description.contains(".B " + f), "\(f) is not described in kvc.h(3)")
+        }
+        let guide = try String(contentsOfFile: Self.packageRoot + "/docs/ENGINE.md", encoding: .utf8)
+        for f in ["kvc_cache_open", "kvc_find_prefix", "kvc_load", "kvc_touch", "kvc_stat", "kvc_rewrite_tool_map",
+                  "kvc_plan_eviction", "kvc_store_stream", "kvc_cache_close"] {
+            #expect(guide.contains(f + "("), "docs/ENGINE.md does not show \(f)")
+        }
     }
 
     /// kvc-engine-c's "stored NAME vN" lines.

@@ -76,7 +76,7 @@ import Testing
         #expect(checked > 40)
     }
 
-    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5"])
+    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5", "kvc.h.3"])
     func mandocLint_isClean(page: String) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mandoc")
@@ -94,7 +94,7 @@ import Testing
     /// Each page as a terminal shows it (mandoc, 80 columns, formatting stripped): no line wider
     /// than the terminal, no mdoc macro left over in a man(7) page (they print as words), no
     /// words run together by an alternating-font macro (`.BR "scrub now" ), and at`).
-    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5"])
+    @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5", "kvc.h.3"])
     func rendered_fitsEightyColumns_withoutLeftoverMacros_orRunTogetherWords(page: String) throws {
         let r = try Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/mandoc -T utf8 -O width=80 '\(Self.repo)/man/\(page)' | col -bx"])
         #expect(r.status == 0, "\(r.stderr)")

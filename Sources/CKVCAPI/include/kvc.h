@@ -204,6 +204,15 @@ typedef struct kvc_checkpoint {
 kvc_status kvc_find_prefix(kvc_cache *cache, const uint8_t *prompt, size_t prompt_len,
                            const kvc_compat *compat, kvc_checkpoint *found, kvc_error *err);
 
+/* One checkpoint's header and size, without reading its text or payload
+ * (ds4_kvstore_read_entry_file): what a store checks before deciding to
+ * only rewrite the tool map of an existing compatible checkpoint.
+ * KVC_ERR_CORRUPT when the v2 header CRC does not match or the file is
+ * shorter than its header says; KVC_ERR_INCOMPATIBLE for another payload ABI
+ * than expected_abi (-1: any). crc_verified is 0: the body was not read. */
+kvc_status kvc_stat(kvc_cache *cache, const char *name, int expected_abi,
+                    kvc_checkpoint *out, kvc_error *err);
+
 /* Receives the payload in order, in chunks; non-zero cancels the load. */
 typedef int (*kvc_read_fn)(void *ctx, const void *chunk, size_t len);
 
