@@ -334,10 +334,25 @@ struct Scan {
             var crc = CRC32C()
             if let dest = payloadDestination {
                 precondition(UInt64(dest.count) >= h.payloadBytes)
-                try streamInto(file, from: payloadStart, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) {
-                    crc.update($0)
+                let region = UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])
+                if region.count >= ChecksumPipeline.minimumBytes && ChecksumPipeline.worthIt {
+                    // The CRC on a second core, following the reads (see ChecksumPipeline).
+                    let pipeline = ChecksumPipeline(checking: UnsafeRawBufferPointer(region))
+                    var filled = 0
+                    do {
+                        try streamInto(file, from: payloadStart, destination: region) {
+                            filled += $0.count
+                            pipeline.publish(upTo: filled)
+                        }
+                    } catch {
+                        pipeline.abandon()
+                        throw error
+                    }
+                    d.payloadCRC = pipeline.result()
+                } else {
+                    try streamInto(file, from: payloadStart, destination: region) { crc.update($0) }
+                    d.payloadCRC = crc.value
                 }
-                d.payloadCRC = crc.value
             } else if let sink = payloadSink {
                 let got = try stream(file, from: payloadStart, length: h.payloadBytes) { crc.update($0); try sink($0) }
                 guard got == h.payloadBytes else {
