@@ -91,6 +91,10 @@ import Glibc
         let listed = Set(map.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { $0.hasPrefix("kvc_") && $0.hasSuffix(";") }.map { String($0.dropLast()) })
         #expect(listed == declared, "the version script and kvc.h disagree")
+        let symbolsFile = try String(contentsOfFile: Self.packageRoot + "/debian/libkvcformat0.symbols", encoding: .utf8)
+        let packaged = Set(symbolsFile.split(separator: "\n").dropFirst().compactMap { $0.split(separator: "@").first }
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("kvc_") })
+        #expect(packaged == declared, "debian/libkvcformat0.symbols and kvc.h disagree")
         let pc = try String(contentsOfFile: Self.libraryTree() + "/lib/pkgconfig/kvcformat.pc", encoding: .utf8)
         #expect(pc.contains("Libs: -L${libdir} -lkvcformat") && pc.contains("Cflags: -I${includedir}"), "\(pc)")
     }
