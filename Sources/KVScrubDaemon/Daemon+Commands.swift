@@ -55,7 +55,7 @@ extension Daemon {
     }
 
     func refused(_ cmd: ControlCommand, _ peer: AccessPolicy.Peer?, _ why: String) -> ControlResponse {
-        logger.notice("request refused", metadata: ["event": "refused", "cmd": "\(cmd.rawValue)", "uid": "\(peer.map { String($0.uid) } ?? "?")"])
+        events.record(DaemonEvent(.refused, .notice, "request refused", ["cmd": "\(cmd.rawValue)", "uid": "\(peer.map { String($0.uid) } ?? "?")"]))
         return .failure(why)
     }
 

@@ -19,9 +19,8 @@ extension Daemon {
             return try dir.entry(named: name, engineABI: state.with { $0.engineABI.abi })
         } catch let e as KVCError where e.errno != .noSuchFileOrDirectory {
             guard let st = try? FileStatus.of(name: name, in: dir.fd, dirPath: dir.path), st.isRegular else { throw e }
-            logger.error("cannot read an arriving checkpoint; it counts against the budget and goes first",
-                         metadata: ["event": "index-failed", "file": "\(name)", "error": "\(e)"])
-            state.with { $0.noteError("index \(name): \(e)") }
+            events.record(DaemonEvent(.indexFailed, .error, "cannot read an arriving checkpoint; it counts against the budget and goes first",
+                                      ["file": "\(name)", "error": "\(e)"], counts: .error("index \(name): \(e)")))
             return CacheEntry.unreadable(name: name, status: st, error: e)
         }
     }
@@ -35,7 +34,7 @@ extension Daemon {
             s.setEngineABI(r)
             return c
         }
-        if changed { logger.notice("engine payload ABI in force changed", metadata: ["event": "engine-abi", "abi": "\(r.description)"]) }
+        if changed { events.record(DaemonEvent(.engineABI, .notice, "engine payload ABI in force changed", ["abi": "\(r.description)"])) }
     }
 
     /// The loop that must not hang: it feeds the watchdog, so a stuck
@@ -75,11 +74,11 @@ extension Daemon {
             if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
             if notifier.isActive { wait = min(wait, max(.zero, nextStatus - now)) }
             if let due = evictor.summaryDueIn() { wait = min(wait, .milliseconds(Int64(due * 1000) + 1)) }
-            let events = watcher.next(timeout: wait)
+            let changes = watcher.next(timeout: wait)
             if stopping.isSet { break }
             var arrivals: [String] = []
-            for event in events {
-                state.with { $0.counters.inotifyEvents += 1 }
+            for event in changes {
+                events.record(DaemonEvent(.inotifyEvent, .trace, "inotify event", counts: .inotifyEvent))
                 switch event {
                 case .changed(let name):
                     guard CheckpointName.isCheckpoint(name) else { continue }
@@ -90,13 +89,13 @@ extension Daemon {
                                 learnEngineABI(from: entry)
                                 entry = entry.judged(engineABI: state.with { $0.engineABI.abi })
                             }
-                            let regret = state.with { s -> DaemonState.RegretRecord? in
+                            events.record { s in
                                 s.insert(entry)
-                                return before == nil ? s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) : nil
-                            }
-                            if let regret {
-                                logger.notice("an evicted checkpoint was written again (regret)", metadata: [
-                                    "event": "regret", "file": "\(name)", "bytes": "\(regret.bytes)", "seconds": "\(Int(regret.afterSeconds))"])
+                                guard before == nil, let regret = s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) else {
+                                    return nil
+                                }
+                                return DaemonEvent(.regret, .notice, "an evicted checkpoint was written again (regret)", [
+                                    "file": "\(name)", "bytes": "\(regret.bytes)", "seconds": "\(Int(regret.afterSeconds))"], counts: .regret)
                             }
                             if before?.identity != entry.identity {
                                 arrivals.append(name)
@@ -108,17 +107,18 @@ extension Daemon {
                     } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
                         state.with { _ = $0.remove(name) }
                     } catch {
-                        state.with { $0.noteError("index \(name): \(error)") }
+                        events.record(DaemonEvent(.indexFailed, .error, "cannot read an arriving checkpoint", ["file": "\(name)", "error": "\(error)"],
+                                                  counts: .error("index \(name): \(error)")))
                     }
                 case .removed(let name):
                     state.with { _ = $0.remove(name) }
                 case .overflow:
-                    logger.warning("inotify queue overflowed; rescanning", metadata: ["event": "rescan"])
+                    events.record(DaemonEvent(.rescan, .warning, "inotify queue overflowed; rescanning"))
                     rescan(dir)
                 case .directoryBack:
                     continue
                 case .directoryGone:
-                    logger.warning("the cache directory was removed or moved; waiting for it", metadata: ["event": "directory-gone"])
+                    events.record(DaemonEvent(.directoryGone, .warning, "the cache directory was removed or moved; waiting for it"))
                     directory.withLock { $0 = nil }
                     scrubber.use(directory: nil)
                     state.with { $0.replaceIndex([]); $0.phase = "waiting for the cache directory" }
@@ -127,7 +127,7 @@ extension Daemon {
             guard directory.withLock({ $0 }) != nil else { continue }
             for name in arrivals { evictor.evaluate(directory: dir, arrived: name) }
             // Records of files that went, evictions and regrets: to the state database (it batches).
-            if !events.isEmpty { scrubber.persist(force: false) }
+            if !changes.isEmpty { scrubber.persist(force: false) }
         }
     }
 
@@ -135,11 +135,15 @@ extension Daemon {
         do {
             let known = state.with { $0.index }
             let scan = try dir.scan(engineABI: state.config.engineABI)
-            state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI); $0.counters.rescans += 1 }
+            events.record(DaemonEvent(.rescanned, .info, "rescanned the cache directory", ["files": "\(scan.entries.count)"], counts: .rescan)) {
+                $0.replaceIndex(scan.entries)
+                $0.setEngineABI(scan.engineABI)
+            }
             // Only what is new or replaced needs a look soon; the rest keeps its place in the pass.
             for e in scan.entries where known[e.fileName]?.identity != e.identity { scrubber.fileArrived(e.fileName) }
         } catch {
-            state.with { $0.noteError("rescan: \(error)") }
+            events.record(DaemonEvent(.rescanFailed, .error, "cannot rescan the cache directory", ["error": "\(error)"],
+                                      counts: .error("rescan: \(error)")))
         }
     }
 
@@ -153,11 +157,12 @@ extension Daemon {
             if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
                 do {
                     try openDirectory(path, create: false)
-                    state.with { $0.phase = "running"; $0.counters.rescans += 1 }
-                    logger.notice("the cache directory is back; watching it again", metadata: ["event": "directory-back"])
+                    events.record(DaemonEvent(.directoryBack, .notice, "the cache directory is back; watching it again", counts: .rescan)) {
+                        $0.phase = "running"
+                    }
                     return
                 } catch {
-                    logger.error("cannot watch the cache directory yet", metadata: ["event": "directory-watch-failed", "error": "\(error)"])
+                    events.record(DaemonEvent(.directoryWatchFailed, .error, "cannot watch the cache directory yet", ["error": "\(error)"]))
                 }
             }
             // Waiting is not hanging: the watchdog is fed and STATUS= says what it waits for.
@@ -208,12 +213,12 @@ extension Daemon {
             }
             scrubber.wake()
             watcher.wake()
-            logger.notice("configuration reloaded", metadata: ["event": "reloaded", "budget_mb": "\(new.budgetMB)", "log_level": "\(new.logLevel)",
-                                                               "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"])
+            events.record(DaemonEvent(.reloaded, .notice, "configuration reloaded", ["budget_mb": "\(new.budgetMB)", "log_level": "\(new.logLevel)",
+                                                                                   "scrub_rate_mb_per_s": "\(new.scrubRateMBps)", "dry_run": "\(new.dryRun)"]))
             return .success(fixed)
         } catch {
-            state.with { $0.noteError("reload: \(error)") }
-            logger.error("configuration reload failed; keeping the previous settings", metadata: ["event": "reload-failed", "error": "\(error)"])
+            events.record(DaemonEvent(.reloadFailed, .error, "configuration reload failed; keeping the previous settings", ["error": "\(error)"],
+                                      counts: .error("reload: \(error)")))
             return .failure(error)
         }
     }

@@ -31,6 +31,8 @@ public final class Daemon: Sendable {
     let configFile: String?
     let flags: [(String, String)]
     let logger: Logger
+    /// Where this part reports what happened (logged and counted in one place).
+    let events: EventRecorder
     /// The handlers' level, which `reload` sets from log_level (nil: levels are fixed, as in the fuzz target).
     let logLevels: LogLevelSwitch?
     /// Ends the maintenance loop (its service's graceful shutdown sets it).
@@ -65,21 +67,23 @@ public final class Daemon: Sendable {
         self.configFile = configFile
         self.flags = flags
         self.logger = logger
-        let state = self.state
+        self.events = EventRecorder(state: state, logger: logger)
+        let state = self.state, events = self.events
         database = StateDatabase(
             directory: config.stateDir, faults: faults, historyDays: { state.config.historyDays },
             snapshot: { state.with { StateDatabase.Snapshot(core: $0.core, records: $0.records, recentEvictions: $0.recentEvictions) } },
             report: { what, error in
-                state.with { $0.noteError("\(what): \(error)") }
-                logger.error("cannot save state", metadata: ["event": "state-save-failed", "what": "\(what)", "error": "\(error)"])
+                events.record(DaemonEvent(.stateSaveFailed, .error, "cannot save state", ["what": "\(what)", "error": "\(error)"],
+                                          counts: .error("\(what): \(error)")))
             },
             replaced: { to, error in
-                state.with { $0.noteError("state database damaged, moved to \(to): \(error)") }
-                logger.error("the state database was damaged; moved aside and a new one started (recorded checksums are taken again)",
-                             metadata: ["event": "state-db-damaged", "path": "\(config.stateDir)/state.sqlite", "moved_to": "\(to)", "error": "\(error)"])
+                events.record(DaemonEvent(.stateDBDamaged, .error,
+                                          "the state database was damaged; moved aside and a new one started (recorded checksums are taken again)",
+                                          ["path": "\(config.stateDir)/state.sqlite", "moved_to": "\(to)", "error": "\(error)"],
+                                          counts: .error("state database damaged, moved to \(to): \(error)")))
             },
             recovered: { attempts in
-                logger.notice("the state database is written again", metadata: ["event": "state-save-recovered", "failed_attempts": "\(attempts)"])
+                events.record(DaemonEvent(.stateSaveRecovered, .notice, "the state database is written again", ["failed_attempts": "\(attempts)"]))
             })
         scrubber = Scrubber(state: state, database: database, faults: faults, stopping: scrubStopping, logger: logger)
         evictor = Evictor(state: state, logger: logger, summarySeconds: faults.evictionSummarySeconds ?? 600) { [database] in
@@ -132,7 +136,7 @@ public final class Daemon: Sendable {
             }
         }
         if stopAsked.isSet {
-            logger.notice("stopping: asked to during start-up", metadata: ["event": "stopping"])
+            events.record(DaemonEvent(.stopping, .notice, "stopping: asked to during start-up"))
             await metricsServer?.stop()
             await server.stop()
             await saveAndCloseState()
@@ -173,16 +177,17 @@ public final class Daemon: Sendable {
 
     /// Says ready, reloads on SIGHUP until the group shuts down, then says stopping.
     private func lifecycle() async {
-        state.with { $0.phase = "running" }
-        let (files, bytes) = state.with { ($0.index.count, $0.totalBytes) }
-        logger.notice("ready", metadata: ["event": "ready", "cache_dir": "\(state.config.cacheDir)", "files": "\(files)",
-                                          "bytes": "\(bytes)", "socket": "\(state.config.socketPath)"])
+        events.record { s in
+            s.phase = "running"
+            return DaemonEvent(.ready, .notice, "ready", ["cache_dir": "\(s.config.cacheDir)", "files": "\(s.index.count)",
+                                                          "bytes": "\(s.totalBytes)", "socket": "\(s.config.socketPath)"])
+        }
         notifier.ready(status: statusLine())
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             // Parses a file: off the cooperative pool.
             _ = await Self.offLoop { [self] in reload() }
         }
-        logger.notice("stopping", metadata: ["event": "stopping"])
+        events.record(DaemonEvent(.stopping, .notice, "stopping"))
         notifier.stopping()
         state.with { $0.phase = "stopping" }
     }
@@ -193,13 +198,12 @@ public final class Daemon: Sendable {
     func restoreState() -> [String] {
         let opening = database.open()
         if let why = opening.unavailable {
-            state.with { $0.noteError("open state database \(database.path): \(why)") }
-            logger.error("cannot open the state database; running without it, and trying again at every save",
-                         metadata: ["event": "state-db-unavailable", "path": "\(database.path)", "error": "\(why)"])
+            events.record(DaemonEvent(.stateDBUnavailable, .error, "cannot open the state database; running without it, and trying again at every save",
+                                      ["path": "\(database.path)", "error": "\(why)"], counts: .error("open state database \(database.path): \(why)")))
         }
         if let from = opening.migratedFrom {
-            logger.notice("migrated the state file into the state database", metadata: ["event": "state-migrated", "from": "\(from)",
-                                                                                       "to": "\(database.path)"])
+            events.record(DaemonEvent(.stateMigrated, .notice, "migrated the state file into the state database",
+                                      ["from": "\(from)", "to": "\(database.path)"]))
         }
         if let why = opening.legacyUnreadable {
             logger.warning("state file unreadable; starting with fresh counters (kept as state.json.unreadable)",
@@ -240,9 +244,9 @@ public final class Daemon: Sendable {
         } else if !passActive {
             scrubber.startPass(now: Date().timeIntervalSince1970)
         }
-        logger.info("v1 checkpoints without a recorded checksum yet; verifying them to record one", metadata: [
-            "event": "first-sight", "files": "\(unrecorded.count)",
-            "how": "\(unrecorded.count <= 1000 ? "as new arrivals" : (passActive ? "by the pass in progress" : "by a pass started now"))"])
+        events.record(DaemonEvent(.firstSight, .info, "v1 checkpoints without a recorded checksum yet; verifying them to record one", [
+            "files": "\(unrecorded.count)",
+            "how": "\(unrecorded.count <= 1000 ? "as new arrivals" : (passActive ? "by the pass in progress" : "by a pass started now"))"]))
     }
 
     /// Names the calling thread as `ps -L`, `top -H` and /proc show it (at most 15 bytes).
@@ -268,10 +272,10 @@ public final class Daemon: Sendable {
             s.records.filter { r in scan.takenAway.contains { CheckpointName.originalName(ofTakenAway: $0) == r.key } }
         }
         state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI) }
-        logger.info("engine payload ABI in force", metadata: ["event": "engine-abi", "abi": "\(scan.engineABI.description)"])
+        events.record(DaemonEvent(.engineABI, .info, "engine payload ABI in force", ["abi": "\(scan.engineABI.description)"]))
         for e in scan.errors {
-            state.with { $0.noteError("\(e)") }
-            logger.error("cannot read a checkpoint's header; it counts against the budget and goes first", metadata: ["event": "index-failed", "error": "\(e)"])
+            events.record(DaemonEvent(.indexFailed, .error, "cannot read a checkpoint's header; it counts against the budget and goes first",
+                                      ["error": "\(e)"], counts: .error("\(e)")))
         }
         recoverTakenAway(scan.takenAway, in: dir, records: leftoverRecords)
         directory.withLock { $0 = dir }
@@ -295,8 +299,8 @@ public final class Daemon: Sendable {
             let original = CheckpointName.originalName(ofTakenAway: name) ?? name
             let verifier = state.with { Verifier(engineABI: $0.engineABI.abi, recorded: records[original]) }
             let outcome = dir.recoverTakenAway(name, verifier: verifier, disposal: disposal)
-            logger.notice("settled a removal a restart interrupted", metadata: ["event": "removal-recovered", "file": "\(name)",
-                                                                               "outcome": "\(outcome)"])
+            events.record(DaemonEvent(.removalRecovered, .notice, "settled a removal a restart interrupted",
+                                      ["file": "\(name)", "outcome": "\(outcome)"]))
             if case .putBack(let original) = outcome, let e = try? dir.entry(named: original, engineABI: state.with({ $0.engineABI.abi })) {
                 state.with { s in
                     s.insert(e)

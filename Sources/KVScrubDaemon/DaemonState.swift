@@ -242,8 +242,7 @@ public final class DaemonState: Sendable {
             let r = RegretRecord(at: now, file: name, bytes: bytes, afterSeconds: now - e.at)
             regretLog.append(r)
             regretLog.removeAll { now - $0.at > 7 * 86400 }
-            counters.regrets = (counters.regrets ?? 0) + 1
-            return r
+            return r  // counted by the recorder's `regret` event
         }
 
         mutating func noteEviction(_ name: String, bytes: UInt64, now: Double) {

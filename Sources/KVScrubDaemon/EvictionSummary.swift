@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// The evictions of the last few minutes, counted for one notice-level log
 /// line: single evictions are logged at info (a busy cache evicts all day, and
@@ -28,8 +29,8 @@ struct EvictionSummary: Sendable {
         files.isEmpty ? nil : max(0, windowStart + interval - now)
     }
 
-    /// The line to log when the window is over and anything was evicted in it (then a new window starts).
-    mutating func due(now: Double) -> (message: String, metadata: [String: String])? {
+    /// The event to record when the window is over and anything was evicted in it (then a new window starts).
+    mutating func due(now: Double) -> DaemonEvent? {
         guard now - windowStart >= interval else { return nil }
         defer { windowStart = now; files = [:]; bytes = 0; dryRun = false }
         let total = files.values.reduce(0, +)
@@ -37,9 +38,8 @@ struct EvictionSummary: Sendable {
         let causes = [Evictor.Cause.budget, .freeSpace, .incompatible].compactMap { c in files[c].map { "\($0) \(c.rawValue)" } }
         let message = (dryRun ? "would have evicted " : "evicted ") + "\(total) files (\(ByteText.short(bytes))) in the last " +
             DurationText.short(now - windowStart) + ": " + causes.joined(separator: ", ")
-        var metadata = ["event": dryRun ? "would-evict-summary" : "eviction-summary", "files": "\(total)", "bytes": "\(bytes)",
-                        "seconds": "\(Int(now - windowStart))"]
+        var metadata: Logger.Metadata = ["files": "\(total)", "bytes": "\(bytes)", "seconds": "\(Int(now - windowStart))"]
         for (c, n) in files { metadata["files_" + c.rawValue.replacingOccurrences(of: "-", with: "_")] = "\(n)" }
-        return (message, metadata)
+        return DaemonEvent(dryRun ? .wouldEvictSummary : .evictionSummary, .notice, message, metadata)
     }
 }

@@ -26,6 +26,8 @@ import Glibc
 public final class Evictor: Sendable {
     let state: DaemonState
     let logger: Logger
+    /// Where this part reports what happened (logged and counted in one place).
+    let events: EventRecorder
     /// Where each eviction goes into the history (`kvscrubd history`).
     let history: @Sendable (HistoryEvent) -> Void
     /// Holds `culling` (free-space hysteresis) between passes.
@@ -38,6 +40,7 @@ public final class Evictor: Sendable {
                 history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
         self.logger = logger
+        self.events = EventRecorder(state: state, logger: logger)
         self.history = history
         summary = MutexBox(EvictionSummary(interval: summarySeconds, now: Date().timeIntervalSince1970))
     }
@@ -49,8 +52,8 @@ public final class Evictor: Sendable {
 
     /// Logs the summary of the evictions of the last window when it is over (the maintenance loop asks).
     func summarizeIfDue(now: Double = Date().timeIntervalSince1970) {
-        guard let (message, metadata) = summary.withLock({ $0.due(now: now) }) else { return }
-        logger.notice("\(message)", metadata: metadata.mapValues { .string($0) })
+        guard let event = summary.withLock({ $0.due(now: now) }) else { return }
+        events.record(event)
     }
 
     public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible }
@@ -86,9 +89,8 @@ public final class Evictor: Sendable {
         var needBudget: UInt64 = 0
         let oversized = overBudget ? entries.filter { $0.fileSize > config.budgetBytes } : []
         if let a = arrived, let big = oversized.first(where: { $0.fileName == a }) {
-            logger.warning("a checkpoint larger than the whole budget arrived; evicting nothing for it",
-                           metadata: ["event": "oversized-arrival", "file": "\(a)", "bytes": "\(big.fileSize)",
-                                      "budget": "\(config.budgetBytes)"])
+            events.record(DaemonEvent(.oversizedArrival, .warning, "a checkpoint larger than the whole budget arrived; evicting nothing for it",
+                                      ["file": "\(a)", "bytes": "\(big.fileSize)", "budget": "\(config.budgetBytes)"]))
         }
         let budgeted = total - oversized.reduce(0) { $0 + $1.fileSize }
         if overBudget && budgeted > config.budgetBytes {
@@ -114,8 +116,8 @@ public final class Evictor: Sendable {
         readIncoming()
         let candidates = entries.filter { $0.fileName != arrived }
         if needBudget > 0 {
-            logger.info("over budget", metadata: ["event": "budget-exceeded", "bytes": "\(total)",
-                                                    "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"])
+            events.record(DaemonEvent(.budgetExceeded, .info, "over budget",
+                                      ["bytes": "\(total)", "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"]))
         }
         let order = EvictionPlan.order(entries: needSpace > 0 ? candidates : candidates.filter { c in !oversized.contains { $0.fileName == c.fileName } },
                                        now: now, incoming: incoming)
@@ -127,11 +129,11 @@ public final class Evictor: Sendable {
             let e = v.entry
             let cause: Cause = e.unusable != nil ? .incompatible : (freed < needBudget ? .budget : .freeSpace)
             let meta: Logger.Metadata = [
-                "event": config.dryRun ? "would-evict" : "evicted", "file": "\(e.fileName)", "cause": "\(cause.rawValue)",
+                "file": "\(e.fileName)", "cause": "\(cause.rawValue)",
                 "score": "\(v.score)", "bytes": "\(e.fileSize)", "tokens": "\(e.header?.tokens ?? 0)", "hits": "\(e.header?.hits ?? 0)",
             ]
             if config.dryRun {
-                logger.info("would evict (dry run)", metadata: meta)
+                events.record(DaemonEvent(.wouldEvict, .info, "would evict (dry run)", meta))
                 summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: true) }
                 freed += e.fileSize
                 continue
@@ -140,17 +142,10 @@ public final class Evictor: Sendable {
                 switch try directory.remove(name: e.fileName, identity: e.identity) {
                 case .removed:
                     freed += e.fileSize
-                    state.with { s in
+                    events.record(DaemonEvent(.evicted, .info, "evicted", meta, counts: .evicted(cause, bytes: e.fileSize))) { s in
                         s.remove(e.fileName)
                         if cause != .incompatible { s.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now)) }
-                        s.counters.evictedBytes += e.fileSize
-                        switch cause {
-                        case .budget: s.counters.evictedBudget += 1
-                        case .freeSpace: s.counters.evictedFreeSpace += 1
-                        case .incompatible: s.counters.evictedIncompatible += 1
-                        }
                     }
-                    logger.info("evicted", metadata: meta)
                     summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.rawValue,
                                          detail: e.unusable ?? String(format: "score %.6g", v.score)))
@@ -161,8 +156,8 @@ public final class Evictor: Sendable {
                     logger.info("eviction skipped: the file was replaced since it was scored", metadata: ["file": "\(e.fileName)"])
                 }
             } catch {
-                state.with { $0.noteError("evict \(e.fileName): \(error)") }
-                logger.error("cannot evict; skipping it", metadata: ["event": "evict-failed", "file": "\(e.fileName)", "error": "\(error)"])
+                events.record(DaemonEvent(.evictFailed, .error, "cannot evict; skipping it", ["file": "\(e.fileName)", "error": "\(error)"],
+                                          counts: .error("evict \(e.fileName): \(error)")))
             }
         }
     }

@@ -20,7 +20,7 @@ extension Scrubber {
         }
         persist(force: true)
         guard was.0 else { return "the removal brake was not engaged" }
-        logger.notice("removal brake released by an operator", metadata: ["event": "removal-brake-released", "held_back": "\(was.1)"])
+        events.record(DaemonEvent(.removalBrakeReleased, .notice, "removal brake released by an operator", ["held_back": "\(was.1)"]))
         return "removal brake released; \(was.1) files it held back stay in \(state.config.brakeQuarantineDir)"
     }
 
@@ -49,7 +49,7 @@ extension Scrubber {
             return false
         }
         persist(force: true)
-        logger.notice("scrubbing paused", metadata: ["event": "scrub-paused"])
+        events.record(DaemonEvent(.scrubPaused, .notice, "scrubbing paused"))
         return already ? "scrubbing was already paused" : "scrubbing paused; 'kvscrubd scrub resume' goes on where it stopped"
     }
 
@@ -57,7 +57,7 @@ extension Scrubber {
         let was = resumeIfPaused(now: Date().timeIntervalSince1970)
         persist(force: true)
         wake()
-        if was { logger.notice("scrubbing resumed", metadata: ["event": "scrub-resumed"]) }
+        if was { events.record(DaemonEvent(.scrubResumed, .notice, "scrubbing resumed")) }
         return was ? "scrubbing resumed" : "scrubbing was not paused"
     }
 
@@ -88,7 +88,7 @@ extension Scrubber {
         persist(force: true)
         wake()
         let next = now + state.config.scrubIntervalHours * 3600
-        logger.notice("scrub pass cancelled", metadata: ["event": "scrub-cancelled", "files": "\(done)"])
+        events.record(DaemonEvent(.scrubCancelled, .notice, "scrub pass cancelled", ["files": "\(done)"]))
         return "scrub pass cancelled after \(done) files; the next starts \(Self.iso(next)) ('kvscrubd scrub start' starts one now)"
     }
 

@@ -24,28 +24,23 @@ extension Scrubber {
         let config = state.config
         var meta = Self.metadata(report)
         if config.dryRun {
-            state.with { s in
-                s.counters.countCorrupt(region: meta["region"].map { "\($0)" } ?? "unknown", removed: false)
-                if s.scrub.passStartedAt != nil { s.scrub.corruptFound += 1 }
-            }
-            meta["event"] = "corrupt-found"
-            logger.warning("corrupt file found", metadata: meta)
-            logger.notice("would remove corrupt file (dry run)", metadata: meta.merging(["event": "would-remove"]) { $1 })
+            events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", meta))
+            events.record(DaemonEvent(.wouldRemove, .notice, "would remove corrupt file (dry run)", meta,
+                                      counts: .corrupt(region: Self.region(meta), removed: false, quarantined: false)))
             return "kept (dry run)"
         }
         guard report.unchangedDuringRead, let after = report.after else {
-            meta["event"] = "corrupt-unconfirmed"
-            logger.info("corrupt verdict from a read the file changed under; checking it again shortly", metadata: meta)
-            state.with { $0.counters.corruptUnconfirmed = ($0.counters.corruptUnconfirmed ?? 0) + 1 }
+            events.record(DaemonEvent(.corruptUnconfirmed, .info, "corrupt verdict from a read the file changed under; checking it again shortly",
+                                      meta, counts: .corruptUnconfirmed))
             fileArrived(report.name)
             return "kept (the file changed while it was read; it is checked again)"
         }
         let due = after.lastChange + config.removalSettleSeconds
         firstVerdicts.withLock { $0[report.name] = report }
-        state.with { $0.pendingRemoval[report.name] = due }
-        meta["event"] = "corrupt-suspected"
         meta["settle_seconds"] = "\(config.removalSettleSeconds)"
-        logger.notice("corrupt verdict; the file is verified again once left alone for the settle time", metadata: meta)
+        events.record(DaemonEvent(.corruptSuspected, .notice, "corrupt verdict; the file is verified again once left alone for the settle time", meta)) {
+            $0.pendingRemoval[report.name] = due
+        }
         persist(force: true) // a restart before the second look verifies the file again
         wake()
         return "pending: verified again once unchanged for \(DurationText.short(config.removalSettleSeconds))"
@@ -70,8 +65,8 @@ extension Scrubber {
             state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + 1 }
             return "pending: interrupted"
         } catch {
-            state.with { $0.noteError("remove corrupt \(name): \(error)") }
-            logger.error("cannot remove corrupt file", metadata: Self.metadata(first).merging(["event": "remove-failed", "error": "\(error)"]) { $1 })
+            events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
+                                      counts: .error("remove corrupt \(name): \(error)")))
             return "kept (cannot remove: \(error))"
         }
     }
@@ -94,7 +89,8 @@ extension Scrubber {
             }
             return "kept (the file kept changing; the scrub checks it again)"
         } catch {
-            state.with { $0.noteError("remove corrupt \(first.name): \(error)") }
+            events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
+                                      counts: .error("remove corrupt \(first.name): \(error)")))
             return "kept (cannot remove: \(error))"
         }
     }
@@ -114,8 +110,8 @@ extension Scrubber {
             do {
                 return .quarantine(try .open(creating: target))
             } catch {
-                logger.error("cannot open the quarantine directory; the corrupt file stays in place",
-                             metadata: ["event": "quarantine-failed", "path": "\(target)", "error": "\(error)"])
+                events.record(DaemonEvent(.quarantineFailed, .error, "cannot open the quarantine directory; the corrupt file stays in place",
+                                          ["path": "\(target)", "error": "\(error)"], counts: .error("open quarantine \(target): \(error)")))
                 return nil
             }
         }
@@ -126,9 +122,9 @@ extension Scrubber {
         let (first, reason) = state.with { ($0.brake.heldBack == 1, $0.brake.reason ?? "") }
         guard first else { return }
         persist(force: true)
-        logger.critical("removal brake engaged: corrupt files are quarantined, not removed, until an operator runs 'kvscrubd brake release'",
-                        metadata: ["event": "removal-brake-engaged", "reason": "\(reason)", "file": "\(report.name)",
-                                   "quarantine": "\(state.config.brakeQuarantineDir)"])
+        events.record(DaemonEvent(.removalBrakeEngaged, .critical,
+                                  "removal brake engaged: corrupt files are quarantined, not removed, until an operator runs 'kvscrubd brake release'",
+                                  ["reason": "\(reason)", "file": "\(report.name)", "quarantine": "\(state.config.brakeQuarantineDir)"]))
     }
 
     /// Counts, logs and reports one outcome of the second look.
@@ -137,10 +133,10 @@ extension Scrubber {
         switch outcome {
         case .removed(let r), .quarantined(let r, _), .keptInPlace(let r, _):
             var m = Self.metadata(r)
-            let region = m["region"].map { "\($0)" } ?? "unknown"
+            let region = Self.region(m)
             var removed = true
             var action = "removed"
-            var event = "corrupt-removed"
+            var event = DaemonEvent.Kind.corruptRemoved
             var message = "corrupt file removed"
             if case .quarantined(_, let to) = outcome {
                 m["quarantined_to"] = "\(to)"
@@ -150,22 +146,15 @@ extension Scrubber {
                 removed = false
                 m["why"] = "\(why)"
                 action = "kept in place (\(why))"
-                event = "corrupt-kept"
+                event = .corruptKept
                 message = "corrupt file kept in place"
             }
-            m["event"] = "corrupt-found"
-            logger.warning("corrupt file found", metadata: m)
-            state.with { s in
-                if removed { s.remove(name) }
-                s.counters.countCorrupt(region: region, removed: removed)
-                if case .quarantined = outcome { s.counters.corruptQuarantined = (s.counters.corruptQuarantined ?? 0) + 1 }
-                if s.scrub.passStartedAt != nil {
-                    s.scrub.corruptFound += 1
-                    if removed { s.scrub.removed += 1 }
-                }
+            var quarantined = false
+            if case .quarantined = outcome { quarantined = true }
+            events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", m))
+            events.record(DaemonEvent(event, .warning, message, m, counts: .corrupt(region: region, removed: removed, quarantined: quarantined))) {
+                if removed { $0.remove(name) }
             }
-            m["event"] = "\(event)"
-            logger.warning("\(message)", metadata: m)
             var done = HistoryEvent.Action.removed
             var destination: String? = nil
             if case .quarantined(_, let to) = outcome { done = .quarantined; destination = to }
@@ -178,16 +167,14 @@ extension Scrubber {
             persist(force: true)
             return action
         case .notCorrupt(let r):
-            state.with { s in
-                s.counters.corruptUnconfirmed = (s.counters.corruptUnconfirmed ?? 0) + 1
+            events.record(DaemonEvent(.corruptUnconfirmed, .notice, "not corrupt on a second look after the file settled; kept",
+                                      ["file": "\(name)", "verdict": "\(r.verdict.rawValue)"], counts: .corruptUnconfirmed)) { s in
                 if s.index[name] != nil { s.verdicts[name] = r.verdict }
             }
-            logger.notice("not corrupt on a second look after the file settled; kept",
-                          metadata: ["event": "corrupt-unconfirmed", "file": "\(name)", "verdict": "\(r.verdict.rawValue)"])
             return "kept (not corrupt on a second look: \(r.verdict.rawValue))"
         case .changed:
-            state.with { $0.counters.corruptUnconfirmed = ($0.counters.corruptUnconfirmed ?? 0) + 1 }
-            logger.info("the file changed since its corrupt verdict; checking it again", metadata: ["event": "corrupt-unconfirmed", "file": "\(name)"])
+            events.record(DaemonEvent(.corruptUnconfirmed, .info, "the file changed since its corrupt verdict; checking it again",
+                                      ["file": "\(name)"], counts: .corruptUnconfirmed))
             fileArrived(name)
             return "kept (the file changed since the verdict; it is checked again)"
         case .notSettled:
@@ -208,4 +195,7 @@ extension Scrubber {
         }
         return meta
     }
+
+    /// The region a report's metadata names (what the corrupt counters are kept by).
+    static func region(_ meta: Logger.Metadata) -> String { meta["region"].map { "\($0)" } ?? "unknown" }
 }

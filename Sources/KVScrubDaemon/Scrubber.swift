@@ -27,6 +27,8 @@ import Synchronization
 public final class Scrubber: Sendable {
     let state: DaemonState
     let logger: Logger
+    /// Where this part reports what happened (logged and counted in one place).
+    let events: EventRecorder
     let database: StateDatabase
     let faults: TestFaults
     let stopping: StopFlag
@@ -44,6 +46,7 @@ public final class Scrubber: Sendable {
         self.faults = faults
         self.stopping = stopping
         self.logger = logger
+        self.events = EventRecorder(state: state, logger: logger)
         throttle = ScrubThrottle(state: state, stopping: stopping)
     }
 
@@ -123,7 +126,7 @@ public final class Scrubber: Sendable {
     }
 
     func startPass(now: Double) {
-        state.with { s in
+        events.record { s in
             s.scrub.passStartedAt = now
             s.scrub.pausedSeconds = 0
             s.scrub.cursor = nil
@@ -131,25 +134,24 @@ public final class Scrubber: Sendable {
             s.scrub.bytesDone = 0
             s.scrub.corruptFound = 0
             s.scrub.removed = 0
+            return DaemonEvent(.scrubPassStarted, .info, "scrub pass started", ["files": "\(s.index.count)"])
         }
-        logger.info("scrub pass started", metadata: ["event": "scrub-pass-started", "files": "\(state.with { $0.index.count })"])
         persist(force: true)
     }
 
     private func finishPass(now: Double) {
-        let summary = state.with { s -> DaemonState.PassSummary in
+        var took = 0.0
+        events.record { s in
             let p = DaemonState.PassSummary(startedAt: s.scrub.passStartedAt ?? now, endedAt: now, files: s.scrub.filesDone,
                                             bytes: s.scrub.bytesDone, corruptFound: s.scrub.corruptFound, removed: s.scrub.removed)
             s.scrub.lastPass = p
             s.scrub.passStartedAt = nil
             s.scrub.cursor = nil
-            s.counters.passesCompleted += 1
-            return p
+            took = p.endedAt - p.startedAt
+            return DaemonEvent(.scrubPassFinished, .notice, "scrub pass finished", [
+                "files": "\(p.files)", "bytes": "\(p.bytes)", "seconds": "\(Int(took))", "corrupt": "\(p.corruptFound)",
+                "removed": "\(p.removed)"], counts: .passCompleted)
         }
-        let took = summary.endedAt - summary.startedAt
-        logger.notice("scrub pass finished", metadata: [
-            "event": "scrub-pass-finished", "files": "\(summary.files)", "bytes": "\(summary.bytes)",
-            "seconds": "\(Int(took))", "corrupt": "\(summary.corruptFound)", "removed": "\(summary.removed)"])
         if took > state.config.scrubIntervalHours * 3600 {
             logger.warning("the scrub pass took longer than the scrub interval: raise scrub_rate_mb_per_s or the interval",
                            metadata: ["seconds": "\(Int(took))"])
@@ -177,8 +179,8 @@ public final class Scrubber: Sendable {
         } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
             state.with { _ = $0.remove(name) }
         } catch {
-            state.with { $0.noteError("scrub \(name): \(error)") }
-            logger.error("cannot verify", metadata: ["event": "scrub-error", "file": "\(name)", "error": "\(error)"])
+            events.record(DaemonEvent(.scrubError, .error, "cannot verify", ["file": "\(name)", "error": "\(error)"],
+                                      counts: .error("scrub \(name): \(error)")))
         }
         if partOfPass {
             state.with { s in
@@ -202,9 +204,8 @@ public final class Scrubber: Sendable {
         }
         if recorded {
             persist(force: false)
-            logger.debug("recorded the checksums of a v1 checkpoint", metadata: [
-                "event": "checksum-recorded", "file": "\(report.name)",
-                "text_crc": "\(String(format: "0x%08x", body.textCRC))", "payload_crc": "\(String(format: "0x%08x", body.payloadCRC))"])
+            events.record(DaemonEvent(.checksumRecorded, .debug, "recorded the checksums of a v1 checkpoint", [
+                "file": "\(report.name)", "text_crc": "\(hex32(body.textCRC))", "payload_crc": "\(hex32(body.payloadCRC))"]))
         }
     }
 

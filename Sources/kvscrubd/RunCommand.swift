@@ -132,7 +132,7 @@ struct RunCommand: AsyncParsableCommand {
         // Under journald: native structured records. Anywhere else: readable lines on stderr.
         let journal = JournalLogHandler.journaldPresent
         LoggingSystem.bootstrap { label in
-            SwitchedLogHandler(journal ? JournalLogHandler(identifier: "kvscrubd") : StreamLogHandler.standardError(label: label),
+            SwitchedLogHandler(journal ? JournalLogHandler(identifier: "kvscrubd", messageID: DaemonEvent.Kind.messageID(forEvent:)) : StreamLogHandler.standardError(label: label),
                                levelSwitch: levels)
         }
         let logger = Logger(label: "kvscrubd")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import KVScrubSystemd
+import KVScrubDaemon
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -127,18 +128,20 @@ final class NotifySocket {
         let f = JournalLogHandler.fields(level: .warning, message: "corrupt file removed",
                                          metadata: ["event": "corrupt-removed", "file": "ab.kv", "region": "payload",
                                                     "expected_crc": "0x00000001", "actual_crc": "0x00000002", "bytes": "123"],
-                                         identifier: "kvscrubd").map { String(decoding: $0, as: UTF8.self) }
+                                         identifier: "kvscrubd", messageID: DaemonEvent.Kind.messageID(forEvent:))
+            .map { String(decoding: $0, as: UTF8.self) }
         #expect(f.contains("PRIORITY=4"))
         #expect(f.contains("SYSLOG_IDENTIFIER=kvscrubd"))
-        #expect(f.contains("MESSAGE_ID=\(KVScrubMessageID.byEvent["corrupt-removed"]!)"))
+        #expect(f.contains("MESSAGE_ID=\(DaemonEvent.Kind.corruptRemoved.messageID!)"))
         for field in ["KVSCRUB_FILE=ab.kv", "KVSCRUB_REGION=payload", "KVSCRUB_EXPECTED_CRC=0x00000001", "KVSCRUB_ACTUAL_CRC=0x00000002", "KVSCRUB_BYTES=123"] {
             #expect(f.contains(field), "\(field)")
         }
         for name in f.map({ String($0.prefix { $0 != "=" }) }) {
             #expect(name.allSatisfy { ($0 >= "A" && $0 <= "Z") || ($0 >= "0" && $0 <= "9") || $0 == "_" } && !name.hasPrefix("_"), "\(name)")
         }
-        #expect(Set(KVScrubMessageID.byEvent.values).count == KVScrubMessageID.byEvent.count)
-        #expect(KVScrubMessageID.byEvent.values.allSatisfy { $0.count == 32 && $0.allSatisfy(\.isHexDigit) })
+        let ids = DaemonEvent.Kind.allCases.compactMap(\.messageID)
+        #expect(ids.count >= 19 && Set(ids).count == ids.count)
+        #expect(ids.allSatisfy { $0.count == 32 && $0.allSatisfy(\.isHexDigit) })
     }
 }
 

@@ -3,6 +3,7 @@ import Testing
 import KVCFormat
 import KVCSimulation
 import KVScrubSystemd
+import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -146,7 +147,7 @@ final class ServiceFixture {
         try Data(b).write(to: URL(fileURLWithPath: side + "/x"))
         rename(side + "/x", cache + "/" + name)
         try waitUntil("the corrupt file removed", timeout: 15) { !FileManager.default.fileExists(atPath: cache + "/" + name) }
-        let id = KVScrubMessageID.byEvent["corrupt-removed"]!
+        let id = DaemonEvent.Kind.corruptRemoved.messageID!
         var records: [[String: Any]] = []
         try waitUntil("the journal record", timeout: 10) {
             records = try ns.run(["journalctl", "-u", "kvscrubd", "-o", "json", "MESSAGE_ID=\(id)", "--no-pager"]).stdout
@@ -253,8 +254,9 @@ final class ServiceFixture {
 
     @Test func catalog_explainsEveryMessageID() throws {
         let catalog = try String(contentsOfFile: ManPageTests.repo + "/packaging/kvscrubd.catalog", encoding: .utf8)
-        for (event, id) in KVScrubMessageID.byEvent {
-            #expect(catalog.contains("-- \(id)\n"), "\(event) has no catalog entry")
+        for event in DaemonEvent.Kind.allCases {
+            guard let id = event.messageID else { continue }
+            #expect(catalog.contains("-- \(id)\n"), "\(event.rawValue) has no catalog entry")
         }
     }
 
