@@ -42,6 +42,10 @@ final class ControlConnection: ChannelInboundHandler {
     private var writes = 0
     private var writesDone = 0
     private var stall: Scheduled<Void>?
+    /// The last line decoded and what it decoded to: monitoring sends the same line again
+    /// and again, and decoding JSON is most of what a cached `status` costs.
+    private var lastRequest: (line: ByteBuffer, request: ControlRequest)?
+    private let decoder = JSONDecoder()
 
     init(handler: @escaping ControlServer.Handler, limits: ConnectionLimits, privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool) {
         self.handler = handler
@@ -112,11 +116,18 @@ final class ControlConnection: ChannelInboundHandler {
             waiting.removeAll()
             write(context: context, .failure("request longer than \(ControlServer.maxRequestBytes) bytes"))
         case .line(let line):
-            let bytes = Data(line.readableBytesView)
-            if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { return next(context: context) }
-            guard let request = try? JSONDecoder().decode(ControlRequest.self, from: bytes) else {
-                write(context: context, .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}"))
-                return
+            let request: ControlRequest
+            if let last = lastRequest, last.line == line {
+                request = last.request
+            } else {
+                let bytes = Data(line.readableBytesView)
+                if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { return next(context: context) }
+                guard let decoded = try? decoder.decode(ControlRequest.self, from: bytes) else {
+                    write(context: context, .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}"))
+                    return
+                }
+                request = decoded
+                lastRequest = line.readableBytes <= 256 ? (line, decoded) : nil
             }
             switch handler(request, peer) {
             case .now(let response):
