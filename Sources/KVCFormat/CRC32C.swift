@@ -52,3 +52,60 @@ public struct CRC32C: Sendable, Equatable {
         return c.value
     }
 }
+
+extension CRC32C {
+    /// The CRC32C of A followed by B, from the CRC of A, the CRC of B and B's
+    /// length: what lets two threads checksum alternate pieces of one payload
+    /// (`StripedRead`). The CRC is linear over GF(2): appending `n` bytes moves
+    /// A's CRC through `n` zero bytes (a 32×32 bit matrix, `ZerosOperator`) and
+    /// XORs in B's; the initial and final inversions cancel, as in zlib's
+    /// `crc32_combine`.
+    public static func combine(_ a: UInt32, _ b: UInt32, lengthOfB n: Int) -> UInt32 {
+        ZerosOperator(bytes: n).apply(a) ^ b
+    }
+
+    /// Appending `bytes` zero bytes to a message, as a linear map on its CRC.
+    public struct ZerosOperator: Sendable {
+        /// Column i: the image of bit i.
+        private var columns: [UInt32]
+
+        public init(bytes: Int) {
+            precondition(bytes >= 0)
+            // One zero bit: shift right, folding the polynomial in when bit 0 leaves (reflected CRC32C).
+            var op = [UInt32](repeating: 0, count: 32)
+            op[0] = 0x82F6_3B78
+            for i in 1..<32 { op[i] = 1 << (i - 1) }
+            var result = ZerosOperator(identity: ())
+            // Square up to one byte (8 bits), then apply by the bits of `bytes`.
+            var power = ZerosOperator(columns: op)
+            for _ in 0..<3 { power = power.then(power) }
+            var n = bytes
+            while n > 0 {
+                if n & 1 == 1 { result = result.then(power) }
+                power = power.then(power)
+                n >>= 1
+            }
+            self = result
+        }
+
+        private init(columns: [UInt32]) { self.columns = columns }
+        private init(identity: Void) { columns = (0..<32).map { UInt32(1) << $0 } }
+
+        public func apply(_ v: UInt32) -> UInt32 {
+            var out: UInt32 = 0
+            var v = v
+            var i = 0
+            while v != 0 {
+                if v & 1 != 0 { out ^= columns[i] }
+                v >>= 1
+                i += 1
+            }
+            return out
+        }
+
+        /// This map followed by `next`.
+        func then(_ next: ZerosOperator) -> ZerosOperator {
+            ZerosOperator(columns: columns.map { next.apply($0) })
+        }
+    }
+}

@@ -335,20 +335,11 @@ struct Scan {
             if let dest = payloadDestination {
                 precondition(UInt64(dest.count) >= h.payloadBytes)
                 let region = UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])
-                if region.count >= ChecksumPipeline.minimumBytes && ChecksumPipeline.worthIt {
-                    // The CRC on a second core, following the reads (see ChecksumPipeline).
-                    let pipeline = ChecksumPipeline(checking: UnsafeRawBufferPointer(region))
-                    var filled = 0
-                    do {
-                        try streamInto(file, from: payloadStart, destination: region) {
-                            filled += $0.count
-                            pipeline.publish(upTo: filled)
-                        }
-                    } catch {
-                        pipeline.abandon()
-                        throw error
-                    }
-                    d.payloadCRC = pipeline.result()
+                if region.count >= StripedRead.minimumBytes && observer == nil && StripedRead.worthIt {
+                    // Two threads, each reading and checksumming alternate pieces (see StripedRead).
+                    d.payloadCRC = try StripedRead.read(fd: file.fd, path: file.path, from: payloadStart, into: region,
+                                                        piece: options.chunkSize)
+                    bytesRead += UInt64(region.count)
                 } else {
                     try streamInto(file, from: payloadStart, destination: region) { crc.update($0) }
                     d.payloadCRC = crc.value

@@ -22,8 +22,8 @@ import KVCSimulation
         return (p, expected(payload))
     }
 
-    /// Below and above ChecksumPipeline.minimumBytes: the same bytes, the same verdicts.
-    @Test(arguments: [UInt64(3 << 20) + 5, UInt64(ChecksumPipeline.minimumBytes) * 2 + 12_345])
+    /// Below and above StripedRead.minimumBytes: the same bytes, the same verdicts.
+    @Test(arguments: [UInt64(3 << 20) + 5, UInt64(StripedRead.minimumBytes) * 2 + 12_345])
     func buffer_getsThePayload_andDamageAnywhereIsRefused(bytes: UInt64) throws {
         let d = TempDir()
         let (p, want) = try Self.store(d.path, bytes: bytes)
@@ -38,7 +38,7 @@ import KVCSimulation
         }
         #expect(buf == want)
         #expect(body.checksums == .crc32c && body.toolMapBytes == Fixture.map.encoded() && trailer == UInt64(Fixture.map.encoded().count))
-        // The first chunk, the middle, the last byte: each refused (the pipelined checker sees every chunk).
+        // The first chunk, the middle, the last byte: each refused (each thread checks the pieces it read).
         let start = Int(Bytes.header(p).prologueSize) + Int(Bytes.header(p).textBytes)
         for offset in [start + 100, start + want.count / 2, start + want.count - 1] {
             Bytes.flip(p, at: offset)
@@ -48,6 +48,27 @@ import KVCSimulation
             Bytes.flip(p, at: offset)
         }
         _ = try buf.withUnsafeMutableBytes { dest in try CheckpointLoader().load(path: p) { _, _ in .buffer(dest) } }
+    }
+
+    /// The striped read directly: every piece in place and the CRC of the whole, whatever the
+    /// piece size (an odd last piece included); a file that ends early is an error, not a short buffer.
+    @Test func stripedRead_fillsEveryPiece_andFailsWhenTheFileEndsEarly() throws {
+        let d = TempDir()
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<(9 << 20) + 777).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let path = d.path + "/striped"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)))
+        let file = try CheckpointFile.open(path, .readOnly)
+        for piece in [1 << 20, 3 << 20, 4 << 20, 16 << 20] {
+            var dest = [UInt8](repeating: 0, count: bytes.count - 100)
+            let crc = try dest.withUnsafeMutableBytes { try StripedRead.read(fd: file.fd, path: path, from: 100, into: $0, piece: piece) }
+            #expect(dest[...] == bytes[100...], "piece \(piece)")
+            #expect(crc == CRC32C.checksum(bytes[100...]), "piece \(piece)")
+        }
+        var tooLong = [UInt8](repeating: 0, count: bytes.count)
+        #expect { try tooLong.withUnsafeMutableBytes { try StripedRead.read(fd: file.fd, path: path, from: 100, into: $0, piece: 1 << 20) } } throws: {
+            ($0 as? KVCError)?.kind == .io && "\($0)".contains("file ended")
+        }
     }
 
     @Test func sink_getsEveryChunkInOrder_andItsFailureStopsTheLoad() throws {
@@ -95,6 +116,26 @@ import KVCSimulation
         var bad = good
         bad.magic = 0
         #expect(bad.defects(tokens: 11, payloadBytes: 1).count == 1, "a wrong magic is the only thing said")
+    }
+
+    @Test func crc32cCombine_isTheCRCOfTheConcatenation() {
+        var rng = SystemRandomNumberGenerator()
+        let data = (0..<100_003).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let whole = CRC32C.checksum(data)
+        for cut in [0, 1, 7, 4096, 50_000, 99_999, 100_003] {
+            let a = CRC32C.checksum(data[0..<cut]), b = CRC32C.checksum(data[cut...])
+            #expect(CRC32C.combine(a, b, lengthOfB: data.count - cut) == whole, "cut at \(cut)")
+        }
+        // Many pieces folded left to right, as a striped read does.
+        var folded = CRC32C.checksum(data[0..<1000])
+        var at = 1000
+        while at < data.count {
+            let end = min(at + 3333, data.count)
+            folded = CRC32C.combine(folded, CRC32C.checksum(data[at..<end]), lengthOfB: end - at)
+            at = end
+        }
+        #expect(folded == whole)
+        #expect(CRC32C.ZerosOperator(bytes: 0).apply(0xDEAD_BEEF) == 0xDEAD_BEEF)
     }
 
     @Test func crc32c_continues_andTheDigestGivesItsBytes() {
