@@ -172,6 +172,12 @@ final class ControlConnection: ChannelInboundHandler {
             me.next(context: ctx)
         }
         context.writeAndFlush(wrapOutboundOut(out), promise: written)
+        // Ask for the next bytes now, while the reply goes out, when nothing is waiting: the
+        // channel then stays registered for reads instead of NIO dropping and re-adding its
+        // epoll interest around every request (two epoll_ctl calls each). Still bounded: lines
+        // read meanwhile wait in `waiting`, and nothing more is read while any are waiting or a
+        // reply is unwritten (a client that does not read stops being read).
+        if waiting.isEmpty && !closing { context.read() }
         // A client that stops reading stops the write; past the stall limit, it loses the connection.
         // Most writes are done by now (the socket took them): the timer is only for those that are not.
         if writesDone < this && stall == nil {
