@@ -6,8 +6,8 @@ import NIOCore
 /// One client of the control socket: requests in, replies out, one at a time.
 ///
 /// Flow control is the point. The channel does not read on its own
-/// (`autoRead` off): it reads when, and only when, nothing is being answered
-/// and no request is waiting. Lines come out of NIO's `ByteToMessageHandler`
+/// (`autoRead` off): it reads when no request is waiting, either while a
+/// reply is being written or once it has been. Lines come out of NIO's `ByteToMessageHandler`
 /// with `LineDecoder`; each is answered (on the event loop from memory, or
 /// off it for the commands that block), its reply written, and only when the
 /// write has completed does the next line get its turn. A client that sends
