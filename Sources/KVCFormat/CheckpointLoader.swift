@@ -100,14 +100,14 @@ public struct CheckpointLoader: Sendable {
         let end = h.bodyEnd ?? size
         var checksums = Checksums.none
         var warnings: [Problem] = []
+        if case .buffer(let dest) = destination, UInt64(dest.count) < h.payloadBytes {
+            throw KVCError(.invalidArgument, path: path, "payload buffer of \(dest.count) bytes; the payload is \(h.payloadBytes)")
+        }
         if verify {
             var scan = Scan(options: verifierOptions, observer: nil)
             let exam: Scan.Examination
             switch destination {
             case .buffer(let dest):
-                guard UInt64(dest.count) >= h.payloadBytes else {
-                    throw KVCError(.invalidArgument, path: path, "payload buffer of \(dest.count) bytes; the payload is \(h.payloadBytes)")
-                }
                 scan.payloadDestination = dest
                 exam = try scan.examine(file, name: name)
             case .sink(let sink):
@@ -132,9 +132,6 @@ public struct CheckpointLoader: Sendable {
             let from = UInt64(h.prologueSize) + UInt64(h.textBytes)
             switch destination {
             case .buffer(let dest):
-                guard UInt64(dest.count) >= h.payloadBytes else {
-                    throw KVCError(.invalidArgument, path: path, "payload buffer of \(dest.count) bytes; the payload is \(h.payloadBytes)")
-                }
                 try scan.streamInto(file, from: from, destination: UnsafeMutableRawBufferPointer(rebasing: dest[0..<Int(h.payloadBytes)])) { _ in }
             case .sink(let sink):
                 guard try scan.stream(file, from: from, length: h.payloadBytes, sink) == h.payloadBytes else {

@@ -32,18 +32,22 @@ public struct ToolMap: Sendable, Equatable {
     /// Decodes a whole trailer held in memory; nil when it does not parse or
     /// does not end exactly at the end of `bytes`.
     public static func decode(_ bytes: [UInt8]) -> ToolMap? {
-        var entries: [Entry] = []
-        let ok = bytes.withUnsafeBytes { b -> Bool in
-            let walk = walk(length: UInt64(b.count)) { offset, count in
-                guard offset + UInt64(count) <= UInt64(b.count) else { return nil }
-                return Array(b[Int(offset)..<Int(offset) + count])
-            } entry: { idRange, dsmlRange in
-                entries.append(Entry(id: Array(b[Int(idRange.lowerBound)..<Int(idRange.upperBound)]),
-                                     dsml: Array(b[Int(dsmlRange.lowerBound)..<Int(dsmlRange.upperBound)])))
-            }
-            return walk == nil
+        bytes.withUnsafeBytes { b in
+            entryRanges(b).map { ranges in ToolMap(ranges.map { Entry(id: Array(b[$0.id]), dsml: Array(b[$0.dsml])) }) }
         }
-        return ok ? ToolMap(entries) : nil
+    }
+
+    /// Where each entry's id and DSML lie in a whole trailer held in memory (offsets
+    /// into `bytes`); nil when it does not parse or does not end exactly at its end.
+    public static func entryRanges(_ b: UnsafeRawBufferPointer) -> [(id: Range<Int>, dsml: Range<Int>)]? {
+        var ranges: [(id: Range<Int>, dsml: Range<Int>)] = []
+        let failure = walk(length: UInt64(b.count)) { offset, count in
+            guard offset + UInt64(count) <= UInt64(b.count) else { return nil }
+            return Array(b[Int(offset)..<Int(offset) + count])
+        } entry: { id, dsml in
+            ranges.append((Int(id.lowerBound)..<Int(id.upperBound), Int(dsml.lowerBound)..<Int(dsml.upperBound)))
+        }
+        return failure == nil ? ranges : nil
     }
 
     /// Walks a trailer's structure without holding its payload bytes: `read`

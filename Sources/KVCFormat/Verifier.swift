@@ -43,7 +43,7 @@ public struct Verifier: Sendable {
     }
 
     /// The payload ABIs whose payload starts with the DSV4 prefix: PR #146's upstream engine (0) and the shared kvstore (2).
-    static let dsv4PayloadABIs: Set<UInt8> = [KVCHeader.pr146PayloadABI, KVCHeader.kvstorePayloadABI]
+    public static let dsv4PayloadABIs: Set<UInt8> = [KVCHeader.pr146PayloadABI, KVCHeader.kvstorePayloadABI]
 
     public var options: Options
     /// Told about every chunk read, in order, so a scrubber can pace itself and

@@ -40,15 +40,18 @@ public func kvc_crc32c(_ crc: UInt32, _ buf: UnsafeRawPointer?, _ len: Int) -> U
 @_cdecl("kvc_sha1")
 public func kvc_sha1(_ buf: UnsafeRawPointer?, _ len: Int, _ digest: UnsafeMutablePointer<UInt8>?) {
     guard let digest else { return }
-    var d = TextDigest()
-    d.update(UnsafeRawBufferPointer(start: len > 0 ? buf : nil, count: buf == nil ? 0 : len))
-    let out = d.bytes()
+    let out = sha1(of: buf, len).bytes()
     for i in 0..<out.count { digest[i] = out[i] }
 }
 
 @_cdecl("kvc_checkpoint_name")
 public func kvc_checkpoint_name(_ text: UnsafePointer<UInt8>?, _ len: Int, _ name: UnsafeMutablePointer<CChar>?) {
+    copyName(CheckpointName.fileName(sha: sha1(of: text, len).hex()), into: name)
+}
+
+/// The SHA-1 of a caller's bytes (NULL or a length of 0: of nothing).
+private func sha1(of p: UnsafeRawPointer?, _ len: Int) -> TextDigest {
     var d = TextDigest()
-    d.update(UnsafeRawBufferPointer(start: len > 0 ? text : nil, count: text == nil ? 0 : len))
-    copyName(CheckpointName.fileName(sha: d.hex()), into: name)
+    d.update(UnsafeRawBufferPointer(start: len > 0 ? p : nil, count: p == nil ? 0 : len))
+    return d
 }

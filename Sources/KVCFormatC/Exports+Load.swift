@@ -34,7 +34,7 @@ private func find(_ handle: CacheHandle, _ prompt: [UInt8], _ compat: Checkpoint
     return e
 }
 
-private func load(_ handle: CacheHandle, name: String, path: String, expectedABI: UInt8?,
+private func load(name: String, path: String, expectedABI: UInt8?,
                   _ target: UnsafePointer<kvc_load_target>?, _ out: UnsafeMutablePointer<kvc_checkpoint>?) throws {
     guard let t = target?.pointee else { throw CAPIError.invalid("target is NULL") }
     guard (t.payload != nil) != (t.read_fn != nil) else {
@@ -46,13 +46,11 @@ private func load(_ handle: CacheHandle, name: String, path: String, expectedABI
     let body: CheckpointLoader.LoadedBody
     do {
         body = try loader.load(path: path) { h, trailer in
+            guard t.tool_map == nil || UInt64(t.tool_map_cap) >= trailer else { throw BufferTooSmall(header: h, trailerBytes: trailer) }
             if let buffer = t.payload {
-                guard t.payload_cap >= h.payloadBytes, t.tool_map == nil || UInt64(t.tool_map_cap) >= trailer else {
-                    throw BufferTooSmall(header: h, trailerBytes: trailer)
-                }
+                guard t.payload_cap >= h.payloadBytes else { throw BufferTooSmall(header: h, trailerBytes: trailer) }
                 return .buffer(UnsafeMutableRawBufferPointer(start: buffer, count: Int(h.payloadBytes)))
             }
-            guard t.tool_map == nil || UInt64(t.tool_map_cap) >= trailer else { throw BufferTooSmall(header: h, trailerBytes: trailer) }
             let fn = t.read_fn!
             return .sink { chunk in
                 let rc = fn(t.read_ctx, chunk.baseAddress, chunk.count)
@@ -107,7 +105,7 @@ public func kvc_load(_ cache: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ e
     reporting(err) {
         let handle = try CacheHandle.from(cache)
         let (n, path) = try handle.pathOf(name: name)
-        try load(handle, name: n, path: path, expectedABI: try engineABI(expectedABI), target, out)
+        try load(name: n, path: path, expectedABI: try engineABI(expectedABI), target, out)
     }
 }
 
@@ -119,7 +117,7 @@ public func kvc_load_prefix(_ cache: OpaquePointer?, _ promptBytes: UnsafePointe
         let handle = try CacheHandle.from(cache)
         let c = try compatibility(compat)
         let e = try find(handle, try prompt(promptBytes, promptLen), c)
-        try load(handle, name: e.fileName, path: handle.directory.pathOf(e.fileName), expectedABI: c.payloadABI, target, out)
+        try load(name: e.fileName, path: handle.directory.pathOf(e.fileName), expectedABI: c.payloadABI, target, out)
     }
 }
 
@@ -129,21 +127,16 @@ public func kvc_tool_map_decode(_ buf: UnsafePointer<UInt8>?, _ len: Int, _ entr
                                 _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
     reporting(err) {
         count?.pointee = 0
-        let raw = try bytes(buf, len, "buf")
-        guard let map = ToolMap.decode(raw) else { throw CAPIError(KVC_ERR_CORRUPT, "the \(len)-byte buffer is not a KTM tool map") }
-        count?.pointee = map.entries.count
-        guard map.entries.count <= cap else {
-            throw CAPIError(KVC_ERR_BUFFER, "the tool map has \(map.entries.count) entries; cap is \(cap)")
+        guard buf != nil || len == 0 else { throw CAPIError.invalid("buf is NULL with length \(len)") }
+        // Entries point into the caller's buffer, where ToolMap's own walk found them.
+        guard let ranges = ToolMap.entryRanges(UnsafeRawBufferPointer(start: buf, count: len)) else {
+            throw CAPIError(KVC_ERR_CORRUPT, "the \(len)-byte buffer is not a KTM tool map")
         }
-        guard map.entries.isEmpty || entries != nil else { throw CAPIError.invalid("entries is NULL") }
-        // Entries point into the caller's buffer: walk the same layout ToolMap.decode accepted.
-        var offset = 8
-        for i in 0..<map.entries.count {
-            let e = map.entries[i]
-            let idAt = offset + 8
-            let dsmlAt = idAt + e.id.count
-            entries![i] = kvc_tool_entry(id: buf! + idAt, id_len: e.id.count, dsml: buf! + dsmlAt, dsml_len: e.dsml.count)
-            offset = dsmlAt + e.dsml.count
+        count?.pointee = ranges.count
+        guard ranges.count <= cap else { throw CAPIError(KVC_ERR_BUFFER, "the tool map has \(ranges.count) entries; cap is \(cap)") }
+        guard ranges.isEmpty || entries != nil else { throw CAPIError.invalid("entries is NULL") }
+        for (i, r) in ranges.enumerated() {
+            entries![i] = kvc_tool_entry(id: buf! + r.id.lowerBound, id_len: r.id.count, dsml: buf! + r.dsml.lowerBound, dsml_len: r.dsml.count)
         }
     }
 }

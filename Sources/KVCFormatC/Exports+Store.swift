@@ -34,8 +34,8 @@ private struct CallerPayload: PayloadSource {
     }
 
     private func checkPrefix(_ first: UnsafeRawBufferPointer) throws {
-        // Payload ABIs 0 and 2 open with the DSV4 prefix; another generation's payload is its own business.
-        guard header.payloadABI == KVCHeader.pr146PayloadABI || header.payloadABI == KVCHeader.kvstorePayloadABI else { return }
+        // The generations whose payload opens with the DSV4 prefix; another's payload is its own business.
+        guard Verifier.dsv4PayloadABIs.contains(header.payloadABI) else { return }
         // As the checker: a payload shorter than the prefix is not read as one.
         guard byteCount >= UInt64(PayloadPrefix.size), first.count >= PayloadPrefix.size else { return }
         let defects = PayloadPrefix(decoding: first).defects(tokens: header.tokens, payloadBytes: byteCount)
@@ -45,7 +45,8 @@ private struct CallerPayload: PayloadSource {
     }
 }
 
-private func store(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt8>?, _ textLen: Int, payload: CallerPayload,
+private func store(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt8>?, _ textLen: Int,
+                   payload source: CallerPayload.Source, _ payloadLen: UInt64,
                    _ tools: UnsafePointer<kvc_tool_entry>?, _ ntools: Int,
                    _ params: UnsafePointer<kvc_store_params>?, _ nameOut: UnsafeMutablePointer<CChar>?) throws {
     let handle = try CacheHandle.from(cache)
@@ -57,7 +58,7 @@ private func store(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt8>?, _ tex
     guard p.key_flags & KVCHeader.extToolMap == 0 else {
         throw CAPIError.invalid("key_flags has KVC_EXT_TOOL_MAP: the library sets it from the tools passed")
     }
-    guard textLen <= Int(UInt32.max) else { throw CAPIError.invalid("text of \(textLen) bytes does not fit the u32 length field") }
+    let payload = CallerPayload(source: source, byteCount: payloadLen, header: (p.tokens, p.payload_abi))
     let map = try toolMap(tools, ntools)
     var m = CheckpointWriter.Metadata(reason: reason, modelID: p.model_id, quantBits: p.quant_bits, ctxSize: p.ctx_size,
                                       tokens: p.tokens, createdAt: p.created_at,
@@ -79,9 +80,7 @@ public func kvc_store(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt8>?, _ 
                       _ params: UnsafePointer<kvc_store_params>?, _ nameOut: UnsafeMutablePointer<CChar>?,
                       _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
     reporting(err) {
-        let header = (tokens: params?.pointee.tokens ?? 0, payloadABI: params?.pointee.payload_abi ?? 0)
-        try store(cache, text, textLen, payload: CallerPayload(source: .buffer(payload), byteCount: payloadLen, header: header),
-                  tools, ntools, params, nameOut)
+        try store(cache, text, textLen, payload: .buffer(payload), payloadLen, tools, ntools, params, nameOut)
     }
 }
 
@@ -93,8 +92,6 @@ public func kvc_store_stream(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt
                              _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
     reporting(err) {
         guard let fill else { throw CAPIError.invalid("fill is NULL") }
-        let header = (tokens: params?.pointee.tokens ?? 0, payloadABI: params?.pointee.payload_abi ?? 0)
-        try store(cache, text, textLen, payload: CallerPayload(source: .fill(fill, fillCtx), byteCount: payloadLen, header: header),
-                  tools, ntools, params, nameOut)
+        try store(cache, text, textLen, payload: .fill(fill, fillCtx), payloadLen, tools, ntools, params, nameOut)
     }
 }

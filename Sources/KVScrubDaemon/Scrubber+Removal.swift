@@ -65,9 +65,7 @@ extension Scrubber {
             state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + 1 }
             return "pending: interrupted"
         } catch {
-            events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
-                                      counts: .error("remove corrupt \(name): \(error)")))
-            return "kept (cannot remove: \(error))"
+            return cannotRemove(first, error)
         }
     }
 
@@ -89,10 +87,15 @@ extension Scrubber {
             }
             return "kept (the file kept changing; the scrub checks it again)"
         } catch {
-            events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
-                                      counts: .error("remove corrupt \(first.name): \(error)")))
-            return "kept (cannot remove: \(error))"
+            return cannotRemove(first, error)
         }
+    }
+
+    /// A removal that failed (the second look or the take-away could not be done): logged, counted, kept.
+    private func cannotRemove(_ first: VerifyReport, _ error: any Error) -> String {
+        events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
+                                  counts: .error("remove corrupt \(first.name): \(error)")))
+        return "kept (cannot remove: \(error))"
     }
 
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
