@@ -3,21 +3,28 @@ import Foundation
 import Logging
 import NIOCore
 
-/// One client of the control socket: requests in, replies out, one at a time.
+/// One client of the control socket: requests in, replies out, in order.
 ///
 /// Flow control is the point. The channel does not read on its own
-/// (`autoRead` off): it reads when no request is waiting, either while a
-/// reply is being written or once it has been. Lines come out of NIO's `ByteToMessageHandler`
-/// with `LineDecoder`; each is answered (on the event loop from memory, or
-/// off it for the commands that block), its reply written, and only when the
-/// write has completed does the next line get its turn. A client that sends
-/// and never reads therefore fills its own socket buffers and then simply
-/// stops being read: the daemon holds one reply for it, not every reply it
-/// asked for. A reply that cannot be written for `writeStall` (the client
-/// stopped reading) closes the connection, so a stalled client does not
-/// keep its slot either; one that goes quiet is closed after the idle
-/// timeout, unless it is waiting for a long answer. Replies go out in
-/// request order because there is only ever one in flight.
+/// (`autoRead` off): it asks for bytes only when no request is waiting and
+/// the channel is writable. Lines come out of NIO's `ByteToMessageHandler`
+/// with `LineDecoder`; each is answered in turn (on the event loop from
+/// memory, or off it for the commands that block, and then nothing else is
+/// answered until that reply is out). Backpressure is NIO's writability: a
+/// reply is handed to the channel, and while what the socket has not yet
+/// taken stays under NIO's high-water mark (64 KiB) the next line is
+/// answered at once — no promise, no callback per reply, which is most of
+/// what a cached `status` would otherwise cost. Once a reply leaves the
+/// channel unwritable, nothing more is answered or read until
+/// `channelWritabilityChanged` says the client has caught up. A client that
+/// sends and never reads therefore fills its own socket buffers and then
+/// simply stops being read: the daemon holds at most the reply in flight and
+/// what is under the high-water mark, never every reply it asked for. A
+/// channel that stays unwritable for `writeStall` (the client stopped
+/// reading) is closed, so a stalled client does not keep its slot either;
+/// one that goes quiet is closed after the idle timeout, unless it is
+/// waiting for a long answer. Replies go out in request order because they
+/// are written in request order, one line at a time.
 final class ControlConnection: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -34,13 +41,14 @@ final class ControlConnection: ChannelInboundHandler {
     private let limits: ConnectionLimits
     private let privileged: @Sendable (AccessPolicy.Peer) -> Bool
     private var waiting = CircularBuffer<Item>()
+    /// A reply is being worked out off the loop.
     private var answering = false
+    /// The last reply left the channel unwritable: the client is not reading fast enough.
+    private var writeBlocked = false
     private var closing = false
     private var admitted: (uid: UInt32?, privileged: Bool)?
     private var peer: AccessPolicy.Peer?
-    /// Replies written so far, and the last one whose write completed; the stall timer of the one in flight.
-    private var writes = 0
-    private var writesDone = 0
+    /// Closes the connection when the channel stays unwritable for `writeStall`.
     private var stall: Scheduled<Void>?
     /// The last line decoded and what it decoded to: monitoring sends the same line again
     /// and again, and decoding JSON is most of what a cached `status` costs.
@@ -82,7 +90,7 @@ final class ControlConnection: ChannelInboundHandler {
         switch limits.admit(uid: peer?.uid, privileged: isPrivileged) {
         case .refused(let why):
             closing = true
-            write(context: context, .failure(why))
+            send(context: context, line: ControlResponse.failure(why).line)
         case .admitted:
             admitted = (peer?.uid, isPrivileged)
             context.read()
@@ -103,92 +111,94 @@ final class ControlConnection: ChannelInboundHandler {
         next(context: context)
     }
 
-    /// Answers the next waiting line, or asks for more bytes when there is none.
+    /// Answers waiting lines until none is left (then asks for more bytes), one blocks
+    /// (answered off the loop), or the channel stops being writable (the client is not reading).
+    /// A loop, not recursion: a read can deliver thousands of short lines.
     private func next(context: ChannelHandlerContext) {
-        guard !answering, admitted != nil else { return }
-        guard let item = waiting.popFirst() else {
-            if !closing { context.read() }
-            return
-        }
-        switch item {
-        case .tooLong:
-            closing = true
-            waiting.removeAll()
-            write(context: context, .failure("request longer than \(ControlServer.maxRequestBytes) bytes"))
-        case .line(let line):
-            let request: ControlRequest
-            if let last = lastRequest, last.line == line {
-                request = last.request
-            } else {
-                let bytes = Data(line.readableBytesView)
-                if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { return next(context: context) }
-                guard let decoded = try? decoder.decode(ControlRequest.self, from: bytes) else {
-                    write(context: context, .failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}"))
-                    return
-                }
-                request = decoded
-                lastRequest = line.readableBytes <= 256 ? (line, decoded) : nil
+        while !answering, !writeBlocked, admitted != nil {
+            guard let item = waiting.popFirst() else {
+                // Nothing waiting: ask for the next bytes now, even while a reply is still going out, so
+                // the channel stays registered for reads instead of NIO dropping and re-adding its epoll
+                // interest around every request (two epoll_ctl calls each).
+                if !closing { context.read() }
+                return
             }
-            switch handler(request, peer) {
-            case .now(let response):
-                write(context: context, response)
-            case .encoded(let line):
-                write(context: context, line: line)
-            case .later(let work):
-                answering = true
-                let promise = context.eventLoop.makePromise(of: ControlResponse.self)
-                promise.completeWithTask { await work() }
-                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                promise.futureResult.whenSuccess { response in
-                    let (me, ctx) = bound.value
-                    me.answering = false
-                    me.write(context: ctx, response)
+            switch item {
+            case .tooLong:
+                closing = true
+                waiting.removeAll()
+                send(context: context, line: ControlResponse.failure("request longer than \(ControlServer.maxRequestBytes) bytes").line)
+            case .line(let line):
+                let request: ControlRequest
+                if let last = lastRequest, last.line == line {
+                    request = last.request
+                } else {
+                    let bytes = Data(line.readableBytesView)
+                    if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) { continue }
+                    guard let decoded = try? decoder.decode(ControlRequest.self, from: bytes) else {
+                        send(context: context, line: ControlResponse.failure("malformed request: expected one JSON object per line, like {\"cmd\":\"status\"}").line)
+                        continue
+                    }
+                    request = decoded
+                    lastRequest = line.readableBytes <= 256 ? (line, decoded) : nil
+                }
+                switch handler(request, peer) {
+                case .now(let response):
+                    send(context: context, line: response.line)
+                case .encoded(let line):
+                    send(context: context, line: line)
+                case .later(let work):
+                    answering = true
+                    let promise = context.eventLoop.makePromise(of: ControlResponse.self)
+                    promise.completeWithTask { await work() }
+                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                    promise.futureResult.whenSuccess { response in
+                        let (me, ctx) = bound.value
+                        me.answering = false
+                        me.send(context: ctx, line: response.line)
+                        me.next(context: ctx)
+                    }
                 }
             }
         }
     }
 
-    /// Writes one reply; the next line is taken once it is written (or the connection closes, when closing).
-    private func write(context: ChannelHandlerContext, _ response: ControlResponse) {
-        write(context: context, line: response.line)
-    }
-
-    private func write(context: ChannelHandlerContext, line data: Data) {
-        answering = true
+    /// Writes one reply. While the channel stays writable (what NIO has not yet handed to the
+    /// socket is under its high-water mark) the next line may be answered at once; once it is
+    /// not, nothing more is answered or read until `channelWritabilityChanged` says it is again.
+    /// The last reply before closing is followed by the close once it is written.
+    private func send(context: ChannelHandlerContext, line data: Data) {
         var out = context.channel.allocator.buffer(capacity: data.count)
         out.writeBytes(data)
-        writes += 1
-        let this = writes
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let written = context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenComplete { result in
-            let (me, ctx) = bound.value
-            me.writesDone = this
-            me.stall?.cancel()
-            me.stall = nil
-            me.answering = false
-            if case .failure = result { ctx.close(promise: nil); return }
-            if me.closing { ctx.close(promise: nil); return }
-            me.next(context: ctx)
+        if closing {
+            writeBlocked = true  // nothing more is answered; the connection closes once this is out
+            context.writeAndFlush(wrapOutboundOut(out)).whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+            return
         }
-        context.writeAndFlush(wrapOutboundOut(out), promise: written)
-        // Ask for the next bytes now, while the reply goes out, when nothing is waiting: the
-        // channel then stays registered for reads instead of NIO dropping and re-adding its
-        // epoll interest around every request (two epoll_ctl calls each). Still bounded: lines
-        // read meanwhile wait in `waiting`, and nothing more is read while any are waiting or a
-        // reply is unwritten (a client that does not read stops being read).
-        if waiting.isEmpty && !closing { context.read() }
-        // A client that stops reading stops the write; past the stall limit, it loses the connection.
-        // Most writes are done by now (the socket took them): the timer is only for those that are not.
-        if writesDone < this && stall == nil {
-            stall = context.eventLoop.scheduleTask(in: Self.writeStall) { bound.value.1.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        if !context.channel.isWritable {
+            writeBlocked = true
+            // A client that stops reading stops the write; past the stall limit, it loses the connection.
+            if stall == nil {
+                stall = context.eventLoop.scheduleTask(in: Self.writeStall) { [channel = context.channel] in channel.close(promise: nil) }
+            }
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && writeBlocked && !closing {
+            stall?.cancel()
+            stall = nil
+            writeBlocked = false
+            next(context: context)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             // Idle means the client has gone quiet, not that a long `scrub now` is still being answered.
-            if !answering && waiting.isEmpty { context.close(promise: nil) }
+            if !answering && !writeBlocked && waiting.isEmpty { context.close(promise: nil) }
         } else {
             context.fireUserInboundEventTriggered(event)
         }

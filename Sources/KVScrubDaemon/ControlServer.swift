@@ -9,8 +9,8 @@ import Glibc
 
 /// The Unix control socket, on SwiftNIO: the event loop never blocks. Each
 /// connection is a `ControlConnection` (framing by NIO's
-/// `ByteToMessageHandler`, one request answered at a time, reads only when
-/// the last reply is written: a client that never reads costs one reply).
+/// `ByteToMessageHandler`, requests answered in order, nothing read while
+/// the channel is unwritable: a client that never reads costs a reply or two).
 /// Connections are limited per peer (`ConnectionLimits`): a total, a share
 /// kept for privileged peers, and a cap per unprivileged uid. A request
 /// answered from memory is answered on the loop (no task hop: that alone

@@ -20,7 +20,7 @@ extension Daemon {
         guard let cmd = ControlCommand(rawValue: request.cmd) else {
             return .now(.failure("unknown command '\(request.cmd)'; known: \(ControlCommand.publicNames)"))
         }
-        let policy = AccessPolicy(adminGroup: state.with { $0.config.adminGroup }, testCommands: testFaults)  // one field, not a copy of the whole config
+        let policy = AccessPolicy(daemonUID: daemonUID, adminGroup: state.with { $0.config.adminGroup }, testCommands: testFaults)  // one field, not a copy of the whole config
         guard let decision = policy.decideWithoutGroupLookup(cmd, peer: peer) else {
             // The admin group's membership is in the group database, which may block (NSS): off the loop.
             return .later { [self] in

@@ -59,6 +59,8 @@ public final class Daemon: Sendable {
     /// The admin group's members, for the connections kept for privileged peers; refreshed off the loop.
     let adminMembers = MutexBox<AdminGroupMembers?>(nil)
     var testFaults: Bool { faults.enabled }
+    /// The daemon's own user, asked once: `getuid` is a system call, and every request's access check needs it.
+    let daemonUID = getuid()
 
     public init(config: DaemonConfig, configFile: String?, flags: [(String, String)], logger: Logger,
                 logLevels: LogLevelSwitch? = nil) throws {
@@ -114,7 +116,7 @@ public final class Daemon: Sendable {
         defer { loop.shutdownGracefully { _ in } }
         let server: ControlServer
         let privileged: @Sendable (AccessPolicy.Peer) -> Bool = { [self] peer in
-            AccessPolicy(adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
+            AccessPolicy(daemonUID: daemonUID, adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
         }
         if let fd = SocketActivation.listeningUnixSocket() {
             server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged) { [self] request, peer in

@@ -81,7 +81,7 @@ import Glibc
         d.stop()
     }
 
-    @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonOneReply() throws {
+    @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonAFewReplies() throws {
         let d = try Self.daemonWith400Files()
         let pid = d.process.processIdentifier
         _ = try d.request("entries")
@@ -103,16 +103,17 @@ import Glibc
         #expect(try d.request("status").ok)
         #expect(ContinuousClock.now - start < .seconds(1))
         let after = Self.rssKiB(pid)
-        // Unbounded, this is every reply asked for: requests x ~200 KB (hundreds of MiB).
+        // Unbounded, this is every reply asked for: requests x ~200 KB (hundreds of MiB). Bounded, it is
+        // the reply being written plus what NIO holds up to its high-water mark (64 KiB): well under 8 MiB.
         #expect(requests > 1000, "only \(requests) requests went out")
-        #expect(after - before < 32 * 1024, "RSS grew \((after - before) / 1024) MiB for \(requests) unread requests")
+        #expect(after - before < 8 * 1024, "RSS grew \((after - before) / 1024) MiB for \(requests) unread requests")
         print("pipelined \(requests) entries requests never read: RSS \(before / 1024) -> \(after / 1024) MiB")
         d.stop()
     }
 
     @Test func aBurstOfPipelinedRequests_isAnsweredInFull_oneAtATime() throws {
         // 20,000 requests in one write, replies read as they come: every one answered, in order,
-        // and answering them one after another (each write completing at once) does not recurse.
+        // and answering them one after another (the channel writable all along) does not recurse.
         let d = try DaemonProcess(root: TempDir())
         let c = try RawClient(path: d.socket)
         let n = 20_000

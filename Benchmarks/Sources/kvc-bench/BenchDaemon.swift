@@ -56,8 +56,11 @@ final class BenchDaemon {
     }
 
     /// User plus system CPU seconds the daemon has used (/proc/PID/stat).
-    func cpuSeconds() -> Double {
-        guard let s = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+    func cpuSeconds() -> Double { Self.cpuSeconds(pid: process.processIdentifier) }
+
+    /// User plus system CPU a process has used so far, from /proc.
+    static func cpuSeconds(pid: Int32) -> Double {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = s.lastIndex(of: ")") else { return 0 }
         let fields = s[s.index(after: close)...].split(separator: " ")
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))

@@ -274,15 +274,22 @@ struct DaemonBench: ParsableCommand {
         var oursAll: [Double] = [], floorAll: [Double] = []
         var oursRate: [Double] = [], floorRate: [Double] = [], roundRatios: [Double] = []
         var failures = 0
+        var oursCPU = 0.0, floorCPU = 0.0, oursCount = 0, floorCount = 0
         for round in 0..<max(1, controlRounds) {
             var o: (latencies: [Double], perSecond: Double, failures: Int) = ([], 0, 0)
             var f: (latencies: [Double], perSecond: Double, failures: Int) = ([], 0, 0)
             for side in (round % 2 == 0 ? [0, 1] : [1, 0]) {
                 if side == 0 {
                     _ = try d.ask("{\"cmd\":\"scrub-start\"}")  // a pass running for this round (refused harmlessly when one is)
+                    let c0 = d.cpuSeconds()
                     o = try Self.hammer(socket: d.socket, clients: controlClients, requests: controlRequests)
+                    oursCPU += d.cpuSeconds() - c0
+                    oursCount += o.latencies.count
                 } else {
+                    let c0 = BenchDaemon.cpuSeconds(pid: echo.processIdentifier)
                     f = try Self.hammer(socket: base + "/echo.sock", clients: controlClients, requests: controlRequests)
+                    floorCPU += BenchDaemon.cpuSeconds(pid: echo.processIdentifier) - c0
+                    floorCount += f.latencies.count
                 }
             }
             oursAll += o.latencies
@@ -298,6 +305,9 @@ struct DaemonBench: ParsableCommand {
         print(String(format: "%@  control socket, %d clients x %d status requests x %d rounds during a scrub (%d-byte replies): p50 %.2f ms, p99 %.2f ms, %.0f req/s; C epoll server with the same canned reply p50 %.2f ms, p99 %.2f ms, %.0f req/s; p99 ratio %.2f (rounds: %@) (target <= 1.5)",
                      p99 / e99 <= 1.5 ? "PASS" : "MISS", controlClients, controlRequests, roundRatios.count, reply.utf8.count,
                      p50 * 1e3, p99 * 1e3, median(oursRate), e50 * 1e3, e99 * 1e3, median(floorRate), p99 / e99, rounds))
+        print(String(format: "INFO  CPU per status request: daemon %.1f us (scrub included), C server %.1f us; ratio %.2f",
+                     oursCPU / Double(max(1, oursCount)) * 1e6, floorCPU / Double(max(1, floorCount)) * 1e6,
+                     (oursCPU / Double(max(1, oursCount))) / max(1e-12, floorCPU / Double(max(1, floorCount)))))
         let ours = (failures: failures, latencies: oursAll)
         if ours.failures > 0 { print("FAIL  \(ours.failures) replies were not a status reply") }
     }
