@@ -128,7 +128,8 @@ let package = Package(
         .target(name: "CReferenceKVC", path: "Tests/CReferenceKVC"),
         .testTarget(
             name: "KVScrubDaemonTests",
-            dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux"]
+            dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux",
+                           .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(
             name: "EndToEndTests",
