@@ -195,12 +195,7 @@ extension Daemon {
             if !fixed.isEmpty {
                 logger.warning("these settings change only on restart; keeping their current values",
                                metadata: ["settings": "\(fixed.joined(separator: ","))"])
-                new.cacheDir = old.cacheDir
-                new.socketPath = old.socketPath
-                new.socketMode = old.socketMode
-                new.socketGroup = old.socketGroup
-                new.metricsListen = old.metricsListen
-                new.stateDir = old.stateDir
+                new.keepRestartOnlySettings(of: old)
             }
             let abiChanged = new.engineABI != old.engineABI
             state.with { $0.config = new }

@@ -168,16 +168,36 @@ public struct DaemonConfig: Sendable, Equatable {
         return c
     }
 
+    /// A setting a reload cannot take: its key, and how to compare and carry its value.
+    private struct RestartOnlySetting {
+        let key: String
+        let differs: (DaemonConfig, DaemonConfig) -> Bool
+        let carry: (inout DaemonConfig, DaemonConfig) -> Void
+        init<T: Equatable>(_ key: String, _ path: WritableKeyPath<DaemonConfig, T>) {
+            self.key = key
+            differs = { $0[keyPath: path] != $1[keyPath: path] }
+            carry = { $0[keyPath: path] = $1[keyPath: path] }
+        }
+    }
+
+    /// The one list of settings that change only on restart (kvscrubd.conf(5) says "Restart to change." for each).
+    private static var restartOnlySettings: [RestartOnlySetting] {
+        [RestartOnlySetting("cache_dir", \.cacheDir), RestartOnlySetting("socket_path", \.socketPath),
+         RestartOnlySetting("socket_mode", \.socketMode), RestartOnlySetting("socket_group", \.socketGroup),
+         RestartOnlySetting("state_dir", \.stateDir), RestartOnlySetting("metrics_listen", \.metricsListen)]
+    }
+
+    /// The keys of the settings that change only on restart.
+    public static var restartOnlyKeys: [String] { restartOnlySettings.map(\.key) }
+
     /// Keys whose new value a reload cannot take (the daemon keeps the old value and says so).
     public func restartOnlyChanges(to new: DaemonConfig) -> [String] {
-        var keys: [String] = []
-        if new.cacheDir != cacheDir { keys.append("cache_dir") }
-        if new.socketPath != socketPath { keys.append("socket_path") }
-        if new.socketMode != socketMode { keys.append("socket_mode") }
-        if new.socketGroup != socketGroup { keys.append("socket_group") }
-        if new.stateDir != stateDir { keys.append("state_dir") }
-        if new.metricsListen != metricsListen { keys.append("metrics_listen") }
-        return keys
+        Self.restartOnlySettings.filter { $0.differs(self, new) }.map(\.key)
+    }
+
+    /// Takes `old`'s values for the settings that change only on restart: what a reload applies.
+    public mutating func keepRestartOnlySettings(of old: DaemonConfig) {
+        for setting in Self.restartOnlySettings { setting.carry(&self, old) }
     }
 
     /// "127.0.0.1:9477" or "[::1]:9477" into host and port.

@@ -27,6 +27,30 @@ import KVScrubDaemon
         }
     }
 
+    @Test func restartOnlySettings_areTheOnesTheManPageSaysSo_andAReloadKeepsEachOldValue() throws {
+        // The keys kvscrubd.conf(5) marks "Restart to change.": each entry runs from its .TP to the next.
+        let man = try String(contentsOfFile: Self.repo + "/man/kvscrubd.conf.5", encoding: .utf8)
+        let marked = man.components(separatedBy: ".TP\n").dropFirst().compactMap { entry -> String? in
+            guard entry.contains("Restart to change."), entry.hasPrefix(".B ") else { return nil }
+            return String(entry.dropFirst(3).prefix { $0 != "\n" && $0 != " " })
+        }
+        #expect(Set(marked) == Set(DaemonConfig.restartOnlyKeys), "man page: \(marked.sorted()), daemon: \(DaemonConfig.restartOnlyKeys.sorted())")
+        for key in DaemonConfig.restartOnlyKeys {
+            let old = DaemonConfig()
+            var new = old
+            try new.apply([(key, Self.sample(key))], source: "test")
+            #expect(old.restartOnlyChanges(to: new) == [key], "\(key)")
+            new.keepRestartOnlySettings(of: old)
+            #expect(new == old, "\(key): a reload keeps the old value")
+        }
+        // A reloadable setting is neither reported nor carried back.
+        var reloadable = DaemonConfig()
+        try reloadable.apply([("budget_mb", "7")], source: "test")
+        #expect(DaemonConfig().restartOnlyChanges(to: reloadable).isEmpty)
+        reloadable.keepRestartOnlySettings(of: DaemonConfig())
+        #expect(reloadable.budgetMB == 7)
+    }
+
     static func sample(_ k: String) -> String {
         switch k {
         case "cache_dir", "quarantine_dir", "socket_path": return "/tmp/x-\(k)"
