@@ -116,7 +116,10 @@ public final class DaemonState: Sendable {
         public var fsBytes: UInt64?
         public var startedAt = Date().timeIntervalSince1970
         /// The last scrub verdict of each file this run.
-        public var verdicts: [String: Verdict] = [:]
+        public var verdicts: [String: Verdict] = [:] { didSet { verdictGeneration &+= 1 } }
+        /// Moves with every change to `verdicts` (which `generation` leaves alone, so that a pass's
+        /// verdicts do not make `status` count the index again), for what counts files by verdict.
+        private(set) var verdictGeneration: UInt64 = 0
         /// Continued checkpoints an arrival superseded, and by which file.
         public var supersededBy: [String: String] = [:]
         /// Evictions within the regret window, by file name (persisted).
