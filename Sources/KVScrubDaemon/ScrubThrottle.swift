@@ -10,9 +10,12 @@ import Glibc
 /// Keeps a scrub from being noticed by the engine: it paces reads to the
 /// configured MB/s, and it leaves the page cache as it found it.
 ///
-/// Pacing: after each chunk the throttle sleeps until the bytes read so far
-/// could not have been read faster than the limit. A pause of more than a
-/// second restarts the reckoning, so idle time never turns into a burst.
+/// Pacing (`ScrubPacing`): after each chunk the throttle sleeps until the
+/// bytes read so far could not have been read faster than the limit. A pause
+/// of more than a second restarts the reckoning, so idle time never turns
+/// into a burst; and a scrub that fell behind (its thread starved of CPU by a
+/// busy machine, a slow disk) may catch up at most 250 ms of its schedule, so
+/// slow progress does not turn into one either.
 ///
 /// Page cache: before the first read of a file, `mincore` says which of its
 /// pages are already cached (the engine's, or a file that just arrived).
@@ -29,9 +32,7 @@ final class ScrubThrottle: ReadObserver {
     struct ScrubStopped: Error {}
 
     private struct Pacing {
-        var start = ContinuousClock.now
-        var bytes: UInt64 = 0
-        var last = ContinuousClock.now
+        var schedule = ScrubPacing(now: .now)
         var rateWindowStart = ContinuousClock.now
         var rateWindowBytes: UInt64 = 0
     }
@@ -107,9 +108,6 @@ final class ScrubThrottle: ReadObserver {
         let rateMBps = state.config.scrubRateMBps
         let now = ContinuousClock.now
         let sleepFor: Duration = pacing.withLockedValue { p in
-            if now - p.last > .seconds(1) { p.start = now; p.bytes = 0 }
-            p.last = now
-            p.bytes += UInt64(count)
             p.rateWindowBytes += UInt64(count)
             if now - p.rateWindowStart >= .seconds(2) {
                 let secs = Double((now - p.rateWindowStart).components.attoseconds) / 1e18 + Double((now - p.rateWindowStart).components.seconds)
@@ -118,10 +116,7 @@ final class ScrubThrottle: ReadObserver {
                 p.rateWindowStart = now
                 p.rateWindowBytes = 0
             }
-            guard rateMBps > 0 else { return .zero }
-            let due = Duration.nanoseconds(Int64(Double(p.bytes) / (rateMBps * 1e6) * 1e9))
-            let elapsed = now - p.start
-            return due > elapsed ? due - elapsed : .zero
+            return p.schedule.book(UInt64(count), at: now, rateMBps: rateMBps)
         }
         state.with { $0.counters.scrubBytes += UInt64(count) }
         var remaining = sleepFor
@@ -131,6 +126,41 @@ final class ScrubThrottle: ReadObserver {
             Thread.sleep(forTimeInterval: Double(slice.components.attoseconds) / 1e18 + Double(slice.components.seconds))
             remaining -= slice
         }
-        pacing.withLockedValue { $0.last = ContinuousClock.now }
+        pacing.withLockedValue { $0.schedule.resumed(at: .now) }
     }
+}
+
+/// The throttle's arithmetic, apart from the clock and the sleeping: how long to wait after each
+/// chunk so that the bytes read since the reckoning started were not read faster than the limit.
+struct ScrubPacing {
+    /// How far behind its schedule the scrub may be and still catch up at full speed.
+    static let maxCatchUp = Duration.milliseconds(250)
+    /// A gap between reads longer than this restarts the reckoning.
+    static let restartAfter = Duration.seconds(1)
+
+    private(set) var start: ContinuousClock.Instant
+    private(set) var bytes: UInt64 = 0
+    private var last: ContinuousClock.Instant
+
+    init(now: ContinuousClock.Instant) {
+        start = now
+        last = now
+    }
+
+    /// Books `count` bytes read at `now`; returns how long to sleep before the next read.
+    mutating func book(_ count: UInt64, at now: ContinuousClock.Instant, rateMBps: Double) -> Duration {
+        if now - last > Self.restartAfter { start = now; bytes = 0 }
+        last = now
+        bytes += count
+        guard rateMBps > 0 else { return .zero }
+        let due = Duration.nanoseconds(Int64(Double(bytes) / (rateMBps * 1e6) * 1e9))
+        // Behind schedule: forgive all but `maxCatchUp` of it, or the scrub would read at full
+        // speed until it had caught up, far above its limit for as long as it had been slow.
+        if now - start > due + Self.maxCatchUp { start = now - due - Self.maxCatchUp }
+        let elapsed = now - start
+        return due > elapsed ? due - elapsed : .zero
+    }
+
+    /// The sleep is over (reading again at `now`): the gap it made is not a pause.
+    mutating func resumed(at now: ContinuousClock.Instant) { last = now }
 }

@@ -91,4 +91,39 @@ import Glibc
         }
         #expect(ContinuousClock.now - t0 < .seconds(1))
     }
+
+    /// Simulated time, no sleeping: reads of `chunk` bytes, each taking `readTime`, each followed by the
+    /// sleep `ScrubPacing` asks for; returns the bytes read within `window` from `from`.
+    static func simulate(_ pacing: inout ScrubPacing, from: ContinuousClock.Instant, for window: Duration, chunk: UInt64,
+                         readTime: Duration, rate: Double) -> (bytes: UInt64, end: ContinuousClock.Instant) {
+        var now = from, bytes: UInt64 = 0
+        while now - from < window {
+            now += readTime
+            bytes += chunk
+            now += pacing.book(chunk, at: now, rateMBps: rate)
+            pacing.resumed(at: now)
+        }
+        return (bytes, now)
+    }
+
+    @Test func pacing_holdsTheRate_andASlowStretchDoesNotTurnIntoABurst() {
+        let t0 = ContinuousClock.now, chunk: UInt64 = 1 << 20
+        var p = ScrubPacing(now: t0)
+        // Reads that cost nothing: paced to the limit, 20 MB/s, within a chunk.
+        let fast = Self.simulate(&p, from: t0, for: .seconds(10), chunk: chunk, readTime: .zero, rate: 20)
+        #expect(abs(Double(fast.bytes) / 10 - 20e6) <= Double(chunk), "\(fast.bytes)")
+        // Five seconds at 5 MB/s (a starved thread, a slow disk), each read 200 ms: no sleeping asked for.
+        let slow = Self.simulate(&p, from: fast.end, for: .seconds(5), chunk: chunk, readTime: .milliseconds(200), rate: 20)
+        #expect(slow.bytes <= 26 * chunk)
+        // Fast again: the first second reads at most the limit plus the catch-up allowance (250 ms of it)
+        // and a chunk, not the 75 MB the slow stretch fell behind.
+        let after = Self.simulate(&p, from: slow.end, for: .seconds(1), chunk: chunk, readTime: .zero, rate: 20)
+        #expect(Double(after.bytes) <= 20e6 * 1.25 + Double(chunk), "\(Double(after.bytes) / 1e6) MB in the second after a slow stretch")
+        #expect(Double(after.bytes) >= 20e6 - Double(chunk), "and the limit is still reached: \(Double(after.bytes) / 1e6) MB")
+        // A pause of more than a second starts afresh: no burst either.
+        var q = ScrubPacing(now: t0)
+        _ = q.book(chunk, at: t0, rateMBps: 20)
+        let resumed = Self.simulate(&q, from: t0 + .seconds(30), for: .seconds(1), chunk: chunk, readTime: .zero, rate: 20)
+        #expect(Double(resumed.bytes) <= 20e6 + 2 * Double(chunk), "\(resumed.bytes)")
+    }
 }
