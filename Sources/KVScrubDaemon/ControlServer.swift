@@ -23,6 +23,9 @@ public final class ControlServer: Sendable {
 
     public static let maxRequestBytes = 64 * 1024
     public static let idleTimeout = TimeAmount.seconds(10)
+    /// Reply bytes a connection may have waiting for the client before it stops answering and
+    /// reading (NIO's high-water mark), and the level under which it starts again.
+    public static let replyBacklog = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
 
     let channel: any Channel
     public let path: String
@@ -40,6 +43,7 @@ public final class ControlServer: Sendable {
                                   privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool, handler: @escaping Handler) -> ServerBootstrap {
         ServerBootstrap(group: loop)
             .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.writeBufferWaterMark, value: replyBacklog)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ControlConnection.install(on: ch, handler: handler, limits: limits, privileged: privileged)
