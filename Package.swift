@@ -129,7 +129,8 @@ let package = Package(
         .testTarget(
             name: "KVScrubDaemonTests",
             dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux",
-                           .product(name: "NIOEmbedded", package: "swift-nio")]
+                           .product(name: "NIOEmbedded", package: "swift-nio"),
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(
             name: "EndToEndTests",

@@ -59,9 +59,15 @@ final class ScrubThrottle: ReadObserver {
     func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {
         if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
         // `scrub pause` takes effect mid-file: the read waits here (no I/O) until resumed.
-        while state.with({ $0.scrub.paused == true }) {
-            if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
-            Thread.sleep(forTimeInterval: 0.05)
+        if state.with({ $0.scrub.paused == true }) {
+            // Nothing is read while paused: the rate says so (status, metrics), and the one after the pause
+            // is of reading again, not averaged with the wait.
+            state.with { $0.scrubRate = 0 }
+            while state.with({ $0.scrub.paused == true }) {
+                if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            pacing.withLockedValue { $0.rateWindowStart = .now; $0.rateWindowBytes = 0 }
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0 else { return }

@@ -4,6 +4,7 @@ import Testing
 @testable import KVCFormat
 @testable import KVScrubDaemon
 import KVCSimulation
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -125,5 +126,27 @@ import Glibc
         _ = q.book(chunk, at: t0, rateMBps: 20)
         let resumed = Self.simulate(&q, from: t0 + .seconds(30), for: .seconds(1), chunk: chunk, readTime: .zero, rate: 20)
         #expect(Double(resumed.bytes) <= 20e6 + 2 * Double(chunk), "\(resumed.bytes)")
+    }
+
+    @Test func aPauseMidFile_showsARateOfZero_untilReadingResumes() throws {
+        // A pause reached inside a file waits in the throttle, not in the scrub loop (which zeroes the
+        // rate when idle): the rate must read 0 there too, not the last figure before the pause.
+        let dir = NSTemporaryDirectory() + "thr-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = try makeFile(dir, seed: 5)
+        let state = DaemonState(config: DaemonConfig())
+        state.with { $0.scrubRate = 50e6; $0.scrub.paused = true }
+        let throttle = ScrubThrottle(state: state, stopping: StopFlag())
+        let fd = try FileDescriptor.open(p, .readOnly)
+        defer { try? fd.close() }
+        let returned = DispatchSemaphore(value: 0)
+        Thread { try? throttle.willRead(fd: fd, offset: 0, count: 4096); returned.signal() }.start()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while state.with({ $0.scrubRate }) != 0 && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(state.with { $0.scrubRate } == 0, "the rate while paused")
+        #expect(returned.wait(timeout: .now() + 0.2) == .timedOut, "still waiting while paused")
+        state.with { $0.scrub.paused = false }
+        #expect(returned.wait(timeout: .now() + 5) == .success, "reading resumes once unpaused")
     }
 }

@@ -60,6 +60,10 @@ struct DaemonBench: ParsableCommand {
             help: "Timed verified loads for the engine-latency figure, half with the scrub running (over at most 60 files, each loaded again from a dropped cache). 1000 gives 500 a side, so p99 is not simply the slowest load or two.")
     var engineLoads: Int = 1000
 
+    @Flag(name: .customLong("engine-control"),
+          help: "The engine-latency figure with the scrub paused in both arms: how far the two arms differ by chance, to read the real figure against.")
+    var engineControl = false
+
     @Option(help: "Run one part only: latency, startup, scrub, control, removal, scale or engine.")
     var only: String?
 
@@ -110,6 +114,7 @@ struct DaemonBench: ParsableCommand {
         _ = try d.ask("{\"cmd\":\"scrub-cancel\"}")
         _ = try d.ask("{\"cmd\":\"scrub-start\"}") // lifts the pause: a pass over everything, at the default rate
         while (try d.status()["scrub"] as? [String: Any])?["bytes_done"] as? Int ?? 0 == 0 { usleep(20_000) }
+        if engineControl { _ = try d.ask("{\"cmd\":\"scrub-pause\"}") }
         let verifier = Verifier(engineABI: nil)
         // Blocks of ten loads, the scrub paused for one block and running for the next, so that
         // whatever else the machine does falls on both alike.
@@ -117,7 +122,7 @@ struct DaemonBench: ParsableCommand {
         for i in 0..<engineLoads {
             let p = loads[i % loads.count]
             let running = (i / 10) % 2 == 1
-            if i % 10 == 0 {
+            if i % 10 == 0 && !engineControl {
                 func scrub() throws -> (done: Int, active: Bool) {
                     let s = try d.status()["scrub"] as? [String: Any]
                     return (s?["bytes_done"] as? Int ?? 0, s?["active"] as? Bool ?? false)
@@ -145,6 +150,7 @@ struct DaemonBench: ParsableCommand {
         print(String(format: "INFO  engine loads, paused / running: p90 %.1f / %.1f ms, p95 %.1f / %.1f ms, max %.1f / %.1f ms",
                      percentile(quiet, 0.9) * 1e3, percentile(busy, 0.9) * 1e3, percentile(quiet, 0.95) * 1e3, percentile(busy, 0.95) * 1e3,
                      (quiet.max() ?? 0) * 1e3, (busy.max() ?? 0) * 1e3))
+        if engineControl { print("INFO  control run: the scrub stays paused in both arms; 'running' below means the arm it would run in") }
         print(String(format: "%@  engine verified load of a 32 MiB checkpoint not in cache, %d loads: p50 %.1f ms, p99 %.1f ms with the scrub running (%.0f MB/s) against p50 %.1f ms, p99 %.1f ms with it paused: p99 ratio %.2f (target <= 1.10)",
                      b99 / q99 <= 1.10 ? "PASS" : "MISS", engineLoads, b50 * 1e3, b99 * 1e3, rate / 1e6, q50 * 1e3, q99 * 1e3, b99 / q99))
     }
