@@ -119,9 +119,18 @@ struct DaemonBench: ParsableCommand {
         // Blocks of ten loads, the scrub paused for one block and running for the next, so that
         // whatever else the machine does falls on both alike.
         var quiet: [Double] = [], busy: [Double] = []
+        // What the scrub read while the busy blocks ran: its counter across each of them.
+        func scrubBytes() throws -> Double { Double((try d.status()["counters"] as? [String: Any])?["scrub_bytes"] as? Int ?? 0) }
+        var busyRead = 0.0, busySeconds = 0.0
+        var blockStart: (bytes: Double, at: ContinuousClock.Instant)?
         for i in 0..<engineLoads {
             let p = loads[i % loads.count]
             let running = (i / 10) % 2 == 1
+            if i % 10 == 0, let b = blockStart {
+                busyRead += try scrubBytes() - b.bytes
+                busySeconds += seconds(ContinuousClock.now - b.at)
+                blockStart = nil
+            }
             if i % 10 == 0 && !engineControl {
                 func scrub() throws -> (done: Int, active: Bool) {
                     let s = try d.status()["scrub"] as? [String: Any]
@@ -137,6 +146,7 @@ struct DaemonBench: ParsableCommand {
                     usleep(2_000)
                 }
             }
+            if i % 10 == 0 && running { blockStart = (try scrubBytes(), .now) }
             dropCache([p])
             let t = ContinuousClock.now
             let r = try verifier.verify(path: p)
@@ -144,7 +154,11 @@ struct DaemonBench: ParsableCommand {
             guard r.verdict == .ok else { throw ValidationErrorText("\(p): \(r.verdict)") }
             if running { busy.append(took) } else { quiet.append(took) }
         }
-        let rate = (try d.status()["scrub"] as? [String: Any])?["rate_bytes_per_second"] as? Double ?? 0
+        if let b = blockStart {
+            busyRead += try scrubBytes() - b.bytes
+            busySeconds += seconds(ContinuousClock.now - b.at)
+        }
+        let rate = busyRead / max(busySeconds, 1e-9)
         let (q50, q99) = (percentile(quiet, 0.5), percentile(quiet, 0.99))
         let (b50, b99) = (percentile(busy, 0.5), percentile(busy, 0.99))
         print(String(format: "INFO  engine loads, paused / running: p90 %.1f / %.1f ms, p95 %.1f / %.1f ms, max %.1f / %.1f ms",
