@@ -41,6 +41,9 @@ final class BenchDaemon {
 
     func files() throws -> Int { try status()["files"] as? Int ?? -1 }
 
+    /// Bytes the scrub has read so far (its counter in `status`).
+    func scrubBytes() throws -> Double { Double((try status()["counters"] as? [String: Any])?["scrub_bytes"] as? Int ?? 0) }
+
     func passFinished() throws -> Bool { ((try status()["scrub"] as? [String: Any])?["last_pass"]) != nil }
 
     func lastPass() throws -> (bytes: Double, startedAt: Double, endedAt: Double) {

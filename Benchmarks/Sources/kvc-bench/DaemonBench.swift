@@ -120,14 +120,13 @@ struct DaemonBench: ParsableCommand {
         // whatever else the machine does falls on both alike.
         var quiet: [Double] = [], busy: [Double] = []
         // What the scrub read while the busy blocks ran: its counter across each of them.
-        func scrubBytes() throws -> Double { Double((try d.status()["counters"] as? [String: Any])?["scrub_bytes"] as? Int ?? 0) }
         var busyRead = 0.0, busySeconds = 0.0
         var blockStart: (bytes: Double, at: ContinuousClock.Instant)?
         for i in 0..<engineLoads {
             let p = loads[i % loads.count]
             let running = (i / 10) % 2 == 1
             if i % 10 == 0, let b = blockStart {
-                busyRead += try scrubBytes() - b.bytes
+                busyRead += try d.scrubBytes() - b.bytes
                 busySeconds += seconds(ContinuousClock.now - b.at)
                 blockStart = nil
             }
@@ -146,7 +145,7 @@ struct DaemonBench: ParsableCommand {
                     usleep(2_000)
                 }
             }
-            if i % 10 == 0 && running { blockStart = (try scrubBytes(), .now) }
+            if i % 10 == 0 && running { blockStart = (try d.scrubBytes(), .now) }
             dropCache([p])
             let t = ContinuousClock.now
             let r = try verifier.verify(path: p)
@@ -155,7 +154,7 @@ struct DaemonBench: ParsableCommand {
             if running { busy.append(took) } else { quiet.append(took) }
         }
         if let b = blockStart {
-            busyRead += try scrubBytes() - b.bytes
+            busyRead += try d.scrubBytes() - b.bytes
             busySeconds += seconds(ContinuousClock.now - b.at)
         }
         let rate = busyRead / max(busySeconds, 1e-9)
@@ -196,10 +195,10 @@ struct DaemonBench: ParsableCommand {
         print(String(format: "%@  start-up index of %d files: %.2f s from exec to every file indexed (target <= 3 s); reference header-read loop %.2f s (ratio %.2f)",
                      startup <= 3 ? "PASS" : "MISS", n, startup, ref, startup / ref))
         print(String(format: "%@  RSS with %d files indexed: %.0f MiB (target <= 150 MiB)", rss <= 150 ? "PASS" : "MISS", n, rss))
-        let big = try statusLatency(d)
-        let bigMetrics = try statusLatency(d, cmd: "metrics", times: 20)
+        let big = try medianRoundTrip(d)
+        let bigMetrics = try medianRoundTrip(d, cmd: "metrics", times: 20)
         _ = try d.ask("{\"cmd\":\"scrub-pause\"}")
-        let bigMetricsQuiet = try statusLatency(d, cmd: "metrics", times: 20)
+        let bigMetricsQuiet = try medianRoundTrip(d, cmd: "metrics", times: 20)
         _ = try d.ask("{\"cmd\":\"scrub-resume\"}")
 
         // Half deleted.
@@ -229,8 +228,8 @@ struct DaemonBench: ParsableCommand {
         let small = try BenchDaemon(kvscrubd: kvscrubd, base: smallBase, cache: smallCache, extra: ["--budget-mb", "0"])
         defer { small.stop() }
         while try small.files() < 1000 { usleep(2000) }
-        let little = try statusLatency(small)
-        let littleMetrics = try statusLatency(small, cmd: "metrics", times: 20)
+        let little = try medianRoundTrip(small)
+        let littleMetrics = try medianRoundTrip(small, cmd: "metrics", times: 20)
         print(String(format: "%@  status p50 %.3f ms at %d files against %.3f ms at 1,000 (ratio %.2f; target <= 1.5)",
                      big / little <= 1.5 ? "PASS" : "MISS", big * 1e3, n, little * 1e3, big / little))
         // A scrape counts files by verdict (under the state lock, so inotify and status wait for it
@@ -241,7 +240,7 @@ struct DaemonBench: ParsableCommand {
 
     /// Median seconds of 200 `status` round trips.
     /// The median round trip of a command, over `times` connections one after another.
-    func statusLatency(_ d: BenchDaemon, cmd: String = "status", times: Int = 200) throws -> Double {
+    func medianRoundTrip(_ d: BenchDaemon, cmd: String = "status", times: Int = 200) throws -> Double {
         var xs: [Double] = []
         for _ in 0..<times {
             let t = ContinuousClock.now
@@ -312,7 +311,6 @@ struct DaemonBench: ParsableCommand {
         }
         while try d.files() < controlFiles + 4 { usleep(1000) }
         _ = try d.ask("{\"cmd\":\"scrub-start\"}")
-        func scrubRead() throws -> Double { Double((try d.status()["counters"] as? [String: Any])?["scrub_bytes"] as? Int ?? 0) }
         let reply = try d.ask("{\"cmd\":\"status\"}")
         let replyFile = base + "/reply.json"
         try reply.write(toFile: replyFile, atomically: true, encoding: .utf8)
@@ -337,11 +335,11 @@ struct DaemonBench: ParsableCommand {
             for side in (round % 2 == 0 ? [0, 1] : [1, 0]) {
                 if side == 0 {
                     _ = try d.ask("{\"cmd\":\"scrub-start\"}")  // a pass running for this round (refused harmlessly when one is)
-                    let c0 = d.cpuSeconds(), b0 = try scrubRead(), t0 = ContinuousClock.now
+                    let c0 = d.cpuSeconds(), b0 = try d.scrubBytes(), t0 = ContinuousClock.now
                     o = try Self.hammer(socket: d.socket, clients: controlClients, requests: controlRequests)
                     oursCPU += d.cpuSeconds() - c0
                     oursSeconds += seconds(ContinuousClock.now - t0)
-                    scrubbed += try scrubRead() - b0
+                    scrubbed += try d.scrubBytes() - b0
                     oursCount += o.latencies.count
                 } else {
                     let c0 = BenchDaemon.cpuSeconds(pid: echo.processIdentifier)
