@@ -98,7 +98,7 @@ public struct EngineWorkload {
             if options.rate > 0 {
                 next = next + .nanoseconds(Int64(1e9 / options.rate))
                 let wait = next - clock.now
-                if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.attoseconds) / 1e18 + Double(wait.components.seconds)) }
+                if wait > .zero { Thread.sleep(forTimeInterval: wait / .seconds(1)) }
             }
         }
         return summary

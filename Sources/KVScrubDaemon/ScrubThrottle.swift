@@ -116,8 +116,7 @@ final class ScrubThrottle: ReadObserver {
         let sleepFor: Duration = pacing.withLockedValue { p in
             p.rateWindowBytes += UInt64(count)
             if now - p.rateWindowStart >= .seconds(2) {
-                let secs = Double((now - p.rateWindowStart).components.attoseconds) / 1e18 + Double((now - p.rateWindowStart).components.seconds)
-                let rate = Double(p.rateWindowBytes) / secs
+                let rate = Double(p.rateWindowBytes) / ((now - p.rateWindowStart) / .seconds(1))
                 state.with { $0.scrubRate = rate }
                 p.rateWindowStart = now
                 p.rateWindowBytes = 0
@@ -129,7 +128,7 @@ final class ScrubThrottle: ReadObserver {
         while remaining > .zero {
             if stopping.isSet { throw ScrubStopped() }
             let slice = min(remaining, .milliseconds(100))
-            Thread.sleep(forTimeInterval: Double(slice.components.attoseconds) / 1e18 + Double(slice.components.seconds))
+            Thread.sleep(forTimeInterval: slice / .seconds(1))
             remaining -= slice
         }
         pacing.withLockedValue { $0.schedule.resumed(at: .now) }

@@ -105,8 +105,7 @@ struct VerifyCommand: ParsableCommand {
         mutating func show() {
             guard line.enabled, ContinuousClock.now - shown >= .milliseconds(100) else { return }
             shown = .now
-            let elapsed = (ContinuousClock.now - started).components
-            let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+            let seconds = (ContinuousClock.now - started) / .seconds(1)
             let rate = seconds > 0.5 ? ", \(ByteText.short(UInt64(Double(bytesDone) / seconds)))/s" : ""
             line.show("verifying \(filesDone + 1) of \(files) files, \(ByteText.short(bytesDone)) of \(ByteText.short(bytes))" + rate)
         }

@@ -396,7 +396,7 @@ struct DaemonBench: ParsableCommand {
                         pending += buf[0..<n]
                     }
                     let d = ContinuousClock.now - t0
-                    mine.append(Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+                    mine.append(d / .seconds(1))
                     guard let nl = pending.firstIndex(of: 10) else { bad += 1; break }
                     if !pending[..<nl].starts(with: Array("{\"ok\":true,".utf8)) { bad += 1 }
                     pending.removeSubrange(...nl)
@@ -409,9 +409,8 @@ struct DaemonBench: ParsableCommand {
         for _ in 0..<clients { go.signal() }
         finished.wait()
         let d = ContinuousClock.now - t0
-        let secs = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         let (all, failures) = results.get()
-        return (all, Double(all.count) / secs, failures)
+        return (all, Double(all.count) / (d / .seconds(1)), failures)
     }
 
     // MARK: - event to index
@@ -574,7 +573,7 @@ struct DaemonBench: ParsableCommand {
         return total
     }
 
-    func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+    func seconds(_ d: Duration) -> Double { d / .seconds(1) }
 
     func percentile(_ xs: [Double], _ q: Double) -> Double {
         let s = xs.sorted()

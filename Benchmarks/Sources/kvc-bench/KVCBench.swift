@@ -156,7 +156,7 @@ func time(_ body: () throws -> Void) rethrows -> Double {
     let t0 = c.now
     try body()
     let d = c.now - t0
-    return Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    return d / .seconds(1)
 }
 
 func median(_ xs: [Double]) -> Double {
@@ -206,5 +206,5 @@ func spawn(_ path: String, _ args: [String]) throws -> Spawned {
     while wait4(pid, &status, 0, &usage) < 0 && errno == EINTR {}
     let d = c.now - t0
     return Spawned(status: (status >> 8) & 0xFF,
-                   seconds: Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+                   seconds: d / .seconds(1))
 }
