@@ -48,9 +48,9 @@ extension Daemon {
     func statusReply() -> Data {
         let now = ContinuousClock.now
         let generation = state.with { $0.generation }
-        if let c = statusCache.withLock({ $0 }), c.generation == generation, now - c.at < Self.statusCacheTime { return c.line }
+        if let c = statusCache.withLock({ $0 }), c.generation == generation, now - c.at < Self.statusCacheTime { return Data(c.line) }
         let line = ControlResponse(ok: true, status: status()).line
-        statusCache.withLock { $0 = (now, generation, line) }
+        statusCache.withLock { $0 = (now, generation, [UInt8](line)) }
         return line
     }
 
