@@ -54,9 +54,10 @@ public final class Daemon: Sendable {
     let hangMaintenance = StopFlag()
     let faults = TestFaults()
     /// The last encoded `status` reply and when it was made (`statusReply`).
-    /// The reply's bytes are kept as `[UInt8]`, not `Data`: Data's enum keeps a tag in its storage
-    /// pointer's spare bits, which LeakSanitizer cannot follow, so the fuzzer saw the cached reply as
-    /// a leak (fuzz-control, `{"cmd":"status"}`, once in some twenty CI runs).
+    /// The reply's bytes are kept as `[UInt8]`, not `Data`: the fuzzer once reported the cached `Data`
+    /// as a leak (fuzz-control, `{"cmd":"status"}`, once in some twenty CI runs), most likely because
+    /// Data's enum packs its case into spare bits of the storage pointer, which LeakSanitizer does
+    /// not recognise as a pointer; an Array's buffer reference is a plain one.
     let statusCache = MutexBox<(at: ContinuousClock.Instant, generation: UInt64, line: [UInt8])?>(nil)
     static let statusCacheTime = Duration.milliseconds(50)
     /// The admin group's members, for the connections kept for privileged peers; refreshed off the loop.
