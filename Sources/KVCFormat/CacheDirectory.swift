@@ -49,19 +49,19 @@ public final class CacheDirectory: Sendable {
         public var errors: [KVCError] = []
         /// kvscrubd's private names (`CheckpointName.takenAwayName`): removals a crash interrupted.
         public var takenAway: [String] = []
-        /// The engine ABI the entries were judged against.
-        public var engineABI: EngineABI.Resolution = .init(abi: nil, source: "none yet")
+        /// The engine generation the entries were judged against.
+        public var engineABI: EngineABI.Resolution = .init(generation: nil, source: "none yet")
     }
 
     /// Reads every checkpoint's prologue: the start-up scan. Text and payload
     /// are not touched. With `.auto`, the ABI in force is learned from the
     /// headers read, then every entry is judged against it.
-    public func scan(engineABI: EngineABI = .auto) throws -> Scan {
+    public func scan(engineABI: GenerationSetting = .auto) throws -> Scan {
         var s = Scan()
         for name in try names() {
             if CheckpointName.isTakenAway(name) { s.takenAway.append(name); continue }
             do {
-                if let entry = try entry(named: name, engineABI: nil) { s.entries.append(entry) } else {
+                if let entry = try entry(named: name, engine: nil) { s.entries.append(entry) } else {
                     let st = try FileStatus.of(name: name, in: fd, dirPath: path)
                     s.ignored.append((name, Verifier.ignoreReason(name: name, status: st) ?? "not a checkpoint"))
                 }
@@ -75,17 +75,17 @@ public final class CacheDirectory: Sendable {
             }
         }
         s.engineABI = engineABI.resolve(entries: s.entries)
-        s.entries = s.entries.map { $0.judged(engineABI: s.engineABI.abi) }
+        s.entries = s.entries.map { $0.judged(engine: s.engineABI.generation) }
         return s
     }
 
     /// The index entry for one name, or nil when the name or file type is not a checkpoint's.
-    public func entry(named name: String, engineABI: UInt8?) throws -> CacheEntry? {
-        guard !name.contains("/"), let sha = CheckpointName.sha(of: name) else { return nil }
+    public func entry(named name: String, engine: Generation?) throws -> CacheEntry? {
+        guard !name.contains("/"), let sha = CheckpointName.key(of: name) else { return nil }
         let st = try FileStatus.of(name: name, in: fd, dirPath: path)
         guard st.isRegular else { return nil }
         let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
-        return try CacheEntry.read(file, name: name, sha: sha, engineABI: engineABI)
+        return try CacheEntry.read(file, name: name, sha: sha, engine: engine)
     }
 
     /// Verifies one name in this directory.
@@ -137,7 +137,7 @@ extension CacheDirectory {
     /// The stored text of a checkpoint, read only when its length is at most
     /// `limit` (a damaged length must not cost memory). nil when unreadable or too long.
     public func text(named name: String, limit: Int = 64 << 20) -> [UInt8]? {
-        guard let entry = try? entry(named: name, engineABI: nil), let h = entry.header, Int(h.textBytes) <= limit else { return nil }
+        guard let entry = try? entry(named: name, engine: nil), let h = entry.header, Int(h.textBytes) <= limit else { return nil }
         guard let file = try? CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY) else { return nil }
         guard let t = try? file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes)), t.count == Int(h.textBytes) else { return nil }
         return t

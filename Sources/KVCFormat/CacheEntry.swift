@@ -2,13 +2,15 @@
 /// disk, read without touching text or payload. Eviction decides from this
 /// alone, which is what lets the daemon decide without rescanning.
 public struct CacheEntry: Sendable, Equatable {
-    /// The lower-case SHA-1 from the file name.
+    /// The lower-case SHA-1 from the file name (`sysprompt.kv` for ds4-agent's fixed name).
     public var sha: String
     /// The name as it is in the directory (the engine accepts upper-case hex too).
     public var fileName: String
     /// nil when the prologue could not be read as KVC (damaged, too short, unreadable):
     /// the file still takes space, so it still counts against the budget.
     public var header: KVCHeader?
+    /// The first 8 bytes of the payload: its kind and version (`.absent` when not read).
+    public var payloadTag: PayloadTag = .absent
     public var fileSize: UInt64
     public var identity: FileIdentity
     /// Why no engine could index this file whatever its generation (unknown
@@ -30,34 +32,51 @@ public struct CacheEntry: Sendable, Equatable {
         self.unusable = unusable
     }
 
-    /// This entry as the engine reading `engineABI` sees it (nil: ABI not known, judged by defects only).
-    public func judged(engineABI: UInt8?) -> CacheEntry {
+    /// The file's own generation, when its header could be read.
+    public var generation: Generation? { header.map { Generation(header: $0, payload: payloadTag) } }
+
+    /// A ds4-agent save: a user's, never evicted by budget or score.
+    public var isAgentSession: Bool { header?.isAgentSession ?? false || fileName == CheckpointName.agentSystemPrompt }
+
+    /// This entry as the engine of generation `engine` sees it (nil: not known, judged by defects only).
+    public func judged(engine: Generation?) -> CacheEntry {
         var e = self
         e.unusable = defect
-        if e.unusable == nil, let abi = engineABI, let h = header, h.payloadABI != abi {
-            e.unusable = "payload ABI \(h.payloadABI); the engine in force reads \(abi)"
+        if e.unusable == nil, let engine, let g = generation, let why = engine.refusal(of: g) {
+            e.unusable = why
         }
         return e
     }
 
     /// A file that could not be opened or read: it takes its `stat` size and goes first.
     public static func unreadable(name: String, status: FileStatus, error: KVCError) -> CacheEntry? {
-        guard let sha = CheckpointName.sha(of: name) else { return nil }
+        guard let sha = CheckpointName.key(of: name) else { return nil }
         let why = error.errno.map { "unreadable: \($0.description)" } ?? "unreadable: \(error.detail)"
         return CacheEntry(sha: sha, fileName: name, header: nil, fileSize: status.size, identity: status.identity, unusable: why)
     }
 
     /// Reads the prologue of an open checkpoint (the caller opened it without following links).
-    static func read(_ file: borrowing CheckpointFile, name: String, sha: String, engineABI: UInt8?) throws -> CacheEntry {
+    static func read(_ file: borrowing CheckpointFile, name: String, sha: String, engine: Generation?) throws -> CacheEntry {
         let st = try file.status()
         let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
         let identity = st.identity
+        var tag = PayloadTag.absent
         func entry(_ h: KVCHeader?, _ defect: String?) -> CacheEntry {
-            CacheEntry(sha: sha, fileName: name, header: h, fileSize: st.size, identity: identity, unusable: defect)
-                .judged(engineABI: engineABI)
+            var e = CacheEntry(sha: sha, fileName: name, header: h, fileSize: st.size, identity: identity, unusable: defect)
+            e.payloadTag = tag
+            return e.judged(engine: engine)
         }
         switch KVCHeader.probe(head) {
         case .header(let h):
+            if h.version == 2 && h.payloadABI != KVCHeader.pr146PayloadABI && h.computedHeaderCRC != h.headerCRC {
+                return entry(h, "unknown layout (version 2, byte 20 = \(h.payloadABI), no valid PR #146 header CRC)")
+            }
+            // The payload's kind and version: 8 bytes where the payload starts (one more pread).
+            let payloadStart = UInt64(h.prologueSize) + UInt64(h.textBytes)
+            if h.payloadBytes >= 8, payloadStart + 8 <= st.size {
+                let b = try file.read(at: payloadStart, count: 8)
+                tag = b.withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
+            }
             // What `stat` shows is enough to know the engine's index skips it. A torn header
             // (a touch in progress) never shortens these fields: they are the same before and after.
             if let end = h.bodyEnd, st.size < end {
@@ -75,12 +94,12 @@ public struct CacheEntry: Sendable, Equatable {
     }
 
     /// Reads the prologue of the checkpoint at `path`.
-    public static func read(path: String, engineABI: UInt8? = nil) throws -> CacheEntry {
+    public static func read(path: String, engine: Generation? = nil) throws -> CacheEntry {
         let name = String(path.split(separator: "/").last ?? "")
-        guard let sha = CheckpointName.sha(of: name) else {
+        guard let sha = CheckpointName.key(of: name) else {
             throw KVCError(.notACheckpoint, path: path, "name is not <40 hex digits>.kv")
         }
         let file = try CheckpointFile.open(path, .readOnly)
-        return try read(file, name: name, sha: sha, engineABI: engineABI)
+        return try read(file, name: name, sha: sha, engine: engine)
     }
 }

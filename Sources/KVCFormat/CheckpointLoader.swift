@@ -169,10 +169,10 @@ public struct CheckpointLoader: Sendable {
         public var quantBits: UInt8
         public var ctxSize: UInt32
         public var rejectDifferentQuant: Bool
-        /// The payload ABI this engine reads (byte 20); nil: any, as upstream ds4 which never reads it.
-        public var payloadABI: UInt8?
-        public init(modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, rejectDifferentQuant: Bool = false, payloadABI: UInt8? = nil) {
-            self.payloadABI = payloadABI
+        /// The generation this engine is (file version, payload ABI, payload version); nil: any.
+        public var engine: Generation?
+        public init(modelID: UInt8, quantBits: UInt8, ctxSize: UInt32, rejectDifferentQuant: Bool = false, engine: Generation? = nil) {
+            self.engine = engine
             self.modelID = modelID
             self.quantBits = quantBits
             self.ctxSize = ctxSize
@@ -187,7 +187,7 @@ public struct CheckpointLoader: Sendable {
     /// byte comparison of the stored text.
     public func findTextPrefix(in directory: String, prompt: [UInt8], compatibility c: Compatibility) throws -> CacheEntry? {
         let dir = try CacheDirectory(path: directory)
-        let candidates = try dir.scan().entries.map { $0.judged(engineABI: c.payloadABI) }.filter { e in
+        let candidates = try dir.scan().entries.map { $0.judged(engine: c.engine) }.filter { e in
             guard let h = e.header, e.unusable == nil else { return false }
             return Int(h.textBytes) <= prompt.count && h.textBytes > 0 && h.modelID == c.modelID &&
                 (!c.rejectDifferentQuant || h.quantBits == c.quantBits) && h.ctxSize <= c.ctxSize

@@ -12,12 +12,23 @@ public enum CheckpointName {
         return String(decoding: u[0..<40], as: UTF8.self).lowercased()
     }
 
-    public static func isCheckpoint(_ name: String) -> Bool { sha(of: name) != nil }
+    /// ds4-agent's fixed name for its bootstrap checkpoint: a checkpoint whose text the agent
+    /// compares with the current system prompt, so its name says nothing about its content.
+    public static let agentSystemPrompt = "sysprompt.kv"
 
-    /// `<sha>.kv.tmp.<pid>`: a store in progress, never ours to read or remove.
+    public static func isCheckpoint(_ name: String) -> Bool { sha(of: name) != nil || name == agentSystemPrompt }
+
+    /// The index's key for a checkpoint name: the lower-case SHA-1, or the name itself for
+    /// `sysprompt.kv`; nil when the name is not a checkpoint's.
+    public static func key(of name: String) -> String? {
+        sha(of: name) ?? (name == agentSystemPrompt ? agentSystemPrompt : nil)
+    }
+
+    /// A store in progress: the server's `<sha>.kv.tmp.<pid>`, ds4-agent's `<name>.tmp.XXXXXX`
+    /// (mkstemp) for `<sha>.kv` or `sysprompt.kv`. Never ours to read or remove as a checkpoint.
     public static func isTemporary(_ name: String) -> Bool {
-        guard let r = name.range(of: ".kv.tmp.") else { return false }
-        return sha(of: String(name[..<r.lowerBound]) + suffix) != nil
+        guard let r = name.range(of: ".kv.tmp."), !name[r.upperBound...].isEmpty else { return false }
+        return isCheckpoint(String(name[..<r.lowerBound]) + suffix)
     }
 
     public static func fileName(sha: String) -> String { sha + suffix }

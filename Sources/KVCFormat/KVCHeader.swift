@@ -25,6 +25,9 @@ public struct KVCHeader: Sendable, Equatable {
     public static let extToolMap: UInt8 = 1 << 0
     public static let extResponsesVisible: UInt8 = 1 << 1
     public static let extThinkingVisible: UInt8 = 1 << 2
+    /// ext_flags bit 3: ds4-agent's session-title trailer follows the payload, and the file
+    /// is named after the title and created_at rather than the text.
+    public static let extSessionTitle: UInt8 = 1 << 3
 
     public var version: UInt8
     public var quantBits: UInt8
@@ -75,6 +78,9 @@ public struct KVCHeader: Sendable, Equatable {
 
     public var reason: KVCReason { KVCReason(code: reasonCode) }
     public var hasToolMap: Bool { extFlags & KVCHeader.extToolMap != 0 }
+    public var hasSessionTitle: Bool { extFlags & KVCHeader.extSessionTitle != 0 }
+    /// A ds4-agent save (reason agent-system or agent-session, or a session title): a user's, not cache.
+    public var isAgentSession: Bool { hasSessionTitle || reason == .agentSystem || reason == .agentSession }
     public var isV2: Bool { version == 2 }
 
     /// Where the text starts: 52 in v1, 68 in v2.

@@ -1,12 +1,21 @@
-/// The 13 u32 fields that open every DSV4 engine payload (kvc-format.md,
-/// "The payload's own prefix"). The checker reads them to catch a payload that
-/// belongs to another checkpoint or claims more than it holds, which no CRC
-/// can see when the damage happened before the CRC was computed.
+/// The 13 u32 fields that open every DSV4 engine payload (kvc-format.md
+/// revision 3, "The payload's own prefix"). The checker reads them to catch a
+/// payload that belongs to another checkpoint or claims more than it holds,
+/// which no CRC can see when the damage happened before the CRC was computed.
+///
+/// Which fields are evidence, and which are not: the engine writes the
+/// header's tokens and ctx_size from the same session as the prefix's token
+/// count (u32 7) and saved context (u32 2), so within the running generation
+/// a mismatch is byte evidence. The version, layer count, head dimensions and
+/// vocabulary say "another engine or model" (ds4_session_load_payload refuses
+/// them as "unsupported session payload version" or "a different DS4
+/// layout", and deletes nothing): never damage.
 public struct PayloadPrefix: Sendable, Equatable {
     public static let size = 52
     /// ASCII "DSV4" read as a little-endian u32.
     public static let magicValue: UInt32 = 0x3456_5344
-    public static let currentVersion: UInt32 = 1
+    /// The version ds4 from e8e8779 writes (`DS4_SESSION_PAYLOAD_VERSION`); 1 before it.
+    public static let currentVersion: UInt32 = 2
 
     public var magic: UInt32 = PayloadPrefix.magicValue
     public var version: UInt32 = PayloadPrefix.currentVersion
@@ -23,7 +32,7 @@ public struct PayloadPrefix: Sendable, Equatable {
     public var liveRawRows: UInt32
 
     public init(
-        savedContext: UInt32, prefillChunk: UInt32, rawRingCapacity: UInt32, rawWindow: UInt32,
+        version: UInt32 = PayloadPrefix.currentVersion, savedContext: UInt32, prefillChunk: UInt32, rawRingCapacity: UInt32, rawWindow: UInt32,
         compressedCapacity: UInt32, tokenCount: UInt32, layerCount: UInt32, headDim: UInt32,
         indexerHeadDim: UInt32, vocabSize: UInt32, liveRawRows: UInt32
     ) {
@@ -38,6 +47,7 @@ public struct PayloadPrefix: Sendable, Equatable {
         self.indexerHeadDim = indexerHeadDim
         self.vocabSize = vocabSize
         self.liveRawRows = liveRawRows
+        self.version = version
     }
 
     public init(decoding b: UnsafeRawBufferPointer) {
@@ -51,19 +61,21 @@ public struct PayloadPrefix: Sendable, Equatable {
         version = f[1]
     }
 
-    /// What makes this prefix wrong for a header with `tokens` and `payloadBytes`
-    /// (empty: nothing): the checker's payload-prefix rules, also what a writer
-    /// refuses before it writes a file the checker would call corrupt.
-    public func defects(tokens: UInt32, payloadBytes: UInt64) -> [String] {
+    /// What proves this prefix wrong for a header of the running generation
+    /// with `tokens`, `ctxSize` and `payloadBytes` (empty: nothing): the
+    /// checker's payload-prefix rules, also what a writer refuses before it
+    /// writes a file the checker would call corrupt. The version is not among
+    /// them: another version is another generation (`Generation`), never damage.
+    public func defects(tokens: UInt32, ctxSize: UInt32, payloadBytes: UInt64) -> [String] {
         guard magic == PayloadPrefix.magicValue else {
             return ["payload magic is \(hex32(magic)), expected \(hex32(PayloadPrefix.magicValue)) (DSV4)"]
         }
         var out: [String] = []
-        if version != PayloadPrefix.currentVersion {
-            out.append("payload version is \(version), expected \(PayloadPrefix.currentVersion)")
-        }
         if tokenCount != tokens {
             out.append("payload holds \(tokenCount) tokens; the header says \(tokens)")
+        }
+        if savedContext != ctxSize {
+            out.append("payload was saved for a context of \(savedContext); the header says \(ctxSize)")
         }
         if minimumPayloadBytes > payloadBytes {
             out.append("payload prefix claims at least \(minimumPayloadBytes) bytes (\(tokenCount) tokens, vocabulary \(vocabSize)); the payload is \(payloadBytes)")

@@ -13,6 +13,8 @@ public struct ToolMap: Sendable, Equatable {
     public static let version: UInt8 = 1
     static let headerSize = 8
     static let entryHeaderSize = 8
+    /// kv_tool_map_load_from_pos stops at an id longer than this (the writer does not enforce it).
+    public static let loaderMaxIDBytes = 256
 
     public var entries: [Entry]
     public init(_ entries: [Entry]) { self.entries = entries }
@@ -57,7 +59,8 @@ public struct ToolMap: Sendable, Equatable {
     static func walk(
         length: UInt64,
         read: (UInt64, Int) throws -> [UInt8]?,
-        entry: (Range<UInt64>, Range<UInt64>) -> Void = { _, _ in }
+        entry: (Range<UInt64>, Range<UInt64>) -> Void = { _, _ in },
+        limits: (String) -> Void = { _ in }
     ) rethrows -> String? {
         guard length >= UInt64(headerSize), let head = try read(0, headerSize) else {
             return "tool map trailer is \(length) bytes, shorter than its 8-byte header"
@@ -79,6 +82,9 @@ public struct ToolMap: Sendable, Equatable {
             offset += UInt64(entryHeaderSize)
             guard idLen + dsmlLen <= length - offset else {
                 return "tool map entry \(i) of \(count) runs \(idLen + dsmlLen - (length - offset)) bytes past the end of the file"
+            }
+            if idLen == 0 || idLen > UInt64(ToolMap.loaderMaxIDBytes) || dsmlLen == 0 {
+                limits("tool map entry \(i) has an id of \(idLen) bytes and DSML of \(dsmlLen): beyond the engine loader's limits (id 1..256, DSML not empty); the loader stops there")
             }
             entry(offset..<offset + idLen, offset + idLen..<offset + idLen + dsmlLen)
             offset += idLen + dsmlLen

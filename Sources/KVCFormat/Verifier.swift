@@ -29,8 +29,9 @@ public struct Verifier: Sendable {
     public struct Options: Sendable {
         /// Bytes per read. 1 MiB keeps syscalls few and the buffer in L2-ish reach.
         public var chunkSize: Int = 1 << 20
-        /// The payload ABI of the engine in force; nil: not known, no file is incompatible for its ABI.
-        public var engineABI: UInt8?
+        /// The generation of the engine in force; nil: not known, no file is incompatible for its
+        /// generation and the rules that hold only within it are not applied.
+        public var engine: Generation?
         /// How many more looks a file that changed under a read gets before the report says so.
         public var rereadsWhenChanged = 3
         /// Read a v1 file's whole payload too, and report the CRC32C of its text and payload
@@ -42,8 +43,11 @@ public struct Verifier: Sendable {
         public init() {}
     }
 
-    /// The payload ABIs whose payload starts with the DSV4 prefix: PR #146's upstream engine (0) and the shared kvstore (2).
-    public static let dsv4PayloadABIs: Set<UInt8> = [KVCHeader.pr146PayloadABI, KVCHeader.kvstorePayloadABI]
+    /// A payload magic as its four ASCII bytes when printable (`DSVL`), else in hex.
+    static func fourCC(_ v: UInt32) -> String {
+        let b = (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) }
+        return b.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) ? String(decoding: b, as: UTF8.self) : hex32(v)
+    }
 
     public var options: Options
     /// Told about every chunk read, in order, so a scrubber can pace itself and
@@ -55,16 +59,16 @@ public struct Verifier: Sendable {
         self.observer = observer
     }
 
-    public init(engineABI: UInt8?, observer: (any ReadObserver)? = nil) {
+    public init(engine: Generation?, observer: (any ReadObserver)? = nil) {
         var o = Options()
-        o.engineABI = engineABI
+        o.engine = engine
         self.init(options: o, observer: observer)
     }
 
     /// The daemon's verifier: v1 bodies checksummed, and compared with `recorded` when there is one.
-    public init(engineABI: UInt8?, recorded: RecordedChecksum?, observer: (any ReadObserver)? = nil) {
+    public init(engine: Generation?, recorded: RecordedChecksum?, observer: (any ReadObserver)? = nil) {
         var o = Options()
-        o.engineABI = engineABI
+        o.engine = engine
         o.checksumV1Body = true
         o.recorded = recorded
         self.init(options: o, observer: observer)
@@ -96,13 +100,13 @@ public struct Verifier: Sendable {
         if !status.isRegular { return "not a regular file" }
         if CheckpointName.isTemporary(name) { return "store in progress (temporary file)" }
         if CheckpointName.isTakenAway(name) { return "kvscrubd's own name for a file being removed" }
-        if !CheckpointName.isCheckpoint(name) { return "name is not <40 hex digits>.kv" }
+        if !CheckpointName.isCheckpoint(name) { return "name is not <40 hex digits>.kv (nor ds4-agent's sysprompt.kv)" }
         return nil
     }
 
     static func ignored(path: String, name: String, size: UInt64, note: String) -> VerifyReport {
         VerifyReport(path: path, name: name, verdict: .ignored, version: nil, checksums: .none, problems: [],
-                     header: nil, fileSize: size, identity: nil, note: note, before: nil, after: nil, bytesRead: 0,
+                     header: nil, generation: nil, fileSize: size, identity: nil, note: note, before: nil, after: nil, bytesRead: 0,
                      bodyChecksums: nil)
     }
 
@@ -121,8 +125,8 @@ public struct Verifier: Sendable {
         }
         return VerifyReport(
             path: file.path, name: name, verdict: exam.verdict, version: exam.header?.version ?? exam.versionByte,
-            checksums: exam.header?.version == 2 ? .crc32c : (exam.comparedWithRecord ? .recorded : .none),
-            problems: exam.problems, header: exam.header,
+            checksums: exam.header?.version == 2 && exam.generation != nil ? .crc32c : (exam.comparedWithRecord ? .recorded : .none),
+            problems: exam.problems, header: exam.header, generation: exam.generation,
             fileSize: after.size, identity: after.identity, note: nil, before: before, after: after,
             bytesRead: scan.bytesRead, bodyChecksums: exam.bodyChecksums)
     }
@@ -156,6 +160,10 @@ struct Scan {
         var bodyChecksums: BodyChecksums?
         /// v1 only: the file matched `Options.recorded`'s key and its checksums were compared.
         var comparedWithRecord = false
+        /// The file's own generation (header bytes 3 and 20, the payload's version), when its header could be placed.
+        var generation: Generation?
+        /// A titled ds4-agent session's title, when its trailer parsed.
+        var title: [UInt8]?
         var verdict: Verdict {
             if problems.contains(where: { $0.severity == .corrupt }) { return .corrupt }
             if problems.contains(where: { $0.severity == .incompatible }) { return .incompatible }
@@ -171,6 +179,7 @@ struct Scan {
         var textCRC: UInt32?
         var payloadCRC: UInt32?
         var prefix: PayloadPrefix?
+        var tag: PayloadTag = .absent
     }
 
     let options: Verifier.Options
@@ -201,8 +210,9 @@ struct Scan {
             return Examination(versionByte: have >= 4 ? head[3] : nil, problems: [
                 Problem(.size, .corrupt, "file is \(size) bytes, too short for \(what)")])
         case .badMagic(let m):
-            return Examination(problems: [Problem(.header, .corrupt,
-                "magic is \(m.map { hex8($0) }.joined(separator: " ")), expected 4b 56 43 (KVC)")])
+            // Not a KVC file at all: another tool's format under a checkpoint's name is not ours to judge.
+            return Examination(problems: [Problem(.header, .incompatible,
+                "magic is \(m.map { hex8($0) }.joined(separator: " ")), expected 4b 56 43 (KVC): not a KVC file; not checked further")])
         case .unknownVersion(let v):
             // Another tool or fork may own the version byte: never damage, never removed as corrupt.
             return Examination(versionByte: v, problems: [Problem(.header, .incompatible,
@@ -213,24 +223,17 @@ struct Scan {
 
         var problems: [Problem] = []
         let v2 = h.version == 2
-        var headerTrusted = true
-        if v2 {
-            let actual = h.computedHeaderCRC
-            if actual != h.headerCRC {
-                headerTrusted = false
-                problems.append(Problem(.header, .corrupt, "header CRC mismatch", expectedCRC: h.headerCRC, actualCRC: actual))
+        if v2 && h.computedHeaderCRC != h.headerCRC {
+            // PR #146 writes byte 20 as 0. Other code of the ds4 family reuses version 2 for
+            // another layout (byte 20 = 3: a tail offset at 40..47, position blocks appended in
+            // place), where bytes 48..67 mean something else: a file we cannot place is never judged.
+            guard h.payloadABI == KVCHeader.pr146PayloadABI else {
+                return Examination(header: h, versionByte: 2, problems: [Problem(.header, .incompatible,
+                    "unknown layout: version 2 with byte 20 = \(h.payloadABI) and no valid PR #146 header CRC (another engine's format); not checked further")])
             }
+            problems.append(Problem(.header, .corrupt, "header CRC mismatch", expectedCRC: h.headerCRC, actualCRC: h.computedHeaderCRC))
         }
-        if headerTrusted {
-            if h.tokens == 0 { problems.append(Problem(.header, .corrupt, "token count is 0")) }
-            if h.quantBits != 2 && h.quantBits != 4 {
-                problems.append(Problem(.header, .corrupt, "quant_bits is \(h.quantBits), expected 2 or 4"))
-            }
-            if let abi = options.engineABI, h.payloadABI != abi {
-                problems.append(Problem(.header, .incompatible,
-                    "payload ABI is \(h.payloadABI); the engine in force reads \(abi) (another engine generation)"))
-            }
-        }
+        let headerTrusted = problems.isEmpty
         guard let end = h.bodyEnd else {
             problems.append(Problem(.size, .corrupt, "text and payload lengths overflow a 64-bit file size"))
             return Examination(header: h, problems: problems)
@@ -241,11 +244,25 @@ struct Scan {
         }
 
         let digest = try digestBody(file, header: h, size: size)
+        let generation = Generation(header: h, payload: digest.tag)
+        // Within the running generation the engine's own rules are evidence; outside it, they
+        // are another engine's business (kvc-format.md revision 3, "What a checker concludes").
+        let refusal = options.engine.flatMap { $0.refusal(of: generation) }
+        let ofRunningGeneration = headerTrusted && options.engine != nil && refusal == nil
+        if headerTrusted, let refusal {
+            problems.append(Problem(.header, .incompatible, refusal))
+        }
+        if headerTrusted {
+            // ds4_kvstore_read_header: tokens != 0 and quant 2 or 4, else the file is left out of the index.
+            let severity: Problem.Severity = ofRunningGeneration ? .corrupt : .incompatible
+            let why = ofRunningGeneration ? "" : " (no engine indexes such a file)"
+            if h.tokens == 0 { problems.append(Problem(.header, severity, "token count is 0" + why)) }
+            if h.quantBits != 2 && h.quantBits != 4 {
+                problems.append(Problem(.header, severity, "quant_bits is \(h.quantBits), expected 2 or 4" + why))
+            }
+        }
         if v2, let actual = digest.textCRC, actual != h.textCRC {
             problems.append(Problem(.text, .corrupt, "text CRC mismatch", expectedCRC: h.textCRC, actualCRC: actual))
-        }
-        if let sha = digest.textSHA1, let named = CheckpointName.sha(of: name), sha != named {
-            problems.append(Problem(.name, .corrupt, "SHA-1 of the text is \(sha); the file is named \(named)"))
         }
         if v2, let actual = digest.payloadCRC, actual != h.payloadCRC {
             problems.append(Problem(.payload, .corrupt, "payload CRC mismatch", expectedCRC: h.payloadCRC, actualCRC: actual))
@@ -268,23 +285,54 @@ struct Scan {
                 }
             }
         }
-        // The DSV4 prefix is the payload of the generations we know (ABI 0 and 2), and only
-        // for a file the engine in force can use: a fork's payload is its own business.
-        if let p = digest.prefix, headerTrusted, Verifier.dsv4PayloadABIs.contains(h.payloadABI),
-           options.engineABI.map({ $0 == h.payloadABI }) ?? true {
-            for defect in p.defects(tokens: h.tokens, payloadBytes: h.payloadBytes) {
-                problems.append(Problem(.payload, .corrupt, defect))
+        // The payload's own prefix: evidence only within the running generation, whose layout we know.
+        if ofRunningGeneration && h.payloadBytes >= UInt64(PayloadPrefix.size) {
+            switch digest.tag {
+            case .otherKind(let magic):
+                problems.append(Problem(.payload, .incompatible,
+                    "payload kind \(Verifier.fourCC(magic)) (the ds4 family's, not DSV4): another engine generation"))
+            case .dsv4, .foreign:
+                if let p = digest.prefix {
+                    for defect in p.defects(tokens: h.tokens, ctxSize: h.ctxSize, payloadBytes: h.payloadBytes) {
+                        problems.append(Problem(.payload, .corrupt, defect))
+                    }
+                }
+            case .absent:
+                break
             }
         }
 
+        var trailerStart = end
+        var title: [UInt8]?
         if size >= end {
             let trailerLength = size - end
-            if h.hasToolMap {
-                let failure = try ToolMap.walk(length: trailerLength) { off, count in
+            if h.hasSessionTitle {
+                // ds4-agent: u32 title length, the title, to end of file (agent_kv_read_title_trailer).
+                switch try SessionTitle.read(length: trailerLength, { off, count in
                     let b = try file.read(at: end + off, count: count)
                     return b.count == count ? b : nil
+                }) {
+                case .title(let t, let used):
+                    title = t
+                    trailerStart = end + used
+                    if used < trailerLength {
+                        problems.append(Problem(.trailer, .warning, "\(trailerLength - used) bytes after the session title trailer"))
+                    }
+                case .malformed(let why):
+                    trailerStart = size
+                    problems.append(Problem(.trailer, .warning, why + "; the file name cannot be checked against the title"))
                 }
-                if let failure { problems.append(Problem(.trailer, .corrupt, failure)) }
+                if h.hasToolMap {
+                    problems.append(Problem(.trailer, .warning, "ext bits 0 and 3 both set: the trailer is read as ds4-agent's session title"))
+                }
+            } else if h.hasToolMap {
+                // The engine reads a tool map leniently and can itself leave bit 0 set with no
+                // trailer: a map that does not parse is a warning, never damage (v2's CRC decides there).
+                let failure = try ToolMap.walk(length: trailerLength, read: { off, count in
+                    let b = try file.read(at: end + off, count: count)
+                    return b.count == count ? b : nil
+                }, limits: { problems.append(Problem(.trailer, .warning, $0)) })
+                if let failure { problems.append(Problem(.trailer, .warning, failure + " (the engine restores the checkpoint with fewer tool entries)")) }
             } else if trailerLength > 0 && !v2 {
                 problems.append(Problem(.trailer, .warning,
                     "\(trailerLength) bytes after the payload and no tool-map flag (an interrupted trailer rewrite leaves this; the engine ignores them)"))
@@ -301,7 +349,25 @@ struct Scan {
                 }
             }
         }
-        return Examination(header: h, problems: problems, bodyChecksums: bodyChecksums, comparedWithRecord: compared)
+        _ = trailerStart
+
+        // The name: SHA-1 of the text, or for a titled ds4-agent session of the title and created_at
+        // (agent_session_identity_sha); sysprompt.kv is checked against the prompt by the agent, not by name.
+        if let named = CheckpointName.sha(of: name) {
+            if h.hasSessionTitle {
+                if let title {
+                    let sha = SessionTitle.identity(title: title, createdAt: h.createdAt)
+                    if sha != named {
+                        problems.append(Problem(.name, .corrupt,
+                            "SHA-1 of the session title and created_at is \(sha); the file is named \(named)"))
+                    }
+                }
+            } else if let sha = digest.textSHA1, sha != named {
+                problems.append(Problem(.name, .corrupt, "SHA-1 of the text is \(sha); the file is named \(named)"))
+            }
+        }
+        return Examination(header: h, problems: problems, bodyChecksums: bodyChecksums, comparedWithRecord: compared,
+                           generation: generation, title: title)
     }
 
     /// Hashes text and payload, once per layout. Regions cut short by the end
@@ -326,9 +392,12 @@ struct Scan {
             }
         }
         let payloadPresent = payloadStart <= size ? min(h.payloadBytes, size - payloadStart) : 0
-        if h.payloadBytes >= UInt64(PayloadPrefix.size) && payloadPresent >= UInt64(PayloadPrefix.size) {
-            let b = try file.read(at: payloadStart, count: PayloadPrefix.size)
-            if b.count == PayloadPrefix.size { d.prefix = b.withUnsafeBytes { PayloadPrefix(decoding: $0) } }
+        if payloadPresent >= 8 {
+            let b = try file.read(at: payloadStart, count: Int(min(UInt64(PayloadPrefix.size), payloadPresent)))
+            b.withUnsafeBytes { raw in
+                d.tag = PayloadTag(decoding: raw, payloadBytes: h.payloadBytes)
+                if raw.count == PayloadPrefix.size { d.prefix = PayloadPrefix(decoding: raw) }
+            }
         }
         if payloadPresent == h.payloadBytes && (h.version == 2 || payloadDestination != nil || payloadSink != nil || options.checksumV1Body || options.recorded != nil) {
             var crc = CRC32C()

@@ -69,6 +69,8 @@ public struct VerifyReport: Sendable {
     public var checksums: Checksums
     public var problems: [Problem]
     public var header: KVCHeader?
+    /// The file's own generation (file version, payload ABI, payload version), when its layout is known.
+    public var generation: Generation?
     public var fileSize: UInt64
     public var identity: FileIdentity?
     /// Why a path was ignored; nil for checkpoints.

@@ -88,3 +88,13 @@ func engineABI(_ value: Int32) throws -> UInt8? {
     guard let abi = UInt8(exactly: value) else { throw CAPIError.invalid("expected_abi \(value) is not -1 or 0...255") }
     return abi
 }
+
+/// The generation an engine calling with `expected_abi` is: that ABI with the payload version its
+/// generation writes (2 for ABI 2, 1 for ABI 0; `Generation.knownPayloadVersion`). -1 (any) is an
+/// engine that reads no byte 20 and no payload version, as ds4 before e8e8779 read byte 20. The
+/// library reads both file versions, so an engine on it does too.
+func engineGeneration(_ value: Int32) throws -> Generation {
+    let abi = try engineABI(value)
+    return Generation(fileVersion: 2, payloadABI: abi ?? KVCHeader.pr146PayloadABI,
+                      payloadVersion: abi.flatMap(Generation.knownPayloadVersion(abi:)))
+}

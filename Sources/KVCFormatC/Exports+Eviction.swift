@@ -27,9 +27,9 @@ public func kvc_plan_eviction(_ cache: OpaquePointer?, _ budget: UInt64, _ extra
     reporting(err) {
         let handle = try CacheHandle.from(cache)
         guard let planOut else { throw CAPIError.invalid("plan is NULL") }
-        let abi = try engineABI(expectedABI)
-        // The engine knows its own ABI (or, upstream, reads none): judge by that, not by a guess from the files.
-        let entries = try handle.directory.scan(engineABI: abi.map { .fixed($0) } ?? .auto).entries.map { $0.judged(engineABI: abi) }
+        let engine = try engineGeneration(expectedABI)
+        // The engine knows its own generation (or, upstream, reads no byte 20): judge by that, not by a guess from the files.
+        let entries = try handle.directory.scan().entries.map { $0.judged(engine: engine) }
         let plan = EvictionPlan.make(entries: entries, budgetBytes: budget, extraBytes: extra, now: now,
                                      incoming: try incoming(incomingPointer))
         planOut.pointee = kvc_plan(total_bytes: plan.totalBytes, target_bytes: plan.targetBytes,

@@ -22,7 +22,7 @@ private func compatibility(_ c: UnsafePointer<kvc_compat>?) throws -> Checkpoint
     guard let c = c?.pointee else { throw CAPIError.invalid("compat is NULL") }
     return CheckpointLoader.Compatibility(modelID: c.model_id, quantBits: c.quant_bits, ctxSize: c.ctx_size,
                                           rejectDifferentQuant: c.reject_different_quant != 0,
-                                          payloadABI: try engineABI(c.payload_abi))
+                                          engine: try engineGeneration(c.payload_abi))
 }
 
 private func prompt(_ p: UnsafePointer<UInt8>?, _ len: Int) throws -> [UInt8] { try bytes(p, len, "prompt") }
@@ -34,7 +34,7 @@ private func find(_ handle: CacheHandle, _ prompt: [UInt8], _ compat: Checkpoint
     return e
 }
 
-private func load(name: String, path: String, expectedABI: UInt8?,
+private func load(name: String, path: String, engine: Generation,
                   _ target: UnsafePointer<kvc_load_target>?, _ out: UnsafeMutablePointer<kvc_checkpoint>?) throws {
     guard let t = target?.pointee else { throw CAPIError.invalid("target is NULL") }
     guard (t.payload != nil) != (t.read_fn != nil) else {
@@ -42,7 +42,7 @@ private func load(name: String, path: String, expectedABI: UInt8?,
     }
     out?.pointee = kvc_checkpoint()
     var loader = CheckpointLoader()
-    loader.verifierOptions.engineABI = expectedABI
+    loader.verifierOptions.engine = engine
     let body: CheckpointLoader.LoadedBody
     do {
         body = try loader.load(path: path) { h, trailer in
@@ -105,7 +105,7 @@ public func kvc_load(_ cache: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ e
     reporting(err) {
         let handle = try CacheHandle.from(cache)
         let (n, path) = try handle.pathOf(name: name)
-        try load(name: n, path: path, expectedABI: try engineABI(expectedABI), target, out)
+        try load(name: n, path: path, engine: try engineGeneration(expectedABI), target, out)
     }
 }
 
@@ -117,7 +117,7 @@ public func kvc_load_prefix(_ cache: OpaquePointer?, _ promptBytes: UnsafePointe
         let handle = try CacheHandle.from(cache)
         let c = try compatibility(compat)
         let e = try find(handle, try prompt(promptBytes, promptLen), c)
-        try load(name: e.fileName, path: handle.directory.pathOf(e.fileName), expectedABI: c.payloadABI, target, out)
+        try load(name: e.fileName, path: handle.directory.pathOf(e.fileName), engine: c.engine ?? (try engineGeneration(-1)), target, out)
     }
 }
 
@@ -149,7 +149,7 @@ public func kvc_stat(_ cache: OpaquePointer?, _ name: UnsafePointer<CChar>?, _ e
         let (n, path) = try handle.pathOf(name: name)
         guard let out else { throw CAPIError.invalid("out is NULL") }
         out.pointee = kvc_checkpoint()
-        guard let e = try handle.directory.entry(named: n, engineABI: try engineABI(expectedABI)) else {
+        guard let e = try handle.directory.entry(named: n, engine: try engineGeneration(expectedABI)) else {
             throw CAPIError(KVC_ERR_NOT_CHECKPOINT, "\(path): not a regular file")
         }
         guard let h = e.header else { throw CAPIError(KVC_ERR_NOT_CHECKPOINT, "\(path): \(e.defect ?? "no KVC header")") }

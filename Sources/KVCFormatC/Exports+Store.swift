@@ -19,7 +19,7 @@ private struct CallerPayload: PayloadSource {
     }
     let source: Source
     let byteCount: UInt64
-    let header: (tokens: UInt32, payloadABI: UInt8)
+    let header: (tokens: UInt32, ctxSize: UInt32, payloadABI: UInt8)
 
     func fill(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         switch source {
@@ -35,10 +35,15 @@ private struct CallerPayload: PayloadSource {
 
     private func checkPrefix(_ first: UnsafeRawBufferPointer) throws {
         // The generations whose payload opens with the DSV4 prefix; another's payload is its own business.
-        guard Verifier.dsv4PayloadABIs.contains(header.payloadABI) else { return }
+        guard let version = Generation.knownPayloadVersion(abi: header.payloadABI) else { return }
         // As the checker: a payload shorter than the prefix is not read as one.
         guard byteCount >= UInt64(PayloadPrefix.size), first.count >= PayloadPrefix.size else { return }
-        let defects = PayloadPrefix(decoding: first).defects(tokens: header.tokens, payloadBytes: byteCount)
+        let prefix = PayloadPrefix(decoding: first)
+        var defects = prefix.defects(tokens: header.tokens, ctxSize: header.ctxSize, payloadBytes: byteCount)
+        if defects.isEmpty && prefix.version != version {
+            // Not damage, but a file no engine of that generation restores: a store writes its generation's version.
+            defects.append("payload version \(prefix.version), but payload ABI \(header.payloadABI) is the generation that writes payload version \(version)")
+        }
         guard defects.isEmpty else {
             throw CAPIError.invalid("refusing to store a payload the checker would call corrupt: " + defects.joined(separator: "; "))
         }
@@ -58,7 +63,7 @@ private func store(_ cache: OpaquePointer?, _ text: UnsafePointer<UInt8>?, _ tex
     guard p.key_flags & KVCHeader.extToolMap == 0 else {
         throw CAPIError.invalid("key_flags has KVC_EXT_TOOL_MAP: the library sets it from the tools passed")
     }
-    let payload = CallerPayload(source: source, byteCount: payloadLen, header: (p.tokens, p.payload_abi))
+    let payload = CallerPayload(source: source, byteCount: payloadLen, header: (p.tokens, p.ctx_size, p.payload_abi))
     let map = try toolMap(tools, ntools)
     var m = CheckpointWriter.Metadata(reason: reason, modelID: p.model_id, quantBits: p.quant_bits, ctxSize: p.ctx_size,
                                       tokens: p.tokens, createdAt: p.created_at,

@@ -31,15 +31,23 @@ public func kvc_verify(_ cache: OpaquePointer?, _ nameOrPath: UnsafePointer<CCha
                        _ out: UnsafeMutablePointer<kvc_verify_result>?, _ err: UnsafeMutablePointer<kvc_error>?) -> kvc_status {
     reporting(err) {
         guard let out else { throw CAPIError.invalid("out is NULL") }
-        let verifier = Verifier(engineABI: try engineABI(expectedABI))
+        // -1 (auto): the generation is learned from the file itself, exactly as `kvscrubd verify FILE` does.
+        func verifier(_ entry: () throws -> CacheEntry?) throws -> Verifier {
+            if let abi = try engineABI(expectedABI) {
+                return Verifier(engine: try engineGeneration(Int32(abi)))
+            }
+            let learned = (try? entry()).flatMap { $0 }.map { GenerationSetting.auto.resolve(entries: [$0]).generation } ?? nil
+            return Verifier(engine: learned)
+        }
         let report: VerifyReport
         if cache == nil {
-            report = try verifier.verify(path: try string(nameOrPath, "path"))
+            let path = try string(nameOrPath, "path")
+            report = try verifier { try CacheEntry.read(path: path) }.verify(path: path)
         } else {
             let handle = try CacheHandle.from(cache)
             let name = try string(nameOrPath, "name")
             guard !name.contains("/") else { throw CAPIError.invalid("'\(name)' is a path; with a cache, pass a name") }
-            report = try handle.directory.verify(name: name, with: verifier)
+            report = try handle.directory.verify(name: name, with: try verifier { try handle.directory.entry(named: name, engine: nil) })
         }
         out.pointee = kvc_verify_result()
         out.pointee.verdict = switch report.verdict {

@@ -137,7 +137,7 @@ public struct EngineWorkload {
         let text = texts[c]
         let tokens = max(1, min(UInt32(text.count / 4), SyntheticPayload.maxTokens(payloadBytes: options.payloadBytes)))
         let payload = SyntheticPayload(byteCount: options.payloadBytes, tokens: tokens, ctxSize: options.ctxSize,
-                                       seed: UInt64.random(in: 0...UInt64.max, using: &rng))
+                                       seed: UInt64.random(in: 0...UInt64.max, using: &rng), version: options.engine.payloadVersion)
         let withMap = Bool.random(using: &rng)
         let toolMap = withMap ? randomToolMap() : nil
         if let budget = options.engineBudgetMB { try engineEvict(budgetMB: budget, incoming: text, extra: options.payloadBytes, now: now) }
@@ -156,9 +156,9 @@ public struct EngineWorkload {
     mutating func load(conversation c: Int, now: UInt64) throws {
         let prompt = texts[c] + Array("<|User|>A new question \(Int.random(in: 0..<1000, using: &rng))".utf8)
         var loader = CheckpointLoader()
-        loader.verifierOptions.engineABI = options.engine.requiredABI
+        loader.verifierOptions.engine = options.engine.generation
         let compat = CheckpointLoader.Compatibility(modelID: options.engine.modelByte(options.modelID), quantBits: options.quantBits,
-                                                    ctxSize: options.ctxSize, payloadABI: options.engine.requiredABI)
+                                                    ctxSize: options.ctxSize, engine: options.engine.generation)
         guard let hit = try loader.findTextPrefix(in: options.directory, prompt: prompt, compatibility: compat) else {
             summary.misses += 1
             log(Event(op: "miss", path: nil, detail: nil))
@@ -197,7 +197,7 @@ public struct EngineWorkload {
         let scan = try dir.scan()
         let inc = IncomingCheckpoint(text: incoming, modelID: options.engine.modelByte(options.modelID), quantBits: options.quantBits,
                                      ctxSize: options.ctxSize, rejectDifferentQuant: false)
-        let usable = scan.entries.map { $0.judged(engineABI: options.engine.requiredABI) }.filter { $0.unusable == nil }
+        let usable = scan.entries.map { $0.judged(engine: options.engine.generation) }.filter { $0.unusable == nil }
         let plan = EvictionPlan.make(entries: usable, budgetBytes: budgetMB << 20,
                                      extraBytes: extra, now: now, incoming: inc)
         for v in plan.victims where try dir.remove(name: v.entry.fileName, identity: v.entry.identity) == .removed {

@@ -21,12 +21,13 @@ public struct SyntheticPayload: PayloadSource, Sendable {
 
     public static var minimumBytes: UInt64 { UInt64(PayloadPrefix.size) + 4 * UInt64(vocabSize) + 4 }
 
-    public init(byteCount: UInt64, tokens: UInt32, ctxSize: UInt32, seed: UInt64) {
+    /// `version`: the DSV4 payload version to write (2 as ds4 from e8e8779, 1 before it).
+    public init(byteCount: UInt64, tokens: UInt32, ctxSize: UInt32, seed: UInt64, version: UInt32 = PayloadPrefix.currentVersion) {
         precondition(tokens >= 1 && tokens <= SyntheticPayload.maxTokens(payloadBytes: byteCount),
                      "payload of \(byteCount) bytes cannot hold \(tokens) tokens")
         self.byteCount = byteCount
         self.seed = seed
-        prefix = PayloadPrefix(savedContext: ctxSize, prefillChunk: 2048, rawRingCapacity: 4096, rawWindow: 4096,
+        prefix = PayloadPrefix(version: version, savedContext: ctxSize, prefillChunk: 2048, rawRingCapacity: 4096, rawWindow: 4096,
                                compressedCapacity: ctxSize / 4, tokenCount: tokens, layerCount: 61, headDim: 512,
                                indexerHeadDim: 128, vocabSize: SyntheticPayload.vocabSize, liveRawRows: min(tokens, 4096))
         prefixBytes = prefix.encoded()

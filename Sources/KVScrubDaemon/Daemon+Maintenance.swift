@@ -16,7 +16,7 @@ extension Daemon {
     /// unusable entry with its `stat` size when it cannot be read.
     func indexEntry(_ name: String, in dir: CacheDirectory) throws -> CacheEntry? {
         do {
-            return try dir.entry(named: name, engineABI: state.with { $0.engineABI.abi })
+            return try dir.entry(named: name, engine: state.with { $0.engineABI.generation })
         } catch let e as KVCError where e.errno != .noSuchFileOrDirectory {
             guard let st = try? FileStatus.of(name: name, in: dir.fd, dirPath: dir.path), st.isRegular else { throw e }
             events.record(DaemonEvent(.indexFailed, .error, "cannot read an arriving checkpoint; it counts against the budget and goes first",
@@ -25,16 +25,20 @@ extension Daemon {
         }
     }
 
-    /// `engine_payload_abi: auto`: a new checkpoint the engine just stored says which ABI it writes.
+    /// `engine_payload_abi` or `engine_payload_version` `auto`: a new checkpoint the engine just
+    /// stored says which generation it is, when its header holds and its payload opens with DSV4.
     func learnEngineABI(from e: CacheEntry) {
-        guard state.config.engineABI == .auto, let h = e.header, EngineABI.isTrustworthy(h) else { return }
-        let r = EngineABI.Resolution(abi: h.payloadABI, source: "latest arrival", file: e.fileName)
+        let setting = state.config.engine
+        guard setting.abi == .auto || setting.payloadVersion == nil, e.payloadTag.dsv4Version != nil else { return }
+        var r = setting.resolve(entries: [e])
+        guard r.generation != nil, r.file != nil else { return }
+        r.source = "latest arrival"
         let changed = state.with { s -> Bool in
-            let c = s.engineABI.abi != r.abi
+            let c = s.engineABI.generation != r.generation
             s.setEngineABI(r)
             return c
         }
-        if changed { events.record(DaemonEvent(.engineABI, .notice, "engine payload ABI in force changed", ["abi": "\(r.description)"])) }
+        if changed { events.record(DaemonEvent(.engineABI, .notice, "engine generation in force changed", ["generation": "\(r.description)"])) }
     }
 
     /// The loop that must not hang: it feeds the watchdog, so a stuck
@@ -87,7 +91,7 @@ extension Daemon {
                         if var entry = try indexEntry(name, in: dir) {
                             if before?.identity != entry.identity {
                                 learnEngineABI(from: entry)
-                                entry = entry.judged(engineABI: state.with { $0.engineABI.abi })
+                                entry = entry.judged(engine: state.with { $0.engineABI.generation })
                             }
                             events.record { s in
                                 s.insert(entry)
@@ -134,7 +138,7 @@ extension Daemon {
     func rescan(_ dir: CacheDirectory) {
         do {
             let known = state.with { $0.index }
-            let scan = try dir.scan(engineABI: state.config.engineABI)
+            let scan = try dir.scan(engineABI: state.config.engine)
             events.record(DaemonEvent(.rescanned, .info, "rescanned the cache directory", ["files": "\(scan.entries.count)"], counts: .rescan)) {
                 $0.replaceIndex(scan.entries)
                 $0.setEngineABI(scan.engineABI)
@@ -197,14 +201,14 @@ extension Daemon {
                                metadata: ["settings": "\(fixed.joined(separator: ","))"])
                 new.keepRestartOnlySettings(of: old)
             }
-            let abiChanged = new.engineABI != old.engineABI
+            let abiChanged = new.engine != old.engine
             state.with { $0.config = new }
             if new.logLevel != old.logLevel, let level = Logger.Level(rawValue: new.logLevel) {
                 logLevels?.set(level)
             }
             if abiChanged {
                 // From the headers already in the index: no file is read again.
-                state.with { $0.setEngineABI(new.engineABI.resolve(entries: Array($0.index.values))) }
+                state.with { $0.setEngineABI(new.engine.resolve(entries: Array($0.index.values))) }
             }
             scrubber.wake()
             watcher.wake()

@@ -60,7 +60,7 @@ extension Daemon {
                              lastPass: s.scrub.lastPass, paused: s.scrub.paused == true, pausedSeconds: s.pausedSecondsInPass(now: now),
                              lastCancelledAt: s.scrub.lastCancelledAt, corruptFound: s.scrub.passStartedAt != nil ? s.scrub.corruptFound : nil),
                 counters: s.counters, lastErrors: s.lastErrors, regret: Self.regret(s, now: now),
-                engineAbi: s.engineABI, engineAbiSetting: c.engineABI.description,
+                engineAbi: s.engineABI, engineAbiSetting: c.engine.description,
                 brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,
                              limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
                              verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),

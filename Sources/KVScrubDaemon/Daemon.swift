@@ -272,13 +272,13 @@ public final class Daemon: Sendable {
         let dir = try CacheDirectory(path: path)
         let clock = ContinuousClock()
         let t0 = clock.now
-        let scan = try dir.scan(engineABI: state.config.engineABI)
+        let scan = try dir.scan(engineABI: state.config.engine)
         // Records of files a crash left under a private name: the index drops them, the recovery needs them.
         let leftoverRecords = state.with { s in
             s.records.filter { r in scan.takenAway.contains { CheckpointName.originalName(ofTakenAway: $0) == r.key } }
         }
         state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI) }
-        events.record(DaemonEvent(.engineABI, .info, "engine payload ABI in force", ["abi": "\(scan.engineABI.description)"]))
+        events.record(DaemonEvent(.engineABI, .info, "engine generation in force", ["generation": "\(scan.engineABI.description)"]))
         for e in scan.errors {
             events.record(DaemonEvent(.indexFailed, .error, "cannot read a checkpoint's header; it counts against the budget and goes first",
                                       ["error": "\(e)"], counts: .error("\(e)")))
@@ -303,11 +303,11 @@ public final class Daemon: Sendable {
         for name in names {
             // With the original name's record: a v1 file taken away for a checksum mismatch is judged as it was.
             let original = CheckpointName.originalName(ofTakenAway: name) ?? name
-            let verifier = state.with { Verifier(engineABI: $0.engineABI.abi, recorded: records[original]) }
+            let verifier = state.with { Verifier(engine: $0.engineABI.generation, recorded: records[original]) }
             let outcome = dir.recoverTakenAway(name, verifier: verifier, disposal: disposal)
             events.record(DaemonEvent(.removalRecovered, .notice, "settled a removal a restart interrupted",
                                       ["file": "\(name)", "outcome": "\(outcome)"]))
-            if case .putBack(let original) = outcome, let e = try? dir.entry(named: original, engineABI: state.with({ $0.engineABI.abi })) {
+            if case .putBack(let original) = outcome, let e = try? dir.entry(named: original, engine: state.with({ $0.engineABI.generation })) {
                 state.with { s in
                     s.insert(e)
                     if let r = records[original] { s.setRecord(original, r) }

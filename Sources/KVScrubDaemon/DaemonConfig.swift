@@ -39,8 +39,9 @@ public struct DaemonConfig: Sendable, Equatable {
     public var regretWindowHours: Double = 6
     /// How long `kvscrubd history` keeps removals, quarantines and evictions.
     public var historyDays: Double = 90
-    /// The payload ABI (header byte 20) of the engine beside us: `auto` learns it from the newest checkpoint.
-    public var engineABI: EngineABI = .auto
+    /// The generation of the engine beside us (`engine_payload_abi`, header byte 20, and
+    /// `engine_payload_version`): `auto` learns each from the newest checkpoint.
+    public var engine: GenerationSetting = .auto
     /// A file found corrupt is verified again only once it has been left alone this long (the engine may be rewriting it).
     public var removalSettleSeconds: Double = 5
     /// More proven-corrupt files than this in an hour stop removals (they go to quarantine instead).
@@ -52,7 +53,7 @@ public struct DaemonConfig: Sendable, Equatable {
     static let reloadable: Set<String> = [
         "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
         "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
-        "admin_group", "regret_window_hours", "engine_payload_abi", "removal_settle_seconds", "removal_brake",
+        "admin_group", "regret_window_hours", "engine_payload_abi", "engine_payload_version", "removal_settle_seconds", "removal_brake",
     ]
 
     /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
@@ -110,7 +111,12 @@ public struct DaemonConfig: Sendable, Equatable {
         case "history_days": historyDays = try number(value)
         case "engine_payload_abi":
             guard let abi = EngineABI(parsing: value) else { throw ConfigError(source, key, "expected auto or a number from 0 to 255, got '\(value)'") }
-            engineABI = abi
+            engine.abi = abi
+        case "engine_payload_version":
+            guard let pv = GenerationSetting.parsePayloadVersion(value) else {
+                throw ConfigError(source, key, "expected auto or a payload version number (2 for ds4 from e8e8779, 1 before it), got '\(value)'")
+            }
+            engine.payloadVersion = pv
         case "removal_settle_seconds": removalSettleSeconds = try number(value)
         case "removal_brake":
             guard let limit = RemovalBrake.Limit(parsing: value) else {

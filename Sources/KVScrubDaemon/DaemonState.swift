@@ -129,7 +129,7 @@ public final class DaemonState: Sendable {
         /// Set by `scrub cancel`: the read in progress is abandoned.
         public var scrubAbort = false
         /// The payload ABI of the engine in force, and how it was chosen.
-        public var engineABI = EngineABI.Resolution(abi: nil, source: "none yet")
+        public var engineABI = EngineABI.Resolution(generation: nil, source: "none yet")
         /// The removal brake (persisted).
         public var brake = RemovalBrake()
         /// Files found corrupt, waiting for the removal rule's second look (name → when it is due).
@@ -198,9 +198,9 @@ public final class DaemonState: Sendable {
         /// Puts a new ABI in force and judges the whole index against it.
         mutating func setEngineABI(_ r: EngineABI.Resolution) {
             guard r != engineABI else { return }
-            let changed = r.abi != engineABI.abi
+            let changed = r.generation != engineABI.generation
             engineABI = r
-            if changed { index = index.mapValues { $0.judged(engineABI: r.abi) } }
+            if changed { index = index.mapValues { $0.judged(engine: r.generation) } }
         }
 
         mutating func insert(_ e: CacheEntry) {

@@ -121,8 +121,8 @@ extension Scrubber {
                 name = known
             }
             do {
-                let (abi, recorded) = state.with { ($0.engineABI.abi, $0.records[name]) }
-                let report = try dir.verify(name: name, with: Verifier(engineABI: abi, recorded: recorded))
+                let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+                let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded))
                 let now = Date().timeIntervalSince1970
                 recordIfNew(report, now: now)
                 state.with {

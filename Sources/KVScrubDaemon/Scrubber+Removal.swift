@@ -101,8 +101,8 @@ extension Scrubber {
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
                             observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
         let config = state.config
-        let (abi, recorded) = state.with { ($0.engineABI.abi, $0.records[name]) }
-        let verifier = Verifier(engineABI: abi, recorded: recorded, observer: observer)
+        let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+        let verifier = Verifier(engine: abi, recorded: recorded, observer: observer)
         let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
                                        now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in

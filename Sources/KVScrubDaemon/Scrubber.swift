@@ -164,8 +164,8 @@ public final class Scrubber: Sendable {
         defer { state.with { $0.scrubbing = nil } }
         var bytes: UInt64 = 0
         do {
-            let (abi, recorded) = state.with { ($0.engineABI.abi, $0.records[name]) }
-            let report = try dir.verify(name: name, with: Verifier(engineABI: abi, recorded: recorded, observer: throttle))
+            let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+            let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded, observer: throttle))
             bytes = report.bytesRead
             let now = Date().timeIntervalSince1970
             state.with {

@@ -145,7 +145,7 @@ struct StoreCommand: ParsableCommand {
         do {
             let path = try CheckpointWriter(version: try engine.version).store(
                 in: engine.dir, text: text,
-                payload: SyntheticPayload(byteCount: payloadBytes, tokens: t, ctxSize: engine.ctxSize, seed: seed),
+                payload: SyntheticPayload(byteCount: payloadBytes, tokens: t, ctxSize: engine.ctxSize, seed: seed, version: gen.payloadVersion),
                 metadata: meta, toolMap: map)
             print(path)
         } catch let e as KVCError {
@@ -191,10 +191,10 @@ struct LoadCommand: ParsableCommand {
         }
         let gen = try engine.engine
         var loader = CheckpointLoader()
-        loader.verifierOptions.engineABI = gen.requiredABI
+        loader.verifierOptions.engine = gen.generation
         do {
             let compat = CheckpointLoader.Compatibility(modelID: gen.modelByte(engine.modelID), quantBits: engine.quantBits,
-                                                        ctxSize: engine.ctxSize, payloadABI: gen.requiredABI)
+                                                        ctxSize: engine.ctxSize, engine: gen.generation)
             guard let e = try loader.findTextPrefix(in: engine.dir, prompt: bytes, compatibility: compat) else {
                 printJSON(Result(hit: false))
                 return

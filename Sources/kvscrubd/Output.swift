@@ -55,22 +55,32 @@ enum PathExpansion {
     }
 }
 
-/// `--engine-abi`, shared by `verify`, `evict` (and `run`, through its settings).
+/// `--engine-abi` and `--engine-payload-version`, shared by `verify`, `evict` (and `run`, through its settings).
 struct EngineABIOption: ParsableArguments {
     @Option(name: .customLong("engine-abi"), help: ArgumentHelp(
-        "Payload ABI (header byte 20) of the engine that uses the cache: auto (the newest checkpoint's, by created_at, among those with a valid header) or a number (0: upstream ds4 with PR #146; 2: the shared kvstore). Files of another ABI are incompatible, never corrupt.",
+        "Payload ABI (header byte 20) of the engine that uses the cache: auto (the newest checkpoint's, by created_at, among those with a valid header and a DSV4 payload) or a number (2: ds4 from e8e8779; 0: ds4 before it and PR #146, which never read the byte). Files of another generation are incompatible, never corrupt.",
         valueName: "auto|N"))
     var engineABI: String = "auto"
 
+    @Option(name: .customLong("engine-payload-version"), help: ArgumentHelp(
+        "DSV4 payload version of the engine that uses the cache: auto (learned as --engine-abi is; with a pinned ABI, the version its generation writes) or a number (2: ds4 from e8e8779; 1 before it).",
+        valueName: "auto|N"))
+    var enginePayloadVersion: String = "auto"
+
     func validate() throws {
         guard EngineABI(parsing: engineABI) != nil else { throw ValidationError("--engine-abi must be auto or a number from 0 to 255, not '\(engineABI)'") }
+        guard GenerationSetting.parsePayloadVersion(enginePayloadVersion) != nil else {
+            throw ValidationError("--engine-payload-version must be auto or a number, not '\(enginePayloadVersion)'")
+        }
     }
 
-    var setting: EngineABI { EngineABI(parsing: engineABI) ?? .auto }
+    var setting: GenerationSetting {
+        GenerationSetting(abi: EngineABI(parsing: engineABI) ?? .auto,
+                          payloadVersion: GenerationSetting.parsePayloadVersion(enginePayloadVersion) ?? nil)
+    }
 
-    /// The ABI in force for a set of paths: their checkpoints' headers decide under `auto`.
+    /// The generation in force for a set of paths: their checkpoints decide under `auto`.
     func resolve(_ items: [PathExpansion.Item]) -> EngineABI.Resolution {
-        guard setting == .auto else { return setting.resolve(headers: []) }
         let entries = items.compactMap { item -> CacheEntry? in
             guard item.error == nil, let st = try? FileStatus.of(path: item.path), st.isRegular,
                   CheckpointName.isCheckpoint(String(item.path.split(separator: "/").last ?? "")) else { return nil }

@@ -14,8 +14,13 @@ struct VerifyCommand: ParsableCommand {
             saw them (read from its state database, read-only): a text or payload that differs is corrupt
             ("checksums: recorded"). A record counts only for the very file it was taken from (same inode,
             lengths and created_at); a file damaged before the daemon first saw it was recorded as it was.
-            Files whose payload ABI is not the engine's (--engine-abi) and unknown version bytes are incompatible,
-            never corrupt. Each file's inode, size, mtime and ctime are compared before and after its read: a file
+            Only byte evidence makes a file corrupt: a CRC that fails, a recorded checksum that differs, a file
+            shorter than its header says, a name that is not the SHA-1 of its text (of its title and created_at for
+            a titled ds4-agent session), and within the engine's own generation a payload prefix that disagrees with
+            its header. Files of another generation (file version, payload ABI, payload version: --engine-abi,
+            --engine-payload-version), of an unknown layout or not KVC at all are incompatible, never corrupt.
+            ds4-agent's saved sessions (~/.ds4/kvcache: titled sessions, stripped ones, sysprompt.kv) are judged
+            as ds4-agent reads them. Each file's inode, size, mtime and ctime are compared before and after its read: a file
             the engine rewrote meanwhile is read again, and a verdict from a disturbed read is marked as such.
             On a terminal, a progress line on stderr shows the files and bytes read so far.
             Exit status: 0 nothing corrupt; 1 at least one file corrupt; 2 usage or I/O error (and nothing corrupt).
@@ -52,7 +57,7 @@ struct VerifyCommand: ParsableCommand {
         var files: [FileJSON] = []
         var errors: [ErrorJSON] = []
         var summary = SummaryJSON()
-        if !json && !quiet { print("engine payload ABI: \(engine.description)") }
+        if !json && !quiet { print("engine generation: \(engine.description)") }
         var progress = VerifyProgress(items: items)
         for (i, item) in items.enumerated() {
             progress.show()
@@ -60,7 +65,7 @@ struct VerifyCommand: ParsableCommand {
             if let e = item.error { errors.append(ErrorJSON(path: item.path, error: e)); continue }
             do {
                 let name = (item.path as NSString).lastPathComponent
-                let verifier = recorded ? Verifier(engineABI: engine.abi, recorded: records[name]) : Verifier(engineABI: engine.abi)
+                let verifier = recorded ? Verifier(engine: engine.generation, recorded: records[name]) : Verifier(engine: engine.generation)
                 let r = try verifier.verify(path: item.path)
                 summary.add(r.verdict)
                 files.append(FileJSON(r))
@@ -149,6 +154,8 @@ struct VerifyCommand: ParsableCommand {
         var name: String
         var verdict: String
         var version: UInt8?
+        /// The file's generation as `file version/payload ABI/payload version` (`-`: no payload version).
+        var generation: String?
         var checksums: String
         var problems: [ProblemJSON]
         var size: UInt64
@@ -161,6 +168,7 @@ struct VerifyCommand: ParsableCommand {
             name = r.name
             verdict = r.verdict.rawValue
             version = r.version
+            generation = r.generation?.key
             checksums = r.checksums.rawValue
             problems = r.problems.map {
                 ProblemJSON(region: $0.region.rawValue, severity: $0.severity.rawValue, detail: $0.detail,

@@ -79,11 +79,13 @@ import KVScrubDaemon
 
     @Test func engineABIAndRemovalSettings_parse() throws {
         var c = DaemonConfig()
-        try c.apply([("engine_payload_abi", "0"), ("removal_brake", "10,2%"), ("removal_settle_seconds", "2.5")], source: "test")
-        #expect(c.engineABI == .fixed(0) && c.removalSettleSeconds == 2.5)
+        try c.apply([("engine_payload_abi", "0"), ("engine_payload_version", "1"), ("removal_brake", "10,2%"),
+                     ("removal_settle_seconds", "2.5")], source: "test")
+        #expect(c.engine == GenerationSetting(abi: .fixed(0), payloadVersion: 1) && c.removalSettleSeconds == 2.5)
         #expect(c.removalBrake == RemovalBrake.Limit(files: 10, percent: 2))
-        try c.apply([("engine_payload_abi", "auto"), ("removal_brake", "off")], source: "test")
-        #expect(c.engineABI == .auto && c.removalBrake.off)
+        try c.apply([("engine_payload_abi", "auto"), ("engine_payload_version", "auto"), ("removal_brake", "off")], source: "test")
+        #expect(c.engine == .auto && c.removalBrake.off)
+        #expect(throws: ConfigError.self) { try c.apply([("engine_payload_version", "two")], source: "test") }
     }
 
     @Test func flagsOverrideTheFile_andErrorsNameTheKey() throws {

@@ -13,7 +13,8 @@ import KVCSimulation
         return Array(try! Data(contentsOf: url))
     }
 
-    /// v1 as the shared-kvstore engine writes it (model 1, ABI 2); v2 as PR #146's upstream engine does (bytes 7 and 20 zero).
+    /// v1 as ds4 from e8e8779 writes it (model 1, ABI 2, payload version 2); v2 as PR #146's engine
+    /// does (bytes 7 and 20 zero, payload version 1).
     func writeGoldenInputs(version: UInt8, into dir: String) throws -> String {
         var meta = CheckpointWriter.Metadata(reason: .cold, modelID: version == 2 ? 0 : 1, quantBits: 4, ctxSize: 4096, tokens: 3,
                                              createdAt: 1_700_000_000, lastUsed: 1_700_000_100)
@@ -21,7 +22,7 @@ import KVCSimulation
         meta.payloadABI = version == 2 ? 0 : 2
         return try CheckpointWriter(version: version).store(
             in: dir, text: FormatLayoutTests.goldenText,
-            payload: SyntheticPayload(byteCount: 1200, tokens: 3, ctxSize: 4096, seed: 7),
+            payload: SyntheticPayload(byteCount: 1200, tokens: 3, ctxSize: 4096, seed: 7, version: version == 2 ? 1 : 2),
             metadata: meta, toolMap: ToolMap([ToolMap.Entry(id: "call_7_0", dsml: "<|DSML|invoke name=\"t0\"></|DSML|invoke>")]))
     }
 
@@ -52,6 +53,7 @@ import KVCSimulation
         #expect(Array(b[48..<52]) == [28, 0, 0, 0])                        // text bytes
         #expect(Array(b[52..<80]) == FormatLayoutTests.goldenText)          // text at 52 in v1
         #expect(Array(b[80..<84]) == [0x44, 0x53, 0x56, 0x34])             // DSV4 payload magic
+        #expect(Array(b[84..<88]) == [2, 0, 0, 0])                         // payload version 2 (e8e8779)
         #expect(Array(b[1280..<1284]) == Array("KTM".utf8) + [1])           // trailer after payload
         #expect(b.count == 52 + 28 + 1200 + 8 + 8 + 8 + 39)
     }
@@ -73,7 +75,11 @@ import KVCSimulation
         #expect(le(48) == bitwiseCRC32C(covered))                           // header CRC at 48
         // The fields the engine shares with v1 sit where v1 has them.
         let v1 = golden(1)
-        #expect(Array(b[68...]) == Array(v1[52...]))
+        // The payloads differ only in the payload version: PR #146 writes 1, e8e8779 2.
+        var v1Rest = Array(v1[52...]), v2Rest = Array(b[68...])
+        #expect(v2Rest[32..<36] == [1, 0, 0, 0] && v1Rest[32..<36] == [2, 0, 0, 0])
+        v1Rest.replaceSubrange(32..<36, with: [0, 0, 0, 0]); v2Rest.replaceSubrange(32..<36, with: [0, 0, 0, 0])
+        #expect(v2Rest == v1Rest)
         #expect(Array(b[8..<20]) == Array(v1[8..<20]) && Array(b[24..<48]) == Array(v1[24..<48]))
         #expect(Array(b[64..<68]) == Array(v1[48..<52]))
     }
@@ -83,7 +89,7 @@ import KVCSimulation
         let dir = TempDir()
         let path = dir.file(TextDigest.sha1Hex(FormatLayoutTests.goldenText) + ".kv")
         Bytes.write(golden(version), to: path)
-        let r = try Verifier(engineABI: version == 2 ? 0 : 2).verify(path: path)
+        let r = try Verifier(engine: version == 2 ? .pr146 : .ds4e8e8779).verify(path: path)
         #expect(r.verdict == .ok, "\(r.problems)")
         #expect(r.checksums == (version == 2 ? .crc32c : .none))
         #expect(r.problems.isEmpty)

@@ -110,12 +110,16 @@ import KVCSimulation
         let good = PayloadPrefix(savedContext: 4096, prefillChunk: 2048, rawRingCapacity: 4096, rawWindow: 4096,
                                  compressedCapacity: 1024, tokenCount: 10, layerCount: 61, headDim: 512,
                                  indexerHeadDim: 128, vocabSize: 256, liveRawRows: 10)
-        #expect(good.defects(tokens: 10, payloadBytes: 4096).isEmpty)
-        #expect(good.defects(tokens: 11, payloadBytes: 4096) == ["payload holds 10 tokens; the header says 11"])
-        #expect(good.defects(tokens: 10, payloadBytes: 100).count == 1)
+        #expect(good.defects(tokens: 10, ctxSize: 4096, payloadBytes: 4096).isEmpty)
+        #expect(good.defects(tokens: 11, ctxSize: 4096, payloadBytes: 4096) == ["payload holds 10 tokens; the header says 11"])
+        #expect(good.defects(tokens: 10, ctxSize: 8192, payloadBytes: 4096) == ["payload was saved for a context of 4096; the header says 8192"])
+        #expect(good.defects(tokens: 10, ctxSize: 4096, payloadBytes: 100).count == 1)
+        var other = good
+        other.version = 1
+        #expect(other.defects(tokens: 10, ctxSize: 4096, payloadBytes: 4096).isEmpty, "a payload version is a generation, never a defect")
         var bad = good
         bad.magic = 0
-        #expect(bad.defects(tokens: 11, payloadBytes: 1).count == 1, "a wrong magic is the only thing said")
+        #expect(bad.defects(tokens: 11, ctxSize: 1, payloadBytes: 1).count == 1, "a wrong magic is the only thing said")
     }
 
     @Test func crc32cCombine_isTheCRCOfTheConcatenation() {

@@ -9,7 +9,7 @@ import KVCSimulation
 @Suite struct RecordedChecksumTests {
     /// Verifies `path` the way the daemon does: v1 bodies checksummed, compared with `record`.
     func verify(_ path: String, record: RecordedChecksum? = nil) throws -> VerifyReport {
-        try Verifier(engineABI: nil, recorded: record).verify(path: path)
+        try Verifier(engine: nil, recorded: record).verify(path: path)
     }
 
     func record(_ path: String) throws -> RecordedChecksum {

@@ -149,7 +149,9 @@ import KVCSimulation
         stop.set()
         while !writer.isFinished { Thread.sleep(forTimeInterval: 0.001) }
         #expect(updates.load(ordering: .relaxed) >= 300, "the writer must really have raced the verifier")
-        #expect(torn > 0, "the lock-free writer must have been seen half way")
+        // v2: a read between truncate and header sees a tool-map CRC that does not hold yet. v1: the
+        // half-written map is a warning (the engine reads maps leniently), never even a suspicion.
+        if version == 2 { #expect(torn > 0, "the lock-free writer must have been seen half way") } else { #expect(torn == 0) }
         #expect(FileManager.default.fileExists(atPath: p))
         #expect(try Verifier().verify(path: p).verdict == .ok)
         #expect(failures.withLockedValue { $0 }.isEmpty)

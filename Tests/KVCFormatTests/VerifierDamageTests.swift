@@ -5,9 +5,12 @@ import KVCSimulation
 
 /// Every kind of damage in every region, for both versions, and hostile input.
 @Suite struct VerifierDamageTests {
-    let verifier = Verifier()
-
-    func verify(_ path: String) throws -> VerifyReport { try verifier.verify(path: path) }
+    /// Verifies as the engine that wrote the fixture (by its version byte as stored): v1 as ds4 from
+    /// e8e8779, v2 as PR #146, so every rule of the running generation applies.
+    func verify(_ path: String) throws -> VerifyReport {
+        let versionByte = FileManager.default.contents(atPath: path).flatMap { $0.count > 3 ? $0[3] : nil }
+        return try Verifier(engine: Fixture.engine(version: versionByte == 2 ? 2 : 1)).verify(path: path)
+    }
 
     func problems(_ r: VerifyReport, in region: Region) -> [Problem] {
         r.problems.filter { $0.region == region && $0.severity == .corrupt }
@@ -72,13 +75,25 @@ import KVCSimulation
     }
 
     @Test(arguments: [UInt8(1), 2])
-    func badMagic_isCorruptHeader(version: UInt8) throws {
+    func badMagic_isNotAKVCFile_incompatibleNotCorrupt(version: UInt8) throws {
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version)
         Bytes.flip(p, at: 1)
         let r = try verify(p)
-        #expect(r.verdict == .corrupt)
-        #expect(problems(r, in: .header).first?.detail.contains("magic") == true)
+        // No magic, no layout: another tool's file under a checkpoint's name is never judged (revision 3).
+        #expect(r.verdict == .incompatible)
+        #expect(r.problems.first?.detail.contains("magic") == true)
+    }
+
+    @Test(arguments: [UInt8(1), 2])
+    func tokensZeroOrBadQuant_inAnotherGeneration_isIncompatible_notCorrupt(version: UInt8) throws {
+        let d = TempDir()
+        let p = try Fixture.store(in: d.path, version: version)
+        Bytes.mutateHeader(p, reseal: true) { $0.tokens = 0; $0.quantBits = 3 }
+        // The other engine's rules are its business: no engine indexes the file, nothing proves damage.
+        let r = try Verifier(engine: Fixture.engine(version: version == 2 ? 1 : 2)).verify(path: p)
+        #expect(r.verdict == .incompatible)
+        #expect(r.corruptProblems.isEmpty)
     }
 
     // MARK: incompatible
@@ -101,24 +116,24 @@ import KVCSimulation
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version)
         Bytes.mutateHeader(p, reseal: true) { $0.payloadABI = 3 }
-        let r = try Verifier(engineABI: 2).verify(path: p)
+        let r = try Verifier(engine: .ds4e8e8779).verify(path: p)
         #expect(r.verdict == .incompatible)
         #expect(r.problems.map(\.region) == [.header])
         // Nothing hard-codes an ABI: with the fork's own ABI in force the same file is ok,
         // and with none known (an empty directory's auto) nothing is incompatible for its ABI.
-        #expect(try Verifier(engineABI: 3).verify(path: p).verdict == .ok)
-        #expect(try Verifier(engineABI: nil).verify(path: p).verdict == .ok)
+        #expect(try Verifier(engine: Generation(fileVersion: version, payloadABI: 3, payloadVersion: version == 2 ? 1 : 2)).verify(path: p).verdict == .ok)
+        #expect(try Verifier(engine: nil).verify(path: p).verdict == .ok)
     }
 
     @Test(arguments: [UInt8(1), 2])
     func pr146Generation_bytes7And20Zero_isOkUnderItsOwnABI_andIncompatibleUnderTheKvstore(version: UInt8) throws {
         let d = TempDir()
-        let p = try Fixture.store(in: d.path, version: version, modelID: 0, payloadABI: 0)
+        let p = try Fixture.store(in: d.path, version: version, modelID: 0, payloadABI: 0, payloadVersion: 1)
         #expect(Bytes.read(p)[7] == 0 && Bytes.read(p)[20] == 0)
-        let ok = try Verifier(engineABI: 0).verify(path: p)
+        let ok = try Verifier(engine: .pr146).verify(path: p)
         #expect(ok.verdict == .ok, "\(ok.problems)")
         #expect(ok.problems.isEmpty)
-        let other = try Verifier(engineABI: 2).verify(path: p)
+        let other = try Verifier(engine: .ds4e8e8779).verify(path: p)
         #expect(other.verdict == .incompatible)
         #expect(other.corruptProblems.isEmpty)
     }
@@ -189,7 +204,7 @@ import KVCSimulation
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version)
         let start = Layout(p).payload
-        for (field, detail) in [(0, "magic"), (1, "version"), (7, "tokens")] {
+        for (field, detail) in [(0, "magic"), (2, "context"), (7, "tokens")] {
             var b = Bytes.read(p)
             let saved = Array(b[start + field * 4..<start + field * 4 + 4])
             b[start + field * 4] &+= 1
@@ -200,6 +215,41 @@ import KVCSimulation
             b.replaceSubrange(start + field * 4..<start + field * 4 + 4, with: saved)
             Bytes.write(b, to: p)
         }
+    }
+
+    /// Revision 2 called a payload version other than 1 corrupt, and so every checkpoint ds4 from
+    /// e8e8779 writes. A version, layer count, head dimension or vocabulary is another generation
+    /// or model: never damage, and the engine in force decides whether it is even incompatible.
+    @Test(arguments: [UInt8(1), 2])
+    func payloadVersionAndModelShape_areNeverCorrupt(version: UInt8) throws {
+        let d = TempDir()
+        let p = try Fixture.store(in: d.path, version: version)
+        let start = Layout(p).payload
+        var b = Bytes.read(p)
+        b[start + 4] &+= 1                       // payload version
+        for field in [8, 9, 10] { b[start + field * 4] &+= 1 } // layers, head dim, indexer head dim
+        Bytes.write(b, to: p)
+        if version == 2 { Bytes.reseal(p) }
+        let r = try verify(p)
+        #expect(r.verdict == .incompatible, "\(r.problems)")
+        #expect(r.corruptProblems.isEmpty)
+        #expect(r.problems.contains { $0.detail.contains("payload version") })
+        // With no generation known, or with that payload version's engine in force, the file is ok.
+        #expect(try Verifier(engine: nil).verify(path: p).verdict == .ok)
+        var g = Fixture.engine(version: version)
+        g.payloadVersion = g.payloadVersion.map { $0 + 1 }
+        #expect(try Verifier(engine: g).verify(path: p).verdict == .ok)
+    }
+
+    @Test func payloadOfAnotherKind_DSVL_isIncompatible() throws {
+        let d = TempDir()
+        let p = try Fixture.store(in: d.path, version: 1)
+        var b = Bytes.read(p)
+        b[Layout(p).payload + 3] = UInt8(ascii: "L")
+        Bytes.write(b, to: p)
+        let r = try verify(p)
+        #expect(r.verdict == .incompatible)
+        #expect(r.corruptProblems.isEmpty)
     }
 
     @Test func payloadShorterThanItsPrefixClaims_isCorrupt() throws {
@@ -226,20 +276,23 @@ import KVCSimulation
         #expect(r.unchangedDuringRead)
     }
 
+    /// The engine reads a tool map leniently: a map that does not parse is a warning in v1 (no
+    /// evidence), and in v2 the tool-map CRC is what proves damage.
     @Test(arguments: [UInt8(1), 2])
-    func toolMapThatDoesNotEndAtEOF_isCorruptTrailer(version: UInt8) throws {
+    func toolMapThatDoesNotEndAtEOF_isAWarning_v2ByItsCRC(version: UInt8) throws {
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version, toolMap: Fixture.map)
         var b = Bytes.read(p)
         b.append(0)
         Bytes.write(b, to: p)
         let r = try verify(p)
-        #expect(r.verdict == .corrupt)
-        #expect(problems(r, in: .trailer).contains { $0.detail.contains("more bytes") })
+        #expect(r.verdict == (version == 2 ? .corrupt : .ok))
+        #expect(r.problems.contains { $0.severity == .warning && $0.detail.contains("more bytes") })
+        #expect(problems(r, in: .trailer).allSatisfy { $0.expectedCRC != nil })
     }
 
     @Test(arguments: [UInt8(1), 2])
-    func toolMapWithHugeEntryCount_isCorrupt_withoutAllocating(version: UInt8) throws {
+    func toolMapWithHugeEntryCount_isReported_withoutAllocating(version: UInt8) throws {
         let d = TempDir()
         let p = try Fixture.store(in: d.path, version: version, toolMap: Fixture.map)
         var b = Bytes.read(p)
@@ -247,7 +300,8 @@ import KVCSimulation
         b.replaceSubrange(t + 4..<t + 8, with: [0xFF, 0xFF, 0xFF, 0xFF])
         Bytes.write(b, to: p)
         let r = try verify(p)
-        #expect(problems(r, in: .trailer).contains { $0.detail.contains("4294967295 entries") })
+        #expect(r.problems.contains { $0.detail.contains("4294967295 entries") })
+        #expect(r.verdict == (version == 2 ? .corrupt : .ok))
     }
 
     @Test func v1_bytesAfterPayloadWithoutFlag_isAWarningOnly() throws {
