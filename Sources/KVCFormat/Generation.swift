@@ -27,6 +27,11 @@ public struct Generation: Sendable, Hashable, Codable, CustomStringConvertible {
     /// than 8 bytes, a payload of another kind).
     public var payloadVersion: UInt32?
 
+    // "payloadAbi": JSON coders with snake-case conversion turn it into payload_abi and back.
+    enum CodingKeys: String, CodingKey {
+        case fileVersion, payloadABI = "payloadAbi", payloadVersion
+    }
+
     public init(fileVersion: UInt8, payloadABI: UInt8, payloadVersion: UInt32?) {
         self.fileVersion = fileVersion
         self.payloadABI = payloadABI

@@ -74,8 +74,11 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("history-days"), help: ArgumentHelp("Keep removals, quarantines and evictions this many days for 'kvscrubd history' (history_days; default 90).", valueName: "days"))
     var historyDays: String?
 
-    @Option(name: .customLong("engine-abi"), help: ArgumentHelp("Payload ABI (header byte 20) of the engine beside us: auto learns it from the newest checkpoint; 0 is upstream ds4 with PR #146, 2 the shared kvstore (engine_payload_abi; default auto).", valueName: "auto|N"))
+    @Option(name: .customLong("engine-abi"), help: ArgumentHelp("Payload ABI (header byte 20) of the engine beside us: auto learns it from the newest checkpoint; 2 is ds4 from e8e8779, 0 ds4 before it and PR #146 (engine_payload_abi; default auto).", valueName: "auto|N"))
     var engineABI: String?
+
+    @Option(name: .customLong("engine-payload-version"), help: ArgumentHelp("DSV4 payload version of the engine beside us: auto learns it with the ABI; 2 is ds4 from e8e8779, 1 before it (engine_payload_version; default auto).", valueName: "auto|N"))
+    var enginePayloadVersion: String?
 
     @Option(name: .customLong("removal-settle-seconds"), help: ArgumentHelp("A corrupt file is verified again, and only then removed, once nothing has changed it for this long (removal_settle_seconds; default 5).", valueName: "s"))
     var removalSettle: String?
@@ -109,6 +112,7 @@ struct RunCommand: AsyncParsableCommand {
         add("regret_window_hours", regretWindow)
         add("history_days", historyDays)
         add("engine_payload_abi", engineABI)
+        add("engine_payload_version", enginePayloadVersion)
         add("removal_settle_seconds", removalSettle)
         add("removal_brake", removalBrake)
         return p
