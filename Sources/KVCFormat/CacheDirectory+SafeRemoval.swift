@@ -91,6 +91,8 @@ extension CacheDirectory {
     public enum Disposal {
         case unlink
         case quarantine(Quarantine)
+        /// Leave it under its name, untouched (the removal brake's default): say why.
+        case keepInPlace(why: String)
     }
 
     /// Seconds still to wait before a file last changed at `stamp` has been left alone for `settle` seconds.
@@ -125,6 +127,7 @@ extension CacheDirectory {
         guard second.verdict == .corrupt else { return .notCorrupt(second) }
         onStep(.verdict)
         guard let disposal = decide(second) else { return .keptInPlace(second, why: "held back: nothing to move it to") }
+        if case .keepInPlace(let why) = disposal { return .keptInPlace(second, why: why) }
         return try takeAway(name: name, stamp: stamp, report: second, disposal: disposal, onStep: onStep)
     }
 
@@ -164,6 +167,9 @@ extension CacheDirectory {
                 try putBack(taken, as: name)
                 return .keptInPlace(report, why: "\(error)")
             }
+        case .keepInPlace(let why):
+            try putBack(taken, as: name)
+            return .keptInPlace(report, why: why)
         }
     }
 
@@ -194,7 +200,7 @@ extension CacheDirectory {
     }
 
     /// Copies `name` into `q` as a new file `target` (false when `target` exists), synced before returning.
-    private func copy(_ name: String, into q: Quarantine, as target: String) throws -> Bool {
+    func copy(_ name: String, into q: Quarantine, as target: String) throws -> Bool {
         let src = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
         let dst: CheckpointFile
         do {
@@ -247,6 +253,8 @@ extension CacheDirectory {
                 case .quarantine(let q):
                     let to = try moveIntoQuarantine(taken, as: name, inode: report.identity?.inode ?? 0, quarantine: q)
                     return .quarantined(name, to: to)
+                case .keepInPlace:
+                    break // back under its name below, where it is kept
                 }
             }
             do {
@@ -262,5 +270,59 @@ extension CacheDirectory {
         } catch {
             return .left(taken, why: "\(error)")
         }
+    }
+
+    /// One quarantined file `restoreFromQuarantine` looked at.
+    public enum RestoreOutcome: Sendable, Equatable {
+        /// Back in the cache under its checkpoint name.
+        case restored(String, from: String)
+        /// Its name in the cache holds a file now (the engine stored it again): left in quarantine.
+        case nameTaken(String, from: String)
+        /// Not a checkpoint's name, or it could not be moved: left in quarantine.
+        case left(String, why: String)
+    }
+
+    /// Puts the files in quarantine `q` back where they came from (`<name>` or `<name>.<inode>`,
+    /// as `moveIntoQuarantine` names them), each only if its name in this directory is free, never
+    /// over a file the engine stored meanwhile. Across file systems (systemd's bind mounts count)
+    /// a file is copied to a private name here, synced, renamed into place without replacing,
+    /// and only then unlinked from quarantine.
+    public func restoreFromQuarantine(_ q: Quarantine) throws -> [RestoreOutcome] {
+        var out: [RestoreOutcome] = []
+        for entry in try q.directory.names() {
+            var name = entry
+            if !CheckpointName.isCheckpoint(name), let dot = entry.lastIndex(of: "."),
+               UInt64(entry[entry.index(after: dot)...]) != nil {
+                name = String(entry[..<dot])
+            }
+            guard CheckpointName.isCheckpoint(name) else { out.append(.left(entry, why: "not a checkpoint's name")); continue }
+            if kvc_rename_noreplace(q.fd.rawValue, entry, fd.rawValue, name) == 0 {
+                out.append(.restored(name, from: q.path + "/" + entry))
+                continue
+            }
+            let e = Errno(rawValue: errno)
+            if e == .fileExists { out.append(.nameTaken(name, from: q.path + "/" + entry)); continue }
+            guard e == .improperLink else { out.append(.left(entry, why: "cannot move back: \(e)")); continue }
+            // Another file system: copy under a private name, then into place without replacing.
+            let staging = CheckpointName.takenAwayName(for: name, inode: 0)
+            do {
+                let held = Quarantine(directory: self)
+                guard try q.directory.copy(entry, into: held, as: staging) else {
+                    out.append(.left(entry, why: "\(staging) exists in the cache directory"))
+                    continue
+                }
+                if kvc_rename_noreplace(fd.rawValue, staging, fd.rawValue, name) != 0 {
+                    let taken = Errno(rawValue: errno) == .fileExists
+                    _ = unlinkat(fd.rawValue, staging, 0)
+                    out.append(taken ? .nameTaken(name, from: q.path + "/" + entry) : .left(entry, why: "cannot rename into place"))
+                    continue
+                }
+                _ = unlinkat(q.fd.rawValue, entry, 0)
+                out.append(.restored(name, from: q.path + "/" + entry))
+            } catch {
+                out.append(.left(entry, why: "\(error)"))
+            }
+        }
+        return out
     }
 }

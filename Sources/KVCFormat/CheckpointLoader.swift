@@ -142,11 +142,12 @@ public struct CheckpointLoader: Sendable {
         let text = try file.read(at: UInt64(h.prologueSize), count: Int(h.textBytes))
         var toolMapBytes: [UInt8]? = nil
         if h.hasToolMap {
-            // Read again after the verification: check these bytes themselves, so a
-            // trailer rewritten in between is refused rather than handed over unchecked.
+            // Read again after the verification: check these bytes themselves (v2: their CRC), so a
+            // trailer rewritten in between is refused rather than handed over unchecked. A map that
+            // does not parse is the engine's business: it reads maps leniently and restores anyway.
             let bytes = try file.read(at: end, count: Int(size - end))
             if verify {
-                if h.version == 2 && CRC32C.checksum(bytes) != h.trailerCRC || ToolMap.decode(bytes) == nil {
+                if h.version == 2 && CRC32C.checksum(bytes) != h.trailerCRC {
                     throw KVCError(.corrupt, path: path, "refusing to load: the tool-map trailer changed while it was read")
                 }
             }

@@ -114,7 +114,13 @@ public struct GenerationSetting: Sendable, Equatable, CustomStringConvertible {
             }
         }
 
-        public var generation: Generation { Generation(header: header, payload: payload) }
+        /// The generation of the engine that wrote it. An engine writing ABI 0 may be PR #146's, which
+        /// reads v2 as well as v1, and nothing in a v1 file says which: such an engine is taken to read both.
+        public var generation: Generation {
+            var g = Generation(header: header, payload: payload)
+            g.fileVersion = max(g.fileVersion, Generation.knownFileVersion(abi: g.payloadABI))
+            return g
+        }
     }
 
     /// Resolves against a set of checkpoints (the start-up scan, or the files `verify` was given).
@@ -135,13 +141,13 @@ public struct GenerationSetting: Sendable, Equatable, CustomStringConvertible {
                                                 payloadABI: n, payloadVersion: pv), source: "configured")
         case (.fixed(let n), nil):
             if let c = newest(trusted.filter { $0.header.payloadABI == n }), c.payload.dsv4Version != nil {
-                return .init(generation: c.generation, source: "configured ABI, payload version of the newest checkpoint", file: c.name)
+                return .init(generation: c.generation, source: "configured", file: c.name)
             }
             return .init(generation: Generation(fileVersion: Generation.knownFileVersion(abi: n), payloadABI: n,
                                                 payloadVersion: Generation.knownPayloadVersion(abi: n)), source: "configured")
         case (.auto, .some(let pv)):
             if let c = newest(trusted.filter { $0.payload.dsv4Version == pv }) {
-                return .init(generation: c.generation, source: "configured payload version, ABI of the newest checkpoint", file: c.name)
+                return .init(generation: c.generation, source: "configured", file: c.name)
             }
             return .init(generation: nil, source: "none yet", note: "no checkpoint with payload version \(pv) to learn the ABI from")
         case (.auto, nil):

@@ -16,6 +16,8 @@ public enum ControlCommand: String, CaseIterable, Sendable {
     case scrubCancel = "scrub-cancel"
     case scrubNow = "scrub-now"
     case brakeRelease = "brake-release"
+    /// The brake released and its quarantine put back in the cache (`brake release --restore`).
+    case brakeRestore = "brake-restore"
     case reload
     case evictNow = "evict-now"
     /// Makes the maintenance loop hang (the watchdog test); known only to a daemon run with KVSCRUBD_TEST_FAULTS=1.
@@ -34,7 +36,7 @@ public enum ControlCommand: String, CaseIterable, Sendable {
     public var access: Access {
         switch self {
         case .ping, .status, .entries, .explain, .metrics, .history, .scrubStatus: .read
-        case .scrubStart, .scrubPause, .scrubResume, .scrubCancel, .scrubNow, .brakeRelease, .reload, .evictNow: .change
+        case .scrubStart, .scrubPause, .scrubResume, .scrubCancel, .scrubNow, .brakeRelease, .brakeRestore, .reload, .evictNow: .change
         case .testHangMaintenance: .testOnly
         }
     }
@@ -44,7 +46,7 @@ public enum ControlCommand: String, CaseIterable, Sendable {
     public var blocks: Bool {
         switch self {
         // metrics: counts every file (O(n) at a scrape), so not on the loop that answers everyone's status.
-        case .scrubNow, .evictNow, .history, .reload, .metrics: true
+        case .scrubNow, .evictNow, .history, .reload, .metrics, .brakeRestore: true
         case .ping, .status, .entries, .explain, .scrubStatus, .scrubStart, .scrubPause, .scrubResume,
              .scrubCancel, .brakeRelease, .testHangMaintenance: false
         }

@@ -9,7 +9,7 @@ import KVCFormat
 /// Commands: read-only `ping`, `status`, `entries`, `explain` (with `name`),
 /// `metrics`, `scrub-status`, `history` (with `since`, `cause`, `limit`); changing (see `AccessPolicy`) `scrub-start`,
 /// `scrub-pause`, `scrub-resume`, `scrub-cancel`, `scrub-now` (with
-/// `files`), `brake-release`, `reload`, `evict-now`.
+/// `files`), `brake-release`, `brake-restore`, `reload`, `evict-now`.
 public struct ControlRequest: Codable, Sendable {
     public var cmd: String
     public var files: [String]?
@@ -77,9 +77,14 @@ public struct CommandOutcome: Codable, Sendable {
     public var brake: StatusReport.Brake?
     public var eviction: Eviction?
     public var reload: Reload?
+    /// `brake-restore`: the files put back in the cache, and those left in quarantine (with why).
+    public var restored: [String]?
+    public var leftInQuarantine: [String]?
 
-    public init(scrub: StatusReport.Scrub? = nil, brake: StatusReport.Brake? = nil, eviction: Eviction? = nil, reload: Reload? = nil) {
+    public init(scrub: StatusReport.Scrub? = nil, brake: StatusReport.Brake? = nil, eviction: Eviction? = nil, reload: Reload? = nil,
+                restored: [String]? = nil, leftInQuarantine: [String]? = nil) {
         self.scrub = scrub; self.brake = brake; self.eviction = eviction; self.reload = reload
+        self.restored = restored; self.leftInQuarantine = leftInQuarantine
     }
 
     /// `evict-now`: what this evaluation evicted, and where the cache stands after it.
@@ -201,6 +206,8 @@ public struct StatusReport: Codable, Sendable {
         public var corruptLastHour: Int
         public var verifiedLastHour: Int
         public var quarantine: String
+        /// `removal_brake_action`: keep (files stay where they are) or quarantine.
+        public var action: String?
     }
 }
 

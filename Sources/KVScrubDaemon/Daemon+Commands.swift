@@ -86,7 +86,7 @@ extension Daemon {
             hangMaintenance.set()
             watcher.wake()
             return ControlResponse(ok: true)
-        case .scrubNow, .evictNow, .history, .reload, .metrics:
+        case .scrubNow, .evictNow, .history, .reload, .metrics, .brakeRestore:
             return .failure("'\(cmd.rawValue)' is not answered from memory")
         }
     }
@@ -146,6 +146,12 @@ extension Daemon {
             case .failure(let error):
                 return .failure("the history cannot be read: \(error)")
             }
+        case .brakeRestore:
+            // Renames or copies files: off the loop.
+            let (message, restored, left) = await Self.offLoop { [scrubber] in scrubber.releaseBrakeAndRestore() }
+            var r = ControlResponse(ok: true, message: message)
+            r.outcome = CommandOutcome(brake: status().brake, restored: restored, leftInQuarantine: left)
+            return r
         case .scrubNow:
             guard let files = request.files, !files.isEmpty else { return .failure("scrub now needs at least one file") }
             guard files.count <= 10_000 else { return .failure("at most 10000 files per request") }

@@ -63,7 +63,8 @@ extension Daemon {
                 engineAbi: s.engineABI, engineAbiSetting: c.engine.description,
                 brake: .init(engaged: s.brake.engaged, engagedAt: s.brake.engagedAt, reason: s.brake.reason, heldBack: s.brake.heldBack,
                              limit: c.removalBrake.description, corruptLastHour: s.brake.corruptLastHour(now: now),
-                             verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir),
+                             verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir,
+                             action: c.removalBrakeAction.rawValue),
                 pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds,
                 checksums: s.checksumProtection)
         }

@@ -297,7 +297,10 @@ public final class Daemon: Sendable {
         let config = state.config
         var disposal = CacheDirectory.Disposal.unlink
         let brake = state.with { $0.brake.engaged }
-        if let target = brake ? config.brakeQuarantineDir : config.quarantineDir, let q = try? CacheDirectory.Quarantine.open(creating: target) {
+        if brake && config.removalBrakeAction == .keep {
+            disposal = .keepInPlace(why: "held back by the removal brake")
+        } else if let target = brake ? config.brakeQuarantineDir : config.quarantineDir,
+                  let q = try? CacheDirectory.Quarantine.open(creating: target) {
             disposal = .quarantine(q)
         }
         for name in names {

@@ -44,8 +44,11 @@ public struct DaemonConfig: Sendable, Equatable {
     public var engine: GenerationSetting = .auto
     /// A file found corrupt is verified again only once it has been left alone this long (the engine may be rewriting it).
     public var removalSettleSeconds: Double = 5
-    /// More proven-corrupt files than this in an hour stop removals (they go to quarantine instead).
+    /// More proven-corrupt files than this in an hour stop removals.
     public var removalBrake: RemovalBrake.Limit = .standard
+    /// What happens to proven-corrupt files while the brake is engaged: kept where they are (the
+    /// default), or moved to the brake's quarantine under the state directory (an operator's choice).
+    public var removalBrakeAction: RemovalBrake.Action = .keep
 
     public init() {}
 
@@ -54,6 +57,7 @@ public struct DaemonConfig: Sendable, Equatable {
         "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
         "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
         "admin_group", "regret_window_hours", "engine_payload_abi", "engine_payload_version", "removal_settle_seconds", "removal_brake",
+        "removal_brake_action",
     ]
 
     /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
@@ -118,6 +122,11 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             engine.payloadVersion = pv
         case "removal_settle_seconds": removalSettleSeconds = try number(value)
+        case "removal_brake_action":
+            guard let action = RemovalBrake.Action(rawValue: value) else {
+                throw ConfigError(source, key, "expected keep (corrupt files stay where they are) or quarantine, got '\(value)'")
+            }
+            removalBrakeAction = action
         case "removal_brake":
             guard let limit = RemovalBrake.Limit(parsing: value) else {
                 throw ConfigError(source, key, "expected a number of files, a percentage, both (5,5%: whichever is larger) or off, got '\(value)'")

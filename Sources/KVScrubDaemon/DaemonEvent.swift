@@ -48,6 +48,7 @@ public struct DaemonEvent: Sendable {
         case removeFailed = "remove-failed"
         case quarantineFailed = "quarantine-failed"
         case removalBrakeEngaged = "removal-brake-engaged", removalBrakeReleased = "removal-brake-released"
+        case quarantineRestored = "quarantine-restored"
 
         /// Stable MESSAGE_IDs (128-bit, as `journalctl --new-id128` makes them) for
         /// the events an operator may want to find; packaging/kvscrubd.catalog

@@ -14,13 +14,26 @@ import Foundation
 /// the corrupt count stays within the limit (`removal_brake`: by default 5
 /// files or 5 % of the files verified in the hour, whichever is larger),
 /// proven-corrupt files are removed. The first one past it engages the brake:
-/// it and every later one go to the quarantine directory instead, a journal
-/// record says why, `status` says so at the top, and only an operator
-/// (`kvscrubd brake release`) lifts it. The brake survives restarts.
+/// it and every later one stay where they are (`removal_brake_action: keep`,
+/// the default: removing data is the one irreversible act, and moving files
+/// out of the cache is too when the verdicts are a misreading), or, as an
+/// operator's choice, go to the brake's quarantine directory
+/// (`removal_brake_action: quarantine`; `kvscrubd brake release --restore`
+/// puts them back). A journal record says why, `status` says so at the top,
+/// the alert fires, and only an operator (`kvscrubd brake release`) lifts it.
+/// The brake survives restarts.
 ///
 /// Counts are kept per minute, 60 buckets at most, so memory stays the same
 /// whatever the cache holds.
 public struct RemovalBrake: Codable, Sendable, Equatable {
+    /// `removal_brake_action`: what the brake does with proven-corrupt files while engaged.
+    public enum Action: String, Sendable, Equatable, Codable {
+        /// They stay under their names, untouched.
+        case keep
+        /// They move to the brake's quarantine directory.
+        case quarantine
+    }
+
     /// `removal_brake`: a number of files, a percentage of the files verified in the hour, or both (the larger wins).
     public struct Limit: Sendable, Equatable, CustomStringConvertible {
         public var files: Int

@@ -10,6 +10,34 @@ extension Scrubber {
         public let description: String
     }
 
+    /// `kvscrubd brake release --restore`: releases the brake, then puts the files its quarantine
+    /// holds back under their names in the cache, each only where the name is free (never over a
+    /// file the engine stored since). The daemon sees them arrive and verifies them again.
+    public func releaseBrakeAndRestore() -> (message: String, restored: [String], left: [String]) {
+        let released = releaseBrake()
+        let qpath = state.config.brakeQuarantineDir
+        guard FileManager.default.fileExists(atPath: qpath) else { return (released + "; the quarantine \(qpath) is empty", [], []) }
+        guard let dir = directory.withLock({ $0 }) else { return (released + "; the cache directory is not available, nothing restored", [], []) }
+        do {
+            let outcomes = try dir.restoreFromQuarantine(try .open(creating: qpath))
+            var restored: [String] = [], left: [String] = []
+            for o in outcomes {
+                switch o {
+                case .restored(let name, let from):
+                    restored.append(name)
+                    events.record(DaemonEvent(.quarantineRestored, .notice, "quarantined file put back in the cache", ["file": "\(name)", "from": "\(from)"]))
+                case .nameTaken(let name, let from):
+                    left.append("\(from) (\(name) holds a newer file)")
+                case .left(let entry, let why):
+                    left.append("\(qpath)/\(entry) (\(why))")
+                }
+            }
+            return (released + "; \(restored.count) files put back in the cache, \(left.count) left in \(qpath)", restored, left)
+        } catch {
+            return (released + "; cannot restore from \(qpath): \(error)", [], [])
+        }
+    }
+
     /// Starts a pass now (and lifts a pause).
     /// `kvscrubd brake release`: removals resume; files already quarantined stay there.
     public func releaseBrake() -> String {

@@ -13,9 +13,10 @@ import Logging
 /// moves the due time). The second look (`CacheDirectory.removeIfCorrupt`)
 /// reads the whole file again and must agree, on the same stamp; then the
 /// brake decides: within its limit the file is unlinked (or moved to
-/// `quarantine_dir` when one is set), past it the file goes to the brake's
-/// quarantine under the state directory, or stays where it is when that
-/// fails. Every outcome is logged; the ones that remove or hold back a file
+/// `quarantine_dir` when one is set); past it the file stays where it is
+/// (`removal_brake_action: keep`, the default) or goes to the brake's
+/// quarantine under the state directory (`quarantine`), and stays where it
+/// is when that fails. Every outcome is logged; the ones that remove or hold back a file
 /// carry a MESSAGE_ID.
 extension Scrubber {
     /// A verdict of corrupt from the scrub (a pass or a new file). Returns what was done, in words.
@@ -108,6 +109,9 @@ extension Scrubber {
                                        now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in
             let admitted = state.with { $0.brake.admitRemoval(now: Date().timeIntervalSince1970, limit: config.removalBrake) }
             if !admitted { brakeEngagedIfNew(report) }
+            if !admitted && config.removalBrakeAction == .keep {
+                return .keepInPlace(why: "held back by the removal brake; 'kvscrubd brake release' lets it be removed")
+            }
             let target = admitted ? config.quarantineDir : config.brakeQuarantineDir
             guard let target else { return .unlink }
             do {
@@ -125,9 +129,12 @@ extension Scrubber {
         let (first, reason) = state.with { ($0.brake.heldBack == 1, $0.brake.reason ?? "") }
         guard first else { return }
         persist(force: true)
+        let config = state.config
+        let what = config.removalBrakeAction == .keep ? "kept where they are" : "moved to \(config.brakeQuarantineDir)"
         events.record(DaemonEvent(.removalBrakeEngaged, .critical,
-                                  "removal brake engaged: corrupt files are quarantined, not removed, until an operator runs 'kvscrubd brake release'",
-                                  ["reason": "\(reason)", "file": "\(report.name)", "quarantine": "\(state.config.brakeQuarantineDir)"]))
+                                  "removal brake engaged: corrupt files are \(what), not removed, until an operator runs 'kvscrubd brake release'",
+                                  ["reason": "\(reason)", "file": "\(report.name)", "action": "\(config.removalBrakeAction.rawValue)",
+                                   "quarantine": "\(config.brakeQuarantineDir)"]))
     }
 
     /// Counts, logs and reports one outcome of the second look.

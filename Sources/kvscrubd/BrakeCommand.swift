@@ -10,9 +10,10 @@ struct BrakeCommand: ParsableCommand {
         discussion: """
             When more files are proven corrupt in an hour than removal_brake allows (default: 5 files or 5% of the
             files verified in that hour, whichever is larger), the daemon stops removing them: further corrupt files
-            are moved to the quarantine directory under the state directory (or stay where they are if that fails).
-            Mass "damage" usually means a format or engine-version mismatch or a failing disk, not independent rot:
-            look at the quarantined files (kvscrubd verify) before releasing the brake.
+            stay where they are (removal_brake_action: keep, the default), or, if the operator chose
+            removal_brake_action: quarantine, are moved to the quarantine directory under the state directory.
+            Mass "damage" usually means a format or engine-generation mismatch or a failing disk, not independent
+            rot: look at the files (kvscrubd verify) before releasing the brake.
             """,
         subcommands: [Status.self, Release.self],
         defaultSubcommand: Status.self)
@@ -33,9 +34,24 @@ struct BrakeCommand: ParsableCommand {
 
     struct Release: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Release the brake: proven-corrupt files are removed again. Quarantined files stay where they are.",
-            discussion: "Needs root, the daemon's user, or admin_group.\nExit status: 0 success; 1 refused; 2 the daemon could not be reached.")
+            abstract: "Release the brake: proven-corrupt files are removed again. Quarantined files stay there unless --restore.",
+            discussion: """
+                With --restore, the files the brake moved to its quarantine are put back where they came from, each \
+                only if its name in the cache is free (never over a file the engine stored since); the daemon then \
+                verifies them again as new arrivals. Fix what made the verdicts wrong first (engine_payload_abi, \
+                engine_payload_version), or they are judged the same way again.
+                Needs root, the daemon's user, or admin_group.
+                Exit status: 0 success; 1 refused; 2 the daemon could not be reached.
+                """)
         @OptionGroup var options: SocketOptions
-        func run() throws { try ScrubCommand.simple("brake-release", options) }
+        @Flag(name: .long, help: "Put the files the brake quarantined back in the cache where their names are free.")
+        var restore = false
+        func run() throws {
+            guard restore else { return try ScrubCommand.simple("brake-release", options) }
+            let r = try options.send(ControlRequest(cmd: "brake-restore"))
+            if options.json { return options.printJSON(r) }
+            print(r.message ?? "ok")
+            for f in r.outcome?.leftInQuarantine ?? [] { print("  left: \(f)") }
+        }
     }
 }

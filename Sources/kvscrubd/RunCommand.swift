@@ -83,8 +83,11 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("removal-settle-seconds"), help: ArgumentHelp("A corrupt file is verified again, and only then removed, once nothing has changed it for this long (removal_settle_seconds; default 5).", valueName: "s"))
     var removalSettle: String?
 
-    @Option(name: .customLong("removal-brake"), help: ArgumentHelp("Stop removing (quarantine instead) past this many proven-corrupt files in an hour: files, percent of files verified, both (the larger), or off (removal_brake; default 5,5%).", valueName: "N,P%"))
+    @Option(name: .customLong("removal-brake"), help: ArgumentHelp("Stop removing past this many proven-corrupt files in an hour: files, percent of files verified, both (the larger), or off (removal_brake; default 5,5%).", valueName: "N,P%"))
     var removalBrake: String?
+
+    @Option(name: .customLong("removal-brake-action"), help: ArgumentHelp("While the brake is engaged, proven-corrupt files stay where they are (keep) or move to the quarantine under the state directory (quarantine) (removal_brake_action; default keep).", valueName: "keep|quarantine"))
+    var removalBrakeAction: String?
 
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error (log_level; default info).", valueName: "level"))
     var logLevel: String?
@@ -115,6 +118,7 @@ struct RunCommand: AsyncParsableCommand {
         add("engine_payload_version", enginePayloadVersion)
         add("removal_settle_seconds", removalSettle)
         add("removal_brake", removalBrake)
+        add("removal_brake_action", removalBrakeAction)
         return p
     }
 

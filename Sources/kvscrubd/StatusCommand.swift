@@ -92,7 +92,7 @@ struct EntriesCommand: ParsableCommand {
         let reply = try options.send(ControlRequest(cmd: "entries"))
         let entries = reply.entries ?? []
         if options.json { options.printJSON(EntriesJSON(entries: entries, engineAbi: reply.engineAbi)); return }
-        if let abi = reply.engineAbi { print("engine payload ABI: \(abi.description)") }
+        if let abi = reply.engineAbi { print("engine generation: \(abi.description)") }
         print(Output.pad("RANK", 6) + Output.pad("SCORE", 14) + Output.pad("HITS", 7) + Output.pad("EFF.HITS", 10) +
               Output.pad("TOKENS", 9) + Output.pad("SIZE", 11) + Output.pad("REASON", 14) + Output.pad("VERDICT", 9) + Output.pad("SUMS", 9) + "FILE")
         for e in entries {
@@ -118,7 +118,11 @@ enum StatusText {
         func row(_ k: String, _ v: String) { lines.append(Output.pad(k + ":", 11) + v) }
         if let b = s.brake, b.engaged {
             lines += brakeLines(b)
-            row("action", "inspect the quarantined files (kvscrubd verify \(b.quarantine)), then 'kvscrubd brake release'")
+            if b.action == "quarantine" {
+                row("action", "inspect the quarantined files (kvscrubd verify \(b.quarantine)), then 'kvscrubd brake release' (--restore puts them back)")
+            } else {
+                row("action", "inspect the corrupt files ('kvscrubd entries' shows their verdicts; kvscrubd verify), then 'kvscrubd brake release'")
+            }
         }
         for a in actions(s, now: Date().timeIntervalSince1970) { row("action", a) }
         row("state", s.state + (s.dryRun ? " (dry run: nothing is removed)" : ""))
@@ -134,7 +138,7 @@ enum StatusText {
             if k.notYetRecorded > 0 { line += ", \(k.notYetRecorded) v1 not yet recorded (structure checks only until their next verification)" }
             row("checksums", line)
         }
-        if let abi = s.engineAbi { row("engine", "payload ABI \(abi.description) (engine_payload_abi: \(s.engineAbiSetting ?? "auto"))") }
+        if let abi = s.engineAbi { row("engine", "\(abi.description) (\(s.engineAbiSetting ?? "auto"))") }
         scrubRows(s.scrub, row)
         let c = s.counters
         row("corrupt", "\(c.corruptFound) found, \(c.corruptRemoved) removed (all time)" +
@@ -188,8 +192,9 @@ enum StatusText {
             return ["removal brake: off (limit \(b.limit); last hour: \(b.corruptLastHour) proven corrupt of \(b.verifiedLastHour) verified)"]
         }
         let since = b.engagedAt.map { " " + DurationText.short(Date().timeIntervalSince1970 - $0) + " ago" } ?? ""
+        let where_ = b.action == "quarantine" ? "moved to \(b.quarantine)" : "kept where they are"
         return ["REMOVAL BRAKE ENGAGED\(since): \(b.reason ?? "too many corrupt files")",
-                "  \(b.heldBack) corrupt files held back in \(b.quarantine) instead of removed; a format or engine-version",
+                "  \(b.heldBack) corrupt files held back, \(where_), instead of removed; a format or engine-generation",
                 "  mismatch or a failing disk is likelier than that much independent damage"]
     }
 

@@ -17,8 +17,8 @@ struct VerifyCommand: ParsableCommand {
             Only byte evidence makes a file corrupt: a CRC that fails, a recorded checksum that differs, a file
             shorter than its header says, a name that is not the SHA-1 of its text (of its title and created_at for
             a titled ds4-agent session), and within the engine's own generation a payload prefix that disagrees with
-            its header. Files of another generation (file version, payload ABI, payload version: --engine-abi,
-            --engine-payload-version), of an unknown layout or not KVC at all are incompatible, never corrupt.
+            its header. Files of another generation (file version, payload ABI, payload version; see the options
+            below), of an unknown layout or not KVC at all are incompatible, never corrupt.
             ds4-agent's saved sessions (~/.ds4/kvcache: titled sessions, stripped ones, sysprompt.kv) are judged
             as ds4-agent reads them. Each file's inode, size, mtime and ctime are compared before and after its read: a file
             the engine rewrote meanwhile is read again, and a verdict from a disturbed read is marked as such.

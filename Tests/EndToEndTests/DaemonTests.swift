@@ -9,12 +9,18 @@ import Glibc
 
 /// Writes checkpoints and damages them the way a disk would, region by region.
 enum Damage {
-    static func store(_ dir: String, version: UInt8, seed: UInt64, payload: UInt64 = 64 << 10, toolMap: Bool = true) throws -> String {
+    /// As the engine that writes each version does: v1 as ds4 from e8e8779 (ABI 2, payload version 2),
+    /// v2 as PR #146 (ABI 0, payload version 1).
+    static func store(_ dir: String, version: UInt8, seed: UInt64, payload: UInt64 = 64 << 10, toolMap: Bool = true,
+                      payloadVersion: UInt32? = nil, createdAt: UInt64? = nil) throws -> String {
         let text = Array("checkpoint text \(seed) for version \(version) ".utf8) + Array(repeating: UInt8(ascii: "x"), count: 2000)
+        var meta = CheckpointWriter.Metadata(reason: .cold, modelID: version == 2 ? 0 : 1, quantBits: 4, ctxSize: 4096, tokens: 100,
+                                             createdAt: createdAt ?? UInt64(Date().timeIntervalSince1970))
+        meta.payloadABI = version == 2 ? KVCHeader.pr146PayloadABI : KVCHeader.kvstorePayloadABI
         return try CheckpointWriter(version: version).store(
-            in: dir, text: text, payload: SyntheticPayload(byteCount: payload, tokens: 100, ctxSize: 4096, seed: seed),
-            metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 100, createdAt: UInt64(Date().timeIntervalSince1970)),
-            toolMap: toolMap ? ToolMap([ToolMap.Entry(id: "call_\(seed)", dsml: "<dsml/>")]) : nil)
+            in: dir, text: text, payload: SyntheticPayload(byteCount: payload, tokens: 100, ctxSize: 4096, seed: seed,
+                                                           version: payloadVersion ?? (version == 2 ? 1 : 2)),
+            metadata: meta, toolMap: toolMap ? ToolMap([ToolMap.Entry(id: "call_\(seed)", dsml: "<dsml/>")]) : nil)
     }
 
     static func edit(_ path: String, _ change: (inout [UInt8]) -> Void) {
@@ -179,12 +185,10 @@ enum Damage {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let old = try Damage.store(cache, version: 2, seed: 1, payload: 300 << 10)
-        Damage.edit(old) { b in
-            guard case .header(var h) = KVCHeader.probe(b) else { return }
-            h.payloadABI = 3
-            b.replaceSubrange(0..<68, with: h.sealed().encoded())
-        }
+        // Payload version 2 behind byte 20 = 0: what PR #146's touch leaves in front of ds4 e8e8779's
+        // payload, a file no engine of either generation restores.
+        let old = try Damage.store(cache, version: 2, seed: 1, payload: 300 << 10, payloadVersion: 2,
+                                   createdAt: UInt64(Date().timeIntervalSince1970) - 3600)
         for i in 2..<5 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 300 << 10) }
         let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1"])
         try waitUntil("under budget", timeout: 10) { try d.status().bytes <= 1 << 20 }

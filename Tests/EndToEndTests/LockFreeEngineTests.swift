@@ -159,7 +159,10 @@ import Glibc
         }
     }
 
-    @Test func thirtyFilesInAForeignLayout_theBrakeStopsRemovals_andKeepsTheRest() throws {
+    /// Revision 1's layout with byte 20 = 0 reads as PR #146's with a header CRC that fails: proven
+    /// damage by the contract, 30 files at once. The brake stops removals past 5 and, by default,
+    /// keeps every further file where it is (removal_brake_action: keep).
+    @Test func thirtyFilesInAForeignLayout_theBrakeStopsRemovals_andKeepsThemInPlace() throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -169,7 +172,7 @@ import Glibc
             Self.revision1Layout(p)
             names.append(String(p.split(separator: "/").last!))
         }
-        #expect(try Verifier().verify(path: cache + "/" + names[0]).verdict == .corrupt, "the foreign layout reads as damage")
+        #expect(try Verifier(engine: .pr146).verify(path: cache + "/" + names[0]).verdict == .corrupt, "the foreign layout reads as damage")
         var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.5"], cacheDir: cache)
         try waitUntil("all 30 judged", timeout: 60) {
@@ -180,16 +183,18 @@ import Glibc
         let quarantine = root.file("state") + "/quarantine"
         let inQuarantine = Set((try? FileManager.default.contentsOfDirectory(atPath: quarantine)) ?? [])
         let inCache = checkpoints(in: cache)
-        let unlinked = names.filter { !inCache.contains($0) && !inQuarantine.contains($0) }
+        let unlinked = names.filter { !inCache.contains($0) }
         #expect(unlinked.count <= 5, "removed past the brake: \(unlinked.count)")
-        #expect(unlinked.count + inQuarantine.count + inCache.count == 30)
-        #expect(inQuarantine.count >= 25)
-        #expect(s.brake?.engaged == true && s.brake?.heldBack == inQuarantine.count)
+        #expect(inQuarantine.isEmpty, "moved out of the cache by default: \(inQuarantine.count)")
+        #expect(inCache.count >= 25)
+        #expect(s.brake?.engaged == true && s.brake?.heldBack == inCache.count && s.brake?.action == "keep")
         #expect(s.brake?.reason?.contains("more than the limit of 5") == true, "\(String(describing: s.brake?.reason))")
         #expect(d!.events("removal-brake-engaged").count == 1)
+        #expect(d!.events("removal-brake-engaged").first?["action"] == "keep")
+        #expect(d!.events("corrupt-kept").count == inCache.count)
         let text = try Tool.run("kvscrubd", ["status", "--socket", d!.socket])
         #expect(text.stdout.hasPrefix("REMOVAL BRAKE ENGAGED"), "\(text.stdout)")
-        #expect(text.stdout.contains("action:"))
+        #expect(text.stdout.contains("action:") && text.stdout.contains("kept where they are"), "\(text.stdout)")
         let metrics = try d!.request("metrics").metrics ?? ""
         #expect(metrics.contains("kvscrubd_removal_brake_engaged 1"))
         // The brake survives a restart; only an operator lifts it.
@@ -204,6 +209,48 @@ import Glibc
         #expect(release.stdout.contains("released"))
         #expect(try d!.status().brake?.engaged == false)
         #expect(try Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket]).status == 0)
+    }
+
+    /// An operator's choice: removal_brake_action quarantine moves the files past the brake out of
+    /// the cache, and `brake release --restore` puts them back where their names are free.
+    @Test func brakeActionQuarantine_movesFilesOut_andReleaseRestorePutsThemBack() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        var names: [String] = []
+        for i in 0..<8 {
+            let p = try Damage.store(cache, version: 2, seed: UInt64(650 + i), payload: 16 << 10)
+            Self.revision1Layout(p)
+            names.append(String(p.split(separator: "/").last!))
+        }
+        var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
+            "--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.5", "--removal-brake", "2",
+            "--removal-brake-action", "quarantine"], cacheDir: cache)
+        try waitUntil("all 8 judged", timeout: 60) {
+            let s = try d!.status()
+            return s.counters.corruptFound == 8 && (s.pendingRemovals ?? 0) == 0
+        }
+        let quarantine = root.file("state") + "/quarantine"
+        let held = Set((try? FileManager.default.contentsOfDirectory(atPath: quarantine)) ?? [])
+        #expect(held.count == 6 && checkpoints(in: cache).isEmpty, "quarantined \(held.count)")
+        #expect(try d!.status().brake?.action == "quarantine")
+        // The operator found the cause; a dry run keeps whatever the next looks say while the files are back.
+        _ = d!.stop()
+        d = nil
+        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--dry-run"], cacheDir: cache)
+        // One file's name taken meanwhile: the engine stored that text again.
+        let taken = held.sorted()[0]
+        try Data("newer".utf8).write(to: URL(fileURLWithPath: cache + "/" + taken))
+        let restore = try Tool.run("kvscrubd", ["brake", "release", "--restore", "--json", "--socket", d!.socket])
+        #expect(restore.status == 0, "\(restore.stderr)")
+        let outcome = (restore.json as? [String: Any])?["outcome"] as? [String: Any]
+        #expect((outcome?["restored"] as? [String])?.count == 5, "\(restore.stdout)")
+        #expect((outcome?["left_in_quarantine"] as? [String])?.count == 1)
+        #expect(checkpoints(in: cache) == held)
+        #expect(try String(contentsOfFile: cache + "/" + taken, encoding: .utf8) == "newer", "a newer file was replaced")
+        #expect(Set((try? FileManager.default.contentsOfDirectory(atPath: quarantine)) ?? []) == [taken])
+        #expect(try d!.status().brake?.engaged == false)
+        #expect(d!.events("quarantine-restored").count == 5)
     }
 
     @Test func aPR146Directory_isAllOk_andTheABIFollowsTheEngine() throws {
@@ -231,10 +278,11 @@ import Glibc
         #expect(metrics.contains("kvscrubd_engine_payload_abi 2"))
         #expect(metrics.contains("kvscrubd_engine_payload_abi_source{source=\"latest arrival\"} 1"))
         let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket])
-        #expect(text.stdout.contains("payload ABI 2 (shared kvstore), latest arrival"), "\(text.stdout)")
+        #expect(text.stdout.contains("v1 · ABI 2 · payload v2 (ds4 from e8e8779), latest arrival"), "\(text.stdout)")
         let listed = try Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
         let j = listed.json as? [String: Any]
-        #expect((j?["engine_abi"] as? [String: Any])?["abi"] as? Int == 2, "\(listed.stdout.prefix(500))")
+        let g = (j?["engine_abi"] as? [String: Any])?["generation"] as? [String: Any]
+        #expect(g?["payload_abi"] as? Int == 2 && g?["payload_version"] as? Int == 2, "\(listed.stdout.prefix(500))")
         #expect(((j?["entries"] as? [[String: Any]]) ?? []).filter { $0["unusable"] != nil }.count == 6)
         #expect(d.events("corrupt-removed").isEmpty && checkpoints(in: cache).count == 7)
     }

@@ -38,7 +38,10 @@ import KVCFormat
         let s = try #require(j["summary"] as? [String: Int])
         #expect(s == ["ok": 2, "corrupt": 0, "incompatible": 0, "ignored": 1])
         let abi = try #require(j["engine_abi"] as? [String: Any])
-        #expect(abi["abi"] as? Int == 0 && abi["source"] as? String == "newest checkpoint")
+        let g = abi["generation"] as? [String: Any]
+        // PR #146 writes ABI 0 and payload version 1, and reads v1 and v2 alike.
+        #expect(g?["payloadAbi"] as? Int == 0 && g?["payloadVersion"] as? Int == 1 && g?["fileVersion"] as? Int == 2, "\(abi)")
+        #expect(abi["source"] as? String == "newest checkpoint")
     }
 
     @Test func verify_engineABI_decidesWhichGenerationIsIncompatible_neverCorrupt() throws {
