@@ -11,15 +11,17 @@ import Glibc
 enum Damage {
     /// As the engine that writes each version does: v1 as ds4 from e8e8779 (ABI 2, payload version 2),
     /// v2 as PR #146 (ABI 0, payload version 1).
+    /// `pr146`: as ds4 before e8e8779 writes v1 too (ABI 0, payload version 1).
     static func store(_ dir: String, version: UInt8, seed: UInt64, payload: UInt64 = 64 << 10, toolMap: Bool = true,
-                      payloadVersion: UInt32? = nil, createdAt: UInt64? = nil) throws -> String {
+                      payloadVersion: UInt32? = nil, createdAt: UInt64? = nil, pr146: Bool? = nil) throws -> String {
+        let pr146 = pr146 ?? (version == 2)
         let text = Array("checkpoint text \(seed) for version \(version) ".utf8) + Array(repeating: UInt8(ascii: "x"), count: 2000)
-        var meta = CheckpointWriter.Metadata(reason: .cold, modelID: version == 2 ? 0 : 1, quantBits: 4, ctxSize: 4096, tokens: 100,
+        var meta = CheckpointWriter.Metadata(reason: .cold, modelID: pr146 ? 0 : 1, quantBits: 4, ctxSize: 4096, tokens: 100,
                                              createdAt: createdAt ?? UInt64(Date().timeIntervalSince1970))
-        meta.payloadABI = version == 2 ? KVCHeader.pr146PayloadABI : KVCHeader.kvstorePayloadABI
+        meta.payloadABI = pr146 ? KVCHeader.pr146PayloadABI : KVCHeader.kvstorePayloadABI
         return try CheckpointWriter(version: version).store(
             in: dir, text: text, payload: SyntheticPayload(byteCount: payload, tokens: 100, ctxSize: 4096, seed: seed,
-                                                           version: payloadVersion ?? (version == 2 ? 1 : 2)),
+                                                           version: payloadVersion ?? (pr146 ? 1 : 2)),
             metadata: meta, toolMap: toolMap ? ToolMap([ToolMap.Entry(id: "call_\(seed)", dsml: "<dsml/>")]) : nil)
     }
 
@@ -33,11 +35,11 @@ enum Damage {
     }
 
     /// One damaged file per region the version can detect; returns name -> region.
-    static func corruptSet(_ dir: String, version: UInt8, seedBase: UInt64) throws -> [String: String] {
+    static func corruptSet(_ dir: String, version: UInt8, seedBase: UInt64, pr146: Bool? = nil) throws -> [String: String] {
         var out: [String: String] = [:]
         let pro = version == 2 ? 68 : 52
         func add(_ region: String, _ seed: UInt64, _ change: (inout [UInt8]) -> Void) throws {
-            let p = try store(dir, version: version, seed: seedBase + seed)
+            let p = try store(dir, version: version, seed: seedBase + seed, pr146: pr146)
             edit(p, change)
             out[String(p.split(separator: "/").last!)] = region
         }

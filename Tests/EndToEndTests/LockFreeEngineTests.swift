@@ -110,7 +110,9 @@ import Glibc
         defer { if churn.isRunning { churn.terminate() } }
         // Files damaged in place, one per region each version can show, arriving while the churn runs.
         var damaged = try Damage.corruptSet(cache, version: 2, seedBase: 300)
-        damaged.merge(try Damage.corruptSet(cache, version: 1, seedBase: 400)) { a, _ in a }
+        // One engine's directory: the churn is PR #146's, so are the damaged v1 files (revision 3
+        // applies the payload rules within the running generation only).
+        damaged.merge(try Damage.corruptSet(cache, version: 1, seedBase: 400, pr146: true)) { a, _ in a }
         damaged.merge(try Self.sizeDamaged(cache)) { a, _ in a }
         var changedAt: [String: Double] = [:]
         for name in damaged.keys {
