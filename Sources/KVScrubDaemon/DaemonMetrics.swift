@@ -59,8 +59,10 @@ public final class DaemonMetrics: Sendable {
         "kvscrubd_scrub_pass_files": "Files in the scrub pass in progress (done and still to do); 0 between passes.",
         "kvscrubd_regrets_last_day": "Evicted checkpoints the engine wrote again within the regret window, over the last day.",
         "kvscrubd_engine_payload_abi": "The payload ABI of the engine in force; -1 while unknown.",
+        "kvscrubd_engine_payload_version": "The DSV4 payload version of the engine generation in force; -1 while unknown.",
+        "kvscrubd_engine_file_version": "The newest KVC file version the engine in force reads (1, or 2 with PR #146); -1 while unknown.",
         "kvscrubd_engine_payload_abi_source": "How the payload ABI in force was chosen: 1 for the way in use.",
-        "kvscrubd_removal_brake_engaged": "1 while the removal brake holds corrupt files in quarantine instead of removing them.",
+        "kvscrubd_removal_brake_engaged": "1 while the removal brake holds corrupt files back (kept in place, or in quarantine) instead of removing them.",
         "kvscrubd_removal_brake_held_back_files": "Corrupt files the removal brake has held back since it engaged.",
         "kvscrubd_corrupt_pending_removal_files": "Files found corrupt waiting for the removal rule's second look.",
         "kvscrubd_checksum_protected_files": "Checkpoints by what protects their contents: file (v2 CRC32C), recorded (v1, kvscrubd's record), none (v1, not yet).",
@@ -194,6 +196,8 @@ public final class DaemonMetrics: Sendable {
         gauge("kvscrubd_regrets_last_day", [], Double(snap.regretsLastDay))
         // The engine ABI in force (-1: not known yet) and how it was chosen, one series per way.
         gauge("kvscrubd_engine_payload_abi", [], snap.engineABI.abi.map(Double.init) ?? -1)
+        gauge("kvscrubd_engine_payload_version", [], snap.engineABI.payloadVersion.map(Double.init) ?? -1)
+        gauge("kvscrubd_engine_file_version", [], snap.engineABI.generation.map { Double($0.fileVersion) } ?? -1)
         for source in Self.abiSources {
             gauge("kvscrubd_engine_payload_abi_source", [("source", source)], snap.engineABI.source == source ? 1 : 0)
         }

@@ -97,6 +97,48 @@ import Glibc
         }
     }
 
+    /// libkvcformat's kvc_verify (through the C engine simulator, expected_abi -1: learned from the
+    /// file, as `kvscrubd verify FILE` learns it) gives the daemon's verdict on every file ds4 and
+    /// ds4-agent wrote, on the same files damaged, and on another generation's payload.
+    @Test func kvcVerify_agreesWithKvscrubdVerify_onEveryFileDs4Wrote() throws {
+        guard let exe = DS4Engine.harness() else { return }
+        let root = TempDir()
+        let cache = root.file("cache")
+        try DS4Engine.run(exe, ["corpus", cache])
+        try DS4Engine.run(exe, ["agent", cache])
+        var names = checkpoints(in: cache).sorted() + ["sysprompt.kv"]
+        // Damage: a payload token count, a text byte; and a payload version (another generation).
+        func edit(_ name: String, _ at: (KVCHeader) -> Int) throws {
+            let path = cache + "/" + name
+            flipByte(path, at: at(Bytes.header(path)))
+        }
+        try edit(names[0]) { $0.prologueSize + Int($0.textBytes) + 7 * 4 }
+        try edit(names[1]) { $0.prologueSize + 3 }
+        try edit(names[2]) { $0.prologueSize + Int($0.textBytes) + 4 }
+        names = names.filter { FileManager.default.fileExists(atPath: cache + "/" + $0) }
+        let cEngine = try CLibraryTests.compile("Examples/c-engine/kvc-engine-c.c", into: root.path)
+        let c = try CLibraryTests.runC(cEngine, [cache, "verify"] + names)
+        var theirs: [String: String] = [:]
+        for line in c.stdout.split(separator: "\n") where !line.hasPrefix(" ") {
+            let parts = line.split(separator: " ")
+            if parts.count >= 2 { theirs[String(parts[0])] = String(parts[1]) }
+        }
+        var counts: [String: Int] = [:]
+        for name in names {
+            let r = try Tool.run("kvscrubd", ["verify", "--json", cache + "/" + name])
+            let ours = ((r.json as? [String: Any])?["files"] as? [[String: Any]])?.first?["verdict"] as? String
+            #expect(ours != nil && theirs[name] == ours, "\(name): kvscrubd verify \(ours ?? "?"), kvc_verify \(theirs[name] ?? "?")")
+            counts[ours ?? "?", default: 0] += 1
+        }
+        // Alone, the file with another payload version is its own generation's, and ok for both; in
+        // the directory, whose newest files are e8e8779's, it is incompatible, never corrupt.
+        #expect(counts == ["ok": names.count - 2, "corrupt": 2], "\(counts)")
+        let dir = try Tool.run("kvscrubd", ["verify", "--json", cache])
+        let byName = Dictionary(uniqueKeysWithValues: (((dir.json as? [String: Any])?["files"] as? [[String: Any]]) ?? []).map {
+            ($0["name"] as? String ?? "", $0["verdict"] as? String ?? "") })
+        #expect(byName[names[2]] == "incompatible" && byName[names[0]] == "corrupt" && byName[names[1]] == "corrupt", "\(byName)")
+    }
+
     @Test func liveChurn_besideAnUnthrottledScrub_confirmsNothingCorrupt_andEveryFileStaysRestorable() throws {
         guard let exe = DS4Engine.harness() else { return }
         let root = TempDir()

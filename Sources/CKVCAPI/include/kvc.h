@@ -6,7 +6,7 @@
  * computed while the bytes go out), load the longest stored prefix of a
  * prompt with every check done while the payload is read, touch, rewrite
  * the tool-map trailer, verify a file, the engine's eviction score and
- * plan, CRC32C (ISA-L) and SHA-1. The layout is kvc-format.md revision 2;
+ * plan, CRC32C (ISA-L) and SHA-1. The layout is kvc-format.md revision 3;
  * the files are the ones ds4 writes and kvscrubd keeps.
  *
  * Conventions
@@ -236,7 +236,11 @@ typedef struct kvc_load_target {
  * A damaged file is refused whole (KVC_ERR_CORRUPT) and, with a buffer, the
  * buffer's contents are then unspecified; with read_fn, chunks already handed
  * over must be discarded: only KVC_OK says they were good. expected_abi: the
- * byte-20 value this engine reads, or -1 for any.
+ * byte-20 value this engine reads, or -1 for any; an engine of ABI 2 reads
+ * payload version 2 and of ABI 0 version 1 (its generation), so a file of
+ * another generation is KVC_ERR_INCOMPATIBLE, never KVC_ERR_CORRUPT. With
+ * kvc_verify, -1 learns the generation from the file itself, as
+ * `kvscrubd verify FILE` does.
  * KVC_ERR_BUFFER when payload_cap or tool_map_cap is too small: out->header
  * and out->tool_map_bytes then say what is needed and nothing was read. */
 kvc_status kvc_load(kvc_cache *cache, const char *name, int expected_abi,
