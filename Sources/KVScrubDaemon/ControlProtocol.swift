@@ -183,6 +183,18 @@ public struct StatusReport: Codable, Sendable {
     public var settleSeconds: Double?
     /// What protects the files' contents: their own CRC32C (v2), checksums kvscrubd recorded (v1), or not yet anything.
     public var checksums: Checksums?
+    /// Each engine generation present: files, bytes, newest activity, and when a superseded one is reclaimed.
+    public var generations: [GenerationCensus.Report]?
+    /// `superseded_grace_hours` (nil: off) and `orphan_temp_minutes` (nil: off).
+    public var supersededGraceHours: Double?
+    public var orphanTempMinutes: Double?
+    /// What the engine deleted itself in the last day (this run).
+    public var engineDeletedLastDay: EngineDeletions?
+
+    public struct EngineDeletions: Codable, Sendable, Equatable {
+        public var files: UInt64
+        public var bytes: UInt64
+    }
 
     public struct Checksums: Codable, Sendable, Equatable {
         /// v2 files: CRC32C in the file itself.

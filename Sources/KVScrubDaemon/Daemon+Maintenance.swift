@@ -41,6 +41,30 @@ extension Daemon {
         if changed { events.record(DaemonEvent(.engineABI, .notice, "engine generation in force changed", ["generation": "\(r.description)"])) }
     }
 
+    /// Temporary files an engine left behind (`orphan_temp_minutes`): see `OrphanSweep`.
+    func sweepOrphans(_ dir: CacheDirectory) {
+        guard let minutes = state.config.orphanTempMinutes else { return }
+        let now = Date().timeIntervalSince1970
+        let due = state.with { s -> Bool in
+            guard now >= s.nextOrphanSweep else { return false }
+            s.nextOrphanSweep = now + OrphanSweep.interval(minutes: minutes)
+            return true
+        }
+        guard due else { return }
+        let candidates = state.with { $0.orphanCandidates }
+        let sweep = OrphanSweep.run(dir, minutes: minutes, now: now, candidates: candidates, dryRun: state.config.dryRun)
+        state.with { $0.orphanCandidates = sweep.candidates }
+        for r in sweep.removed {
+            events.record(DaemonEvent(.orphanRemoved, .notice, "removed a temporary file an engine left behind",
+                                      ["file": "\(r.name)", "bytes": "\(r.bytes)", "idle_minutes": "\(Int(r.idleSeconds / 60))", "writer": "\(r.writer)"],
+                                      counts: .orphanRemoved(bytes: r.bytes)))
+        }
+        for (name, error) in sweep.failed {
+            events.record(DaemonEvent(.evictFailed, .error, "cannot remove an orphaned temporary file", ["file": "\(name)", "error": "\(error)"],
+                                      counts: .error("remove orphan \(name): \(error)")))
+        }
+    }
+
     /// The loop that must not hang: it feeds the watchdog, so a stuck
     /// maintenance thread (not just a live process) is what systemd restarts.
     func maintain() {
@@ -69,6 +93,8 @@ extension Daemon {
             let asked = evictAsked.withLock { $0 }
             if now >= nextEvict || asked != evictDone.withLock({ $0 }) {
                 evictor.evaluate(directory: dir)
+                evictor.reclaimSuperseded(directory: dir)
+                sweepOrphans(dir)
                 scrubber.persist(force: false)
                 evictDone.withLock { $0 = asked }
                 nextEvict = now + .milliseconds(Int64(state.config.evictIntervalSeconds * 1000))
@@ -114,8 +140,16 @@ extension Daemon {
                         events.record(DaemonEvent(.indexFailed, .error, "cannot read an arriving checkpoint", ["file": "\(name)", "error": "\(error)"],
                                                   counts: .error("index \(name): \(error)")))
                     }
-                case .removed(let name):
-                    state.with { _ = $0.remove(name) }
+                case .removed(let name, let unlinked):
+                    // A name still indexed when its unlink is seen was deleted by someone else: the engine's
+                    // eviction, a failed restore, a replaced file (kvscrubd takes its own out of the index
+                    // first, or renames them away). Normal work: counted, logged at info, never an error.
+                    events.record { s in
+                        guard let gone = s.remove(name), unlinked else { return nil }
+                        return DaemonEvent(.engineDeleted, .info, "the engine deleted a checkpoint",
+                                           ["file": "\(name)", "bytes": "\(gone.fileSize)"],
+                                           counts: .engineDeleted(bytes: gone.fileSize, at: Date().timeIntervalSince1970))
+                    }
                 case .overflow:
                     events.record(DaemonEvent(.rescan, .warning, "inotify queue overflowed; rescanning"))
                     rescan(dir)

@@ -66,8 +66,24 @@ extension Daemon {
                              verifiedLastHour: s.brake.verifiedLastHour(now: now), quarantine: c.brakeQuarantineDir,
                              action: c.removalBrakeAction.rawValue),
                 pendingRemovals: s.pendingRemoval.count, settleSeconds: c.removalSettleSeconds,
-                checksums: s.checksumProtection)
+                checksums: s.checksumProtection,
+                generations: Self.generations(&s, now: now),
+                supersededGraceHours: c.supersededGraceHours, orphanTempMinutes: c.orphanTempMinutes,
+                engineDeletedLastDay: { let d = s.engineDeletions.lastDay(now: now); return .init(files: d.files, bytes: d.bytes) }())
         }
+    }
+
+    /// The generations present. The whole census only while some file is of another generation
+    /// (it walks the index); otherwise one line for the generation in force, from the totals.
+    static func generations(_ s: inout DaemonState.Inner, now: Double) -> [GenerationCensus.Report] {
+        guard s.tally().incompatible == 0 else {
+            return GenerationCensus.take(entries: Array(s.index.values), engine: s.engineABI.generation,
+                                         graceSeconds: s.config.supersededGraceHours.map { $0 * 3600 }, now: now)
+        }
+        guard !s.index.isEmpty else { return [] }
+        return [GenerationCensus.Report(key: s.engineABI.generation?.key ?? "-", description: s.engineABI.generation.map { "\($0)" } ?? "not known yet",
+                                        files: s.index.count, bytes: s.totalBytes, agentSessions: 0, newestActivity: nil,
+                                        inForce: true, reclaimAt: nil, superseded: false)]
     }
 
     func entries() -> [EntryReport] {

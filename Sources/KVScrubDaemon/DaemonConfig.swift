@@ -49,6 +49,12 @@ public struct DaemonConfig: Sendable, Equatable {
     /// What happens to proven-corrupt files while the brake is engaged: kept where they are (the
     /// default), or moved to the brake's quarantine under the state directory (an operator's choice).
     public var removalBrakeAction: RemovalBrake.Action = .keep
+    /// A generation other than the engine's in force, with no file created or restored for this
+    /// many hours since the engine in force wrote one, is reclaimed (nil: `off`).
+    public var supersededGraceHours: Double? = 24
+    /// A temporary file an engine left (`<sha>.kv.tmp.<pid>`, `<name>.tmp.XXXXXX`) unmodified for this
+    /// many minutes, whose writer is not running, is removed (nil: `off`).
+    public var orphanTempMinutes: Double? = 60
 
     public init() {}
 
@@ -57,7 +63,7 @@ public struct DaemonConfig: Sendable, Equatable {
         "budget_mb", "free_space_start_percent", "free_space_stop_percent", "evict_interval_seconds", "dry_run",
         "scrub_interval_hours", "scrub_rate_mb_per_s", "scrub_new_file_delay_seconds", "quarantine_dir", "log_level",
         "admin_group", "regret_window_hours", "engine_payload_abi", "engine_payload_version", "removal_settle_seconds", "removal_brake",
-        "removal_brake_action",
+        "removal_brake_action", "superseded_grace_hours", "orphan_temp_minutes",
     ]
 
     /// Applies `key = value` pairs (from the file or from flags), naming the key in any error.
@@ -122,6 +128,8 @@ public struct DaemonConfig: Sendable, Equatable {
             }
             engine.payloadVersion = pv
         case "removal_settle_seconds": removalSettleSeconds = try number(value)
+        case "superseded_grace_hours": supersededGraceHours = value == "off" ? nil : try number(value)
+        case "orphan_temp_minutes": orphanTempMinutes = value == "off" ? nil : try number(value)
         case "removal_brake_action":
             guard let action = RemovalBrake.Action(rawValue: value) else {
                 throw ConfigError(source, key, "expected keep (corrupt files stay where they are) or quarantine, got '\(value)'")

@@ -49,6 +49,9 @@ public struct DaemonEvent: Sendable {
         case quarantineFailed = "quarantine-failed"
         case removalBrakeEngaged = "removal-brake-engaged", removalBrakeReleased = "removal-brake-released"
         case quarantineRestored = "quarantine-restored"
+        case supersededReclaimed = "superseded-reclaimed"
+        case orphanRemoved = "orphan-temporary-removed"
+        case engineDeleted = "engine-deleted"
 
         /// Stable MESSAGE_IDs (128-bit, as `journalctl --new-id128` makes them) for
         /// the events an operator may want to find; packaging/kvscrubd.catalog
@@ -74,6 +77,8 @@ public struct DaemonEvent: Sendable {
             case .quarantineFailed: "f1723b025ee845a9843fb28b70a26351"
             case .stateSaveFailed: "6b7cd70a5420443c9cf5f942e93a63a8"
             case .stateDBUnavailable: "0bacb32987ee47c5b1ff2b593785b167"
+            case .supersededReclaimed: "e783d2310e3f4c24b9ccb487589e4f64"
+            case .orphanRemoved: "5a0e32cae5334cd8a8b1b43cf1dedadb"
             default: nil
             }
         }
@@ -95,6 +100,10 @@ public struct DaemonEvent: Sendable {
         /// A corrupt file settled: removed, quarantined (also removed from the cache) or kept.
         case corrupt(region: String, removed: Bool, quarantined: Bool)
         case corruptUnconfirmed
+        /// A temporary file an engine left behind, removed.
+        case orphanRemoved(bytes: UInt64)
+        /// A checkpoint the engine deleted itself (seen as an unlink by inotify).
+        case engineDeleted(bytes: UInt64, at: Double)
     }
 
     public let kind: Kind
@@ -128,6 +137,7 @@ public struct DaemonEvent: Sendable {
             case .budget: s.counters.evictedBudget += 1
             case .freeSpace: s.counters.evictedFreeSpace += 1
             case .incompatible: s.counters.evictedIncompatible += 1
+            case .superseded: s.counters.evictedSuperseded = (s.counters.evictedSuperseded ?? 0) + 1
             }
         case .passCompleted: s.counters.passesCompleted += 1
         case .corrupt(let region, let removed, let quarantined):
@@ -138,6 +148,13 @@ public struct DaemonEvent: Sendable {
                 if removed { s.scrub.removed += 1 }
             }
         case .corruptUnconfirmed: s.counters.corruptUnconfirmed = (s.counters.corruptUnconfirmed ?? 0) + 1
+        case .orphanRemoved(let bytes):
+            s.counters.orphansRemoved = (s.counters.orphansRemoved ?? 0) + 1
+            s.counters.orphanBytesRemoved = (s.counters.orphanBytesRemoved ?? 0) + bytes
+        case .engineDeleted(let bytes, let at):
+            s.counters.engineDeletedFiles = (s.counters.engineDeletedFiles ?? 0) + 1
+            s.counters.engineDeletedBytes = (s.counters.engineDeletedBytes ?? 0) + bytes
+            s.engineDeletions.add(bytes: bytes, at: at)
         }
     }
 }

@@ -66,7 +66,11 @@ public final class DaemonMetrics: Sendable {
         "kvscrubd_removal_brake_held_back_files": "Corrupt files the removal brake has held back since it engaged.",
         "kvscrubd_corrupt_pending_removal_files": "Files found corrupt waiting for the removal rule's second look.",
         "kvscrubd_checksum_protected_files": "Checkpoints by what protects their contents: file (v2 CRC32C), recorded (v1, kvscrubd's record), none (v1, not yet).",
-        "kvscrubd_evictions_total": "Checkpoints evicted, by cause.",
+        "kvscrubd_evictions_total": "Checkpoints evicted, by cause (superseded: a superseded engine generation reclaimed).",
+        "kvscrubd_orphan_temporaries_removed_total": "Temporary files an engine left behind (a store killed half way) removed.",
+        "kvscrubd_orphan_temporary_bytes_removed_total": "Bytes of the temporary files an engine left behind, removed.",
+        "kvscrubd_engine_deleted_total": "Checkpoints the engine deleted itself (its eviction, a failed restore, a replaced file), this run.",
+        "kvscrubd_engine_deleted_bytes_total": "Bytes of the checkpoints the engine deleted itself, this run.",
         "kvscrubd_evicted_bytes_total": "Bytes of checkpoints evicted.",
         "kvscrubd_corrupt_found_total": "Checkpoints proven corrupt, by the region of the first damage.",
         "kvscrubd_corrupt_removed_total": "Corrupt checkpoints removed or quarantined, by region.",
@@ -213,6 +217,11 @@ public final class DaemonMetrics: Sendable {
         counter("kvscrubd_evictions_total", [("cause", "budget")], to: c.evictedBudget)
         counter("kvscrubd_evictions_total", [("cause", "free-space")], to: c.evictedFreeSpace)
         counter("kvscrubd_evictions_total", [("cause", "incompatible")], to: c.evictedIncompatible)
+        counter("kvscrubd_evictions_total", [("cause", "superseded")], to: c.evictedSuperseded ?? 0)
+        counter("kvscrubd_orphan_temporaries_removed_total", to: c.orphansRemoved ?? 0)
+        counter("kvscrubd_orphan_temporary_bytes_removed_total", to: c.orphanBytesRemoved ?? 0)
+        counter("kvscrubd_engine_deleted_total", to: c.engineDeletedFiles ?? 0)
+        counter("kvscrubd_engine_deleted_bytes_total", to: c.engineDeletedBytes ?? 0)
         counter("kvscrubd_evicted_bytes_total", to: c.evictedBytes)
         for r in Self.regions {
             counter("kvscrubd_corrupt_found_total", [("region", r)], to: c.corruptFoundByRegion?[r] ?? 0)

@@ -26,12 +26,20 @@ public final class DaemonState: Sendable {
         public var corruptQuarantined: UInt64?
         /// Corrupt verdicts a second look did not confirm (the file changed, or read ok after settling).
         public var corruptUnconfirmed: UInt64?
+        /// Files of a superseded engine generation reclaimed.
+        public var evictedSuperseded: UInt64?
+        /// Temporary files an engine left behind (a store killed half way), removed, and their bytes.
+        public var orphansRemoved: UInt64?
+        public var orphanBytesRemoved: UInt64?
+        /// Checkpoints the engine deleted itself (its eviction, a failed restore, a replaced file).
+        public var engineDeletedFiles: UInt64?
+        public var engineDeletedBytes: UInt64?
         // This run only.
         public var inotifyEvents: UInt64 = 0
         public var rescans: UInt64 = 0
         public var errors: UInt64 = 0
 
-        public var evictedFiles: UInt64 { evictedBudget + evictedFreeSpace + evictedIncompatible }
+        public var evictedFiles: UInt64 { evictedBudget + evictedFreeSpace + evictedIncompatible + (evictedSuperseded ?? 0) }
 
         public init() {}
 
@@ -95,6 +103,11 @@ public final class DaemonState: Sendable {
 
     public struct Inner: Sendable {
         public var config: DaemonConfig
+        /// The engine's own deletions over the last day (this run), for `status`.
+        public var engineDeletions = HourlyWindow()
+        /// Temporary files seen old and unchanged once: removed at the next sweep if still so (`OrphanSweep`).
+        public var orphanCandidates: [String: FileStamp] = [:]
+        public var nextOrphanSweep: Double = 0
         public var index: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
         /// Changes with every change to `index` or `records`: the tallies below are cached against it.
         private(set) var generation: UInt64 = 0

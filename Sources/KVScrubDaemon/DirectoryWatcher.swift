@@ -27,7 +27,8 @@ public final class DirectoryWatcher: @unchecked Sendable {
 
     public enum Event: Sendable, Equatable {
         case changed(String)
-        case removed(String)
+        /// The name is gone: `unlinked` when by unlink (IN_DELETE), not by a rename away.
+        case removed(String, unlinked: Bool)
         case overflow
         case directoryGone
         /// The cache directory's name exists again (created or moved in).
@@ -131,7 +132,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
                 }
                 if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT) != 0 { events.append(.directoryGone); continue }
                 if mask & UInt32(IN_ISDIR) != 0 || name.isEmpty { continue }
-                if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 { events.append(.removed(name)) }
+                if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 { events.append(.removed(name, unlinked: mask & UInt32(IN_DELETE) != 0)) }
                 else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 { events.append(.changed(name)) }
             }
         }

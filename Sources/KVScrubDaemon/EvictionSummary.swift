@@ -35,7 +35,7 @@ struct EvictionSummary: Sendable {
         defer { windowStart = now; files = [:]; bytes = 0; dryRun = false }
         let total = files.values.reduce(0, +)
         guard total > 0 else { return nil }
-        let causes = [Evictor.Cause.budget, .freeSpace, .incompatible].compactMap { c in files[c].map { "\($0) \(c.rawValue)" } }
+        let causes = [Evictor.Cause.budget, .freeSpace, .incompatible, .superseded].compactMap { c in files[c].map { "\($0) \(c.rawValue)" } }
         let message = (dryRun ? "would have evicted " : "evicted ") + "\(total) files (\(ByteText.short(bytes))) in the last " +
             DurationText.short(now - windowStart) + ": " + causes.joined(separator: ", ")
         var metadata: Logger.Metadata = ["files": "\(total)", "bytes": "\(bytes)", "seconds": "\(Int(now - windowStart))"]

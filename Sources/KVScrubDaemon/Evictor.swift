@@ -20,6 +20,10 @@ import Glibc
 ///   cull until `free_space_stop_percent` is free again; the gap between the
 ///   two is the hysteresis that keeps it from flapping at the threshold.
 ///
+/// Besides: files of a superseded engine generation (`GenerationCensus`) are
+/// reclaimed, oldest first, once the grace period has passed, budget or not;
+/// ds4-agent's saved sessions are never evicted for budget, space or score.
+///
 /// A victim that cannot be removed (permissions, busy, already gone) is logged
 /// and skipped; the pass goes on with the next one, so one stuck file never
 /// stalls eviction. Removal checks the inode first (`CacheDirectory.remove`).
@@ -56,7 +60,7 @@ public final class Evictor: Sendable {
         events.record(event)
     }
 
-    public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible }
+    public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible, superseded }
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
@@ -114,7 +118,8 @@ public final class Evictor: Sendable {
         guard needBudget > 0 || needSpace > 0 else { return }
         if entries.isEmpty { entries = state.with { Array($0.index.values) } }
         readIncoming()
-        let candidates = entries.filter { $0.fileName != arrived }
+        // ds4-agent's saved sessions are a user's explicit saves, not cache: never evicted by budget or score.
+        let candidates = entries.filter { $0.fileName != arrived && !$0.isAgentSession }
         if needBudget > 0 {
             events.record(DaemonEvent(.budgetExceeded, .info, "over budget",
                                       ["bytes": "\(total)", "budget": "\(config.budgetBytes)", "excess": "\(needBudget)"]))
@@ -160,6 +165,44 @@ public final class Evictor: Sendable {
                                           counts: .error("evict \(e.fileName): \(error)")))
             }
         }
+    }
+
+    /// Reclaims the files of superseded generations (`superseded_grace_hours`), oldest first:
+    /// never an unknown layout, never a ds4-agent session. Returns how many files went.
+    @discardableResult
+    public func reclaimSuperseded(directory: CacheDirectory, now: Double = Date().timeIntervalSince1970) -> Int {
+        let (config, victims) = state.with { s in
+            (s.config, GenerationCensus.reclaimable(entries: Array(s.index.values), engine: s.engineABI.generation,
+                                                    graceSeconds: s.config.supersededGraceHours.map { $0 * 3600 }, now: now))
+        }
+        var reclaimed = 0
+        for e in victims {
+            let g = e.generation.map { "\($0)" } ?? "?"
+            let meta: Logger.Metadata = ["file": "\(e.fileName)", "cause": "superseded", "generation": "\(g)", "bytes": "\(e.fileSize)"]
+            if config.dryRun {
+                events.record(DaemonEvent(.wouldEvict, .info, "would reclaim a superseded generation's file (dry run)", meta))
+                continue
+            }
+            do {
+                switch try directory.remove(name: e.fileName, identity: e.identity) {
+                case .removed:
+                    reclaimed += 1
+                    events.record(DaemonEvent(.supersededReclaimed, .notice, "reclaimed a file of a superseded engine generation", meta,
+                                              counts: .evicted(.superseded, bytes: e.fileSize))) { s in s.remove(e.fileName) }
+                    summary.withLock { $0.add(.superseded, bytes: e.fileSize, dryRun: false) }
+                    history(HistoryEvent(at: now, action: .evicted, file: e.fileName, bytes: e.fileSize, cause: Cause.superseded.rawValue,
+                                         detail: "generation \(g) superseded"))
+                case .vanished:
+                    state.with { _ = $0.remove(e.fileName) }
+                case .replaced:
+                    logger.info("reclaim skipped: the file was replaced since it was judged", metadata: ["file": "\(e.fileName)"])
+                }
+            } catch {
+                events.record(DaemonEvent(.evictFailed, .error, "cannot reclaim; skipping it", ["file": "\(e.fileName)", "error": "\(error)"],
+                                          counts: .error("reclaim \(e.fileName): \(error)")))
+            }
+        }
+        return reclaimed
     }
 
     /// Free and total bytes of the file system holding the directory.

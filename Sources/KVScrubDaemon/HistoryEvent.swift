@@ -11,8 +11,8 @@ public struct HistoryEvent: Codable, Sendable, Equatable {
         case evicted
     }
 
-    /// Why: `corrupt`, or the eviction causes (`budget`, `free-space`, `incompatible`).
-    public static let causes = ["corrupt", "budget", "free-space", "incompatible"]
+    /// Why: `corrupt`, or the eviction causes (`budget`, `free-space`, `incompatible`, `superseded`).
+    public static let causes = ["corrupt", "budget", "free-space", "incompatible", "superseded"]
 
     public var at: Double
     public var action: Action

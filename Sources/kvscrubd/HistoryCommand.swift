@@ -10,7 +10,7 @@ struct HistoryCommand: ParsableCommand {
         abstract: "List the files the daemon removed, quarantined or evicted, newest first, with the cause.",
         discussion: """
             Each line: when, what was done (removed, quarantined, kept-in-place, evicted), the cause \
-            (corrupt, budget, free-space, incompatible), the file and its size; for corrupt files the \
+            (corrupt, budget, free-space, incompatible, superseded), the file and its size; for corrupt files the \
             region, what was wrong and the expected and actual CRC32C. Kept for history_days (90 by default).
             Exit status: 0 success; 1 the daemon refused the request; 2 the daemon could not be reached.
             """)
@@ -22,7 +22,7 @@ struct HistoryCommand: ParsableCommand {
         valueName: "when"))
     var since: String?
 
-    @Option(name: .long, help: ArgumentHelp("Only this cause: corrupt, budget, free-space or incompatible.", valueName: "cause"))
+    @Option(name: .long, help: ArgumentHelp("Only this cause: corrupt, budget, free-space, incompatible or superseded.", valueName: "cause"))
     var cause: String?
 
     @Option(name: .long, help: ArgumentHelp("At most this many events (newest first; at most 10000).", valueName: "n"))

@@ -86,6 +86,12 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("removal-brake"), help: ArgumentHelp("Stop removing past this many proven-corrupt files in an hour: files, percent of files verified, both (the larger), or off (removal_brake; default 5,5%).", valueName: "N,P%"))
     var removalBrake: String?
 
+    @Option(name: .customLong("superseded-grace-hours"), help: ArgumentHelp("Reclaim the files of an engine generation the engine in force has replaced once none was created or restored for this long (superseded_grace_hours; default 24; off).", valueName: "h|off"))
+    var supersededGrace: String?
+
+    @Option(name: .customLong("orphan-temp-minutes"), help: ArgumentHelp("Remove a temporary file an engine left behind once unmodified this long with its writer gone (orphan_temp_minutes; default 60; off).", valueName: "min|off"))
+    var orphanTempMinutes: String?
+
     @Option(name: .customLong("removal-brake-action"), help: ArgumentHelp("While the brake is engaged, proven-corrupt files stay where they are (keep) or move to the quarantine under the state directory (quarantine) (removal_brake_action; default keep).", valueName: "keep|quarantine"))
     var removalBrakeAction: String?
 
@@ -119,6 +125,8 @@ struct RunCommand: AsyncParsableCommand {
         add("removal_settle_seconds", removalSettle)
         add("removal_brake", removalBrake)
         add("removal_brake_action", removalBrakeAction)
+        add("superseded_grace_hours", supersededGrace)
+        add("orphan_temp_minutes", orphanTempMinutes)
         return p
     }
 

@@ -146,7 +146,29 @@ enum StatusText {
             ((s.pendingRemovals ?? 0) > 0 ? "; \(s.pendingRemovals!) awaiting a second look" : "") +
             ((c.corruptUnconfirmed ?? 0) > 0 ? "; \(c.corruptUnconfirmed!) not confirmed (file changed or read ok)" : ""))
         row("evicted", "\(c.evictedFiles) files, \(Output.bytes(c.evictedBytes)) " +
-            "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible))")
+            "(budget \(c.evictedBudget), free space \(c.evictedFreeSpace), incompatible \(c.evictedIncompatible)" +
+            ((c.evictedSuperseded ?? 0) > 0 ? ", superseded generation \(c.evictedSuperseded!)" : "") + ")")
+        let gens = s.generations ?? []
+        if gens.count > 1 || gens.contains(where: { !$0.inForce }) {
+            let now = Date().timeIntervalSince1970
+            for g in gens {
+                var line = "\(g.description): \(g.files) files, \(Output.bytes(g.bytes))"
+                if g.agentSessions > 0 { line += " (\(g.agentSessions) ds4-agent sessions, never reclaimed)" }
+                if let a = g.newestActivity { line += ", newest activity \(DurationText.short(max(0, now - a))) ago" }
+                if g.inForce { line += " [in force]" } else if g.superseded { line += " [superseded: being reclaimed]" }
+                else if let at = g.reclaimAt { line += " [superseded; reclaimed in \(DurationText.short(max(0, at - now)))]" }
+                else if g.key == "unknown" { line += " [never reclaimed]" }
+                else if s.supersededGraceHours == nil { line += " [superseded_grace_hours off]" }
+                else { line += " [kept: the engine in force has written nothing since]" }
+                row("generation", line)
+            }
+        }
+        if let d = s.engineDeletedLastDay, d.files > 0 {
+            row("engine", "deleted \(d.files) checkpoints itself in the last day (\(Output.bytes(d.bytes))): its eviction, failed restores, replaced files")
+        }
+        if let n = c.orphansRemoved, n > 0 {
+            row("temporary", "\(n) files an engine left behind removed (\(Output.bytes(c.orphanBytesRemoved ?? 0)))")
+        }
         if let r = s.regret {
             row("regret", "\(r.lastDay) in the last day, \(r.total) all time (evicted, then written again within \(DurationText.short(r.windowHours * 3600)))")
             if let advice = r.advice { row("advice", advice) }

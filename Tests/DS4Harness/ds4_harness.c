@@ -13,8 +13,9 @@
  *   ds4-harness check DIR         the engine's view of every checkpoint: restore each one through
  *                                 ds4_kvstore_try_load_text and say whether it was restored, refused
  *                                 (and why), or restored with bytes other than those stored
- *   ds4-harness agent DIR         ds4-agent's saves as ds4_agent.c writes them: titled sessions,
+ *   ds4-harness agent DIR [N]     ds4-agent's saves as ds4_agent.c writes them: titled sessions,
  *                                 a legacy session named after its text, a stripped one, sysprompt.kv
+ *                                 (and N more titled sessions)
  *   ds4-harness agent-check DIR   load every saved session as ds4-agent does
  *
  * Every command prints one JSON object on its last line of output. The
@@ -428,10 +429,21 @@ static bool agent_save(const char *dir, const char *name, const char *text, cons
     return ok;
 }
 
-static int cmd_agent(const char *dir) {
+static int cmd_agent(const char *dir, int extra) {
     mkdir(dir, 0700);
     rng_state = 6;
     int saved = 0;
+    /* More titled sessions, for a directory of many saves. */
+    for (int i = 0; i < extra; i++) {
+        char title[64], text[4096] = "<｜begin｜>a saved session: ";
+        snprintf(title, sizeof(title), "session %d", i);
+        append_words(text, sizeof(text), 200);
+        uint64_t created = 1771000000ull + (uint64_t)i * 60;
+        char sha[41], name[48];
+        identity_sha(title, created, sha);
+        snprintf(name, sizeof(name), "%s.kv", sha);
+        saved += agent_save(dir, name, text, "agent-session", title, created, false);
+    }
     const char *titles[] = {"Refactor the cache loader", "Why is the scrub slow?", "plan the release"};
     for (int i = 0; i < 3; i++) {
         char text[4096] = "<｜begin｜>agent transcript: ";
@@ -523,7 +535,7 @@ int main(int argc, char **argv) {
     if (argc >= 6 && !strcmp(argv[1], "churn"))
         return cmd_churn(argv[2], atof(argv[3]), strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
     if (argc >= 3 && !strcmp(argv[1], "check")) return cmd_check(argv[2]);
-    if (argc >= 3 && !strcmp(argv[1], "agent")) return cmd_agent(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "agent")) return cmd_agent(argv[2], argc >= 4 ? atoi(argv[3]) : 0);
     if (argc >= 3 && !strcmp(argv[1], "agent-check")) return cmd_agent_check(argv[2]);
     fprintf(stderr, "usage: ds4-harness corpus DIR | churn DIR SECONDS BUDGET_MB SEED | check DIR | agent DIR | agent-check DIR\n");
     return 2;
