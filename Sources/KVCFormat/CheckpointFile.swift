@@ -135,6 +135,7 @@ public struct FileStatus: Sendable, Equatable {
     public var isRegular: Bool
     public var isSymlink: Bool
     public var isDirectory: Bool
+    public var isSocket: Bool
     public var modifiedAt: Int64
     /// mtime and ctime in nanoseconds: an in-place write moves both.
     public var modifiedAtNanos: Int64
@@ -148,6 +149,7 @@ public struct FileStatus: Sendable, Equatable {
         isRegular = fmt == S_IFREG
         isSymlink = fmt == S_IFLNK
         isDirectory = fmt == S_IFDIR
+        isSocket = fmt == S_IFSOCK
         modifiedAt = Int64(st.st_mtim.tv_sec)
         modifiedAtNanos = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
         changedAtNanos = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)

@@ -20,6 +20,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Config file (YAML key: value).", valueName: "file"))
     var config: String?
 
+    @Flag(name: .customLong("no-config"), help: "Read no config file, not even /etc/kvscrubd/kvscrubd.conf: defaults and flags only (the kvscrubd-agent user unit).")
+    var noConfig = false
+
     @Option(name: .customLong("cache-dir"), help: ArgumentHelp("The engine's cache directory (cache_dir).", valueName: "dir"))
     var cacheDir: String?
 
@@ -135,7 +138,7 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let file = config.map(absolute) ?? (FileManager.default.fileExists(atPath: Self.defaultConfigFile) ? Self.defaultConfigFile : nil)
+        let file = noConfig ? nil : config.map(absolute) ?? (FileManager.default.fileExists(atPath: Self.defaultConfigFile) ? Self.defaultConfigFile : nil)
         let resolved: DaemonConfig
         do {
             resolved = try DaemonConfig.resolve(file: file, flags: flagPairs)

@@ -5,13 +5,24 @@ import KVScrubDaemon
 
 /// Flags every socket client shares.
 struct SocketOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The daemon's control socket (default: $KVSCRUBD_SOCKET if set).", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("The daemon's control socket (default: $KVSCRUBD_SOCKET if set; for a user other than root running the kvscrubd-agent user unit, its socket; else the system daemon's).", valueName: "path"))
     var socket: String = SocketOptions.defaultSocket
 
-    /// `KVSCRUBD_SOCKET` when set and not empty, else the packaged unit's socket.
+    /// The system daemon's socket (the packaged kvscrubd.socket).
+    static let systemSocket = "/run/kvscrubd/kvscrubd.sock"
+
+    /// The socket of the user's own daemon for ds4-agent's sessions (the kvscrubd-agent user unit).
+    static var userAgentSocket: String? {
+        guard getuid() != 0, let rt = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !rt.isEmpty else { return nil }
+        return rt + "/kvscrubd/agent.sock"
+    }
+
+    /// `KVSCRUBD_SOCKET` when set and not empty; else, for a user other than root whose
+    /// kvscrubd-agent user unit runs, its socket; else the packaged unit's socket.
     static var defaultSocket: String {
         if let s = ProcessInfo.processInfo.environment["KVSCRUBD_SOCKET"], !s.isEmpty { return s }
-        return "/run/kvscrubd/kvscrubd.sock"
+        if let u = userAgentSocket, (try? FileStatus.of(path: u))?.isSocket == true { return u }
+        return systemSocket
     }
 
     @Flag(name: .long, help: "Print JSON instead of text.")

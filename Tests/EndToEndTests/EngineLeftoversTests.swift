@@ -192,3 +192,85 @@ import Glibc
         _ = d.stop()
     }
 }
+
+/// The packaged user unit for ds4-agent's sessions. There is no user manager on these machines
+/// (no logind session, no systemd as PID 1 outside the namespaced one the system-unit tests boot),
+/// so this runs what the unit runs, as a real unprivileged user with its own HOME and
+/// XDG_RUNTIME_DIR, and has systemd itself verify the unit file in user mode.
+@Suite(.serialized) struct AgentUserUnitTests {
+    static let unit = ManPageTests.repo + "/packaging/systemd/user/kvscrubd-agent.service"
+
+    @Test func theUserUnitVerifiesInUserMode() throws {
+        let dir = NSTemporaryDirectory() + "user-unit-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let text = try String(contentsOfFile: Self.unit, encoding: .utf8)
+            .replacingOccurrences(of: "/usr/bin/kvscrubd", with: Tool.binDir + "/kvscrubd")
+        try text.write(toFile: dir + "/kvscrubd-agent.service", atomically: true, encoding: .utf8)
+        let r = try Tool.runCapturing("/usr/bin/env", ["XDG_RUNTIME_DIR=\(dir)", "/usr/bin/systemd-analyze", "--user", "--man=no",
+                                                       "verify", dir + "/kvscrubd-agent.service"])
+        #expect(r.status == 0 && r.stderr.isEmpty, "\(r.stderr)")
+        let typo = try Tool.runCapturing("/usr/bin/env", ["XDG_RUNTIME_DIR=\(dir)", "/bin/sh", "-c",
+            "sed 's/UMask=/UMsk=/' \(dir)/kvscrubd-agent.service > \(dir)/typo.service && /usr/bin/systemd-analyze --user --man=no verify \(dir)/typo.service"])
+        #expect(typo.stderr.contains("Unknown key"), "the unit was not really parsed: \(typo.stderr)")
+    }
+
+    @Test func whatTheUnitRuns_asItsUser_scrubsTheSessions_andStatusFindsItWithoutOptions() throws {
+        guard let exe = DS4Engine.harness() else { return }
+        let user = "kvs-e2e-agent"
+        let root = TempDir()
+        chmod(root.path, 0o755)
+        let home = root.file("home"), runtime = root.file("run")
+        _ = try Tool.runCapturing("/usr/sbin/useradd", ["--system", "--home-dir", home, "--create-home", "--shell", "/usr/sbin/nologin", user])
+        defer { _ = try? Tool.runCapturing("/usr/sbin/userdel", [user]) }
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true)
+        let sessions = home + "/.ds4/kvcache"
+        try FileManager.default.createDirectory(atPath: sessions, withIntermediateDirectories: true)
+        #expect(try DS4Engine.run(exe, ["agent", sessions]).summary["saved"] == 5)
+        #expect(try Tool.runSystem("/bin/chown", ["-R", "\(user):", home, runtime]) == 0)
+        chmod(runtime, 0o700)
+        // ExecStart with the specifiers as the user manager expands them; RuntimeDirectory= and
+        // StateDirectory= made as it makes them.
+        let unitText = try String(contentsOfFile: Self.unit, encoding: .utf8)
+        let exec = try #require(unitText.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }).dropFirst("ExecStart=".count)
+        let state = home + "/.local/state"
+        let args = exec.replacingOccurrences(of: "%h", with: home).replacingOccurrences(of: "%S", with: state)
+            .replacingOccurrences(of: "%t", with: runtime).split(separator: " ").map(String.init)
+        #expect(args.first == "/usr/bin/kvscrubd")
+        func asUser(_ command: [String]) -> [String] {
+            ["/usr/bin/setpriv", "--reuid", user, "--regid", user, "--init-groups", "/usr/bin/env", "HOME=\(home)", "XDG_RUNTIME_DIR=\(runtime)"] + command
+        }
+        let mkdirs = asUser(["/bin/mkdir", "-p", runtime + "/kvscrubd", state + "/kvscrubd-agent"])
+        #expect(try Tool.runCapturing(mkdirs[0], Array(mkdirs.dropFirst())).status == 0)
+        let daemon = Process()
+        let full = asUser([Tool.binDir + "/kvscrubd"] + args.dropFirst())
+        daemon.executableURL = URL(fileURLWithPath: full[0])
+        daemon.arguments = Array(full.dropFirst())
+        let log = root.file("agent.log")
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        daemon.standardError = FileHandle(forWritingAtPath: log)
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { daemon.terminate(); daemon.waitUntilExit() } }
+        let status = asUser([Tool.binDir + "/kvscrubd", "status", "--json"])
+        var report: [String: Any] = [:]
+        try waitUntil("kvscrubd status, as the user, with no options, reaches the user's daemon", timeout: 20) {
+            let r = try Tool.runCapturing(status[0], Array(status.dropFirst()))
+            report = (r.json as? [String: Any]) ?? [:]
+            return r.status == 0 && report["files"] as? Int == 5
+        }
+        #expect(report["cache_dir"] as? String == sessions, "\(report)")
+        #expect(report["budget_bytes"] as? Int == 0)
+        // Its socket is the user's alone; as root, without options, the system daemon's is asked.
+        let sock = try FileStatus.of(path: runtime + "/kvscrubd/agent.sock")
+        #expect(sock.isSocket)
+        let scrub = asUser([Tool.binDir + "/kvscrubd", "scrub", "start", "--wait"])
+        let waited = try Tool.runCapturing(scrub[0], Array(scrub.dropFirst()))
+        #expect(waited.status == 0, "a pass over the sessions, as the user: \(waited.stdout) \(waited.stderr)")
+        daemon.terminate()
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0, "\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        #expect(checkpoints(in: sessions).count == 4 && FileManager.default.fileExists(atPath: sessions + "/sysprompt.kv"))
+        #expect(FileManager.default.fileExists(atPath: state + "/kvscrubd-agent/state.sqlite"))
+    }
+}
