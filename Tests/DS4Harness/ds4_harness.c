@@ -17,6 +17,9 @@
  *                                 a legacy session named after its text, a stripped one, sysprompt.kv
  *                                 (and N more titled sessions)
  *   ds4-harness agent-check DIR   load every saved session as ds4-agent does
+ *   ds4-harness bench DIR SECONDS BUDGET_MB SEED LATENCY_FILE
+ *                                 the churn, timed: operations per second, and every restore's
+ *                                 latency in microseconds appended to LATENCY_FILE
  *
  * Every command prints one JSON object on its last line of output. The
  * payload version the engine writes is $DS4_PAYLOAD_VERSION (default 2, as
@@ -257,7 +260,8 @@ static double now_sec(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int cmd_churn(const char *dir, double seconds, uint64_t budget_mb, uint64_t seed) {
+static int cmd_churn(const char *dir, double seconds, uint64_t budget_mb, uint64_t seed, const char *latency_file) {
+    FILE *lat = latency_file ? fopen(latency_file, "a") : NULL;
     rng_state = seed;
     server s;
     if (!server_open(&s, dir, 1, 4, budget_mb)) return 2;
@@ -291,7 +295,10 @@ static int cmd_churn(const char *dir, double seconds, uint64_t budget_mb, uint64
             char prompt[17000];
             snprintf(prompt, sizeof(prompt), "%s<｜User｜>next question %d", conv[c], ops);
             restores++;
-            if (server_restore(&s, prompt, &wrong) > 0) hits++; else misses++;
+            double r0 = now_sec();
+            int got = server_restore(&s, prompt, &wrong);
+            if (lat && got > 0) fprintf(lat, "%.1f\n", (now_sec() - r0) * 1e6);
+            if (got > 0) hits++; else misses++;
         } else if (stored_len[c] > 0) {
             /* The same text stored again with the tool calls made since: rewritten in place. */
             char again[16384];
@@ -300,10 +307,12 @@ static int cmd_churn(const char *dir, double seconds, uint64_t budget_mb, uint64
             if (server_store(&s, again, "continued", 1 + (int)(rnd() % 4), ops)) rewrites++;
         }
     }
-    printf("{\"operations\":%d,\"stores\":%d,\"restores\":%d,\"hits\":%d,\"misses\":%d,\"rewrites\":%d,"
+    double elapsed = now_sec() - t0;
+    if (lat) fclose(lat);
+    printf("{\"seconds\":%.3f,\"operations\":%d,\"stores\":%d,\"restores\":%d,\"hits\":%d,\"misses\":%d,\"rewrites\":%d,"
            "\"engine_evictions\":%d,\"load_failures\":%d,\"engine_discards\":%d,\"wrong_byte_restores\":%d,"
            "\"fresh_conversations\":%d}\n",
-           ops, stores, restores, hits, misses, rewrites, s.log.evicted, s.log.load_failed, s.log.discarded, wrong, fresh);
+           elapsed, ops, stores, restores, hits, misses, rewrites, s.log.evicted, s.log.load_failed, s.log.discarded, wrong, fresh);
     server_close(&s);
     return 0;
 }
@@ -533,7 +542,9 @@ static int cmd_agent_check(const char *dir) {
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "corpus")) return cmd_corpus(argv[2]);
     if (argc >= 6 && !strcmp(argv[1], "churn"))
-        return cmd_churn(argv[2], atof(argv[3]), strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10));
+        return cmd_churn(argv[2], atof(argv[3]), strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10), NULL);
+    if (argc >= 7 && !strcmp(argv[1], "bench"))
+        return cmd_churn(argv[2], atof(argv[3]), strtoull(argv[4], NULL, 10), strtoull(argv[5], NULL, 10), argv[6]);
     if (argc >= 3 && !strcmp(argv[1], "check")) return cmd_check(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "agent")) return cmd_agent(argv[2], argc >= 4 ? atoi(argv[3]) : 0);
     if (argc >= 3 && !strcmp(argv[1], "agent-check")) return cmd_agent_check(argv[2]);

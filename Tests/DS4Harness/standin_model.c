@@ -130,10 +130,21 @@ static uint32_t raw_live(uint32_t tokens) { return tokens < RAW_CAP ? tokens : R
 static uint32_t comp_rows(uint32_t tokens) { return tokens / 4; }
 static uint32_t index_rows(uint32_t tokens) { return tokens / 16; }
 
+/* $DS4_STANDIN_SCALE multiplies the tensors (benchmarks want checkpoints of megabytes, as real ones are). */
+static uint64_t tensor_scale(void) {
+    static uint64_t scale = 0;
+    if (!scale) {
+        const char *v = getenv("DS4_STANDIN_SCALE");
+        scale = v && *v ? strtoull(v, NULL, 10) : 1;
+        if (!scale) scale = 1;
+    }
+    return scale;
+}
+
 /* Bytes of layer il's tensors: raw rows, compressed rows, indexer rows. */
 static uint64_t layer_bytes(const ds4_engine *e, uint32_t tokens) {
-    return 4ull * ((uint64_t)raw_live(tokens) * e->head_dim + (uint64_t)comp_rows(tokens) * e->head_dim +
-                   (uint64_t)index_rows(tokens) * INDEXER_HEAD_DIM);
+    return tensor_scale() * 4ull * ((uint64_t)raw_live(tokens) * e->head_dim + (uint64_t)comp_rows(tokens) * e->head_dim +
+                                    (uint64_t)index_rows(tokens) * INDEXER_HEAD_DIM);
 }
 
 uint64_t ds4_session_payload_bytes(ds4_session *s) {
@@ -145,8 +156,13 @@ uint64_t ds4_session_payload_bytes(ds4_session *s) {
 
 static float logit(uint64_t h, uint32_t i) { return (float)(mix64(h ^ (0x10000ull + i)) % 20000) / 100.0f - 100.0f; }
 
-static uint8_t tensor_byte(uint64_t h, uint32_t layer, uint64_t i) {
-    return (uint8_t)(mix64(h ^ ((uint64_t)layer << 48) ^ (i >> 3)) >> (8 * (i & 7)));
+
+/* tensor_byte for k bytes from `off` (a multiple of 8 here: the buffers are 4096 bytes). */
+static void fill_tensor(uint8_t *buf, size_t k, uint64_t h, uint32_t layer, uint64_t off) {
+    for (size_t j = 0; j < k; j += 8) {
+        uint64_t w = mix64(h ^ ((uint64_t)layer << 48) ^ ((off + j) >> 3));
+        for (size_t b = 0; b < 8 && j + b < k; b++) buf[j + b] = (uint8_t)(w >> (8 * b));
+    }
 }
 
 static int put32(FILE *fp, uint32_t v) {
@@ -188,7 +204,7 @@ int ds4_session_save_payload(ds4_session *s, FILE *fp, char *err, size_t errlen)
         uint8_t buf[4096];
         for (uint64_t off = 0; off < lb;) {
             size_t k = lb - off < sizeof(buf) ? (size_t)(lb - off) : sizeof(buf);
-            for (size_t j = 0; j < k; j++) buf[j] = tensor_byte(h, il, off + j);
+            fill_tensor(buf, k, h, il, off);
             if (fwrite(buf, 1, k, fp) != k) goto fail;
             off += k;
         }
@@ -277,8 +293,9 @@ int ds4_session_load_payload(ds4_session *s, FILE *fp, uint64_t payload_bytes, c
             size_t k = lb - off < sizeof(buf) ? (size_t)(lb - off) : sizeof(buf);
             if (remaining < k || fread(buf, 1, k, fp) != k) goto truncated;
             remaining -= k;
-            for (size_t j = 0; j < k; j++)
-                if (buf[j] != tensor_byte(hh, il, off + j)) wrong = true;
+            uint8_t want[4096];
+            fill_tensor(want, k, hh, il, off);
+            if (memcmp(buf, want, k) != 0) wrong = true;
             off += k;
         }
     }

@@ -81,8 +81,7 @@ enum DS4Engine {
         p.waitUntilExit()
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
         #expect(p.terminationStatus == 0, "ds4-harness \(args.joined(separator: " ")) exited \(p.terminationStatus)")
-        let summary = (lines.last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: Int]) ?? [:]
-        return (lines, summary)
+        return (lines, integers(lines.last ?? ""))
     }
 
     /// Starts a harness command in the background (the churn), its output into `log`.
@@ -102,7 +101,12 @@ enum DS4Engine {
 
     static func summary(ofLog log: String) -> [String: Int] {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        let last = text.split(separator: "\n").last.map(String.init) ?? ""
-        return (try? JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Int]) ?? [:]
+        return integers(text.split(separator: "\n").last.map(String.init) ?? "")
+    }
+
+    /// A JSON object's numbers, as integers (the harness prints counts, and seconds as a fraction).
+    static func integers(_ line: String) -> [String: Int] {
+        guard let o = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return [:] }
+        return o.compactMapValues { ($0 as? NSNumber)?.intValue }
     }
 }

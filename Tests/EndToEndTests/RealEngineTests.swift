@@ -164,12 +164,15 @@ import Glibc
         #expect((engine["engine_evictions"] ?? 0) > 0, "the engine's own eviction never ran: \(engine)")
         #expect(engine["wrong_byte_restores"] == 0 && engine["load_failures"] == 0 && engine["engine_discards"] == 0, "\(engine)")
         #expect(st.counters.corruptFound == 0 && st.counters.corruptRemoved == 0, "files confirmed corrupt during the churn")
+        // ds4's own evictions are the engine's deletions: counted, never errors.
+        #expect((st.engineDeletedLastDay?.files ?? 0) > 0 && st.counters.errors == 0, "\(String(describing: st.engineDeletedLastDay)) \(st.lastErrors)")
         #expect(d.events("corrupt-removed").isEmpty && d.events("corrupt-quarantined").isEmpty && d.events("corrupt-kept").isEmpty)
         #expect(verdicts.allSatisfy { $0.verdict == "ok" }, "\(verdicts.filter { $0.verdict != "ok" }.map { "\($0.file) \($0.problems)" })")
         let view = try DS4Engine.run(exe, ["check", cache]).summary
         #expect(view["files"] == left.count && view["restored"] == left.count && view["wrong_bytes"] == 0, "\(view)")
         let suspected = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count
         print("ds4 churn \(Self.churnSeconds) s beside an unthrottled scrub: engine \(engine); daemon: " +
+              "\(st.engineDeletedLastDay?.files ?? 0) engine deletions counted, " +
               "\(st.counters.corruptFound) confirmed corrupt, \(st.counters.corruptRemoved) removed, \(suspected) suspicions put off; " +
               "\(left.count) files left, engine view \(view)")
     }
