@@ -228,6 +228,9 @@ public final class Daemon: Sendable {
             }
             s.recentEvictions = snap.recentEvictions
             s.records = snap.records
+            // Which pass found each pending file is not kept across a restart: the files are looked at
+            // afresh (below), and the last pass's summary owes no more second looks.
+            if s.scrub.lastPass?.pendingSecondLooks != nil { s.scrub.lastPass?.pendingSecondLooks = 0 }
         }
         if let scrub = snap.core?.scrub, scrub.passStartedAt != nil {
             logger.info("resuming the scrub pass", metadata: ["after": "\(scrub.cursor ?? "(start)")", "files_done": "\(scrub.filesDone)"])

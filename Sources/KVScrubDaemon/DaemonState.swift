@@ -61,6 +61,12 @@ public final class DaemonState: Sendable {
         public var bytes: UInt64
         public var corruptFound: Int
         public var removed: Int
+        /// Files a first look in this pass found corrupt (each then waits for its second look).
+        public var suspected: Int?
+        /// Of those, second looks still to come: the pass's verdict is final only when this is 0.
+        public var pendingSecondLooks: Int?
+        /// Confirmed corrupt but kept in place (the removal brake, a failed take-away).
+        public var kept: Int?
     }
 
     /// The scrub pass in progress, persisted so a restart resumes it.
@@ -72,6 +78,8 @@ public final class DaemonState: Sendable {
         public var bytesDone: UInt64 = 0
         public var corruptFound = 0
         public var removed = 0
+        /// Files the pass in progress found corrupt at a first look.
+        public var suspected: Int?
         public var lastPass: PassSummary?
         // Scrub control (optional: absent in older state files).
         /// Set by `scrub pause`, cleared by `scrub resume`; survives a restart.
@@ -108,6 +116,9 @@ public final class DaemonState: Sendable {
         /// Temporary files seen old and unchanged once: removed at the next sweep if still so (`OrphanSweep`).
         public var orphanCandidates: [String: FileStamp] = [:]
         public var nextOrphanSweep: Double = 0
+        /// For each file awaiting its second look because a scrub pass found it: that pass (its start
+        /// time), so the confirmation still counts for it when the pass has ended meanwhile.
+        public var pendingPass: [String: Double] = [:]
         public var index: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
         /// Changes with every change to `index` or `records`: the tallies below are cached against it.
         private(set) var generation: UInt64 = 0
@@ -336,4 +347,31 @@ public final class StopFlag: Sendable {
     public init() {}
     public var isSet: Bool { flag.load(ordering: .acquiring) }
     public func set() { flag.store(true, ordering: .releasing) }
+}
+
+extension DaemonState.Inner {
+    /// A file queued for its second look by the pass in progress.
+    mutating func suspectedInPass(_ name: String) {
+        guard let pass = scrub.passStartedAt else { return }
+        if pendingPass[name] == nil { scrub.suspected = (scrub.suspected ?? 0) + 1 }
+        pendingPass[name] = pass
+    }
+
+    /// The second look of `name` settled: confirmed (removed or kept) or not. A pass that has
+    /// already ended gets the outcome in its summary; a pass still running counts it as it goes.
+    mutating func secondLookSettled(_ name: String, confirmed: Bool, removed: Bool) {
+        guard let pass = pendingPass.removeValue(forKey: name), var last = scrub.lastPass,
+              abs(last.startedAt - pass) < 0.000_001 else { return }
+        last.pendingSecondLooks = max(0, (last.pendingSecondLooks ?? 0) - 1)
+        if confirmed {
+            last.corruptFound += 1
+            if removed { last.removed += 1 } else { last.kept = (last.kept ?? 0) + 1 }
+        }
+        scrub.lastPass = last
+    }
+
+    /// Second looks still owed to the pass that started at `pass`.
+    func pendingSecondLooks(of pass: Double) -> Int {
+        pendingPass.values.filter { abs($0 - pass) < 0.000_001 }.count
+    }
 }

@@ -25,6 +25,7 @@ extension Scrubber {
         let config = state.config
         var meta = Self.metadata(report)
         if config.dryRun {
+            if partOfPass { state.with { $0.scrub.suspected = ($0.scrub.suspected ?? 0) + 1 } }
             events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", meta))
             events.record(DaemonEvent(.wouldRemove, .notice, "would remove corrupt file (dry run)", meta,
                                       counts: .corrupt(region: Self.region(meta), removed: false, quarantined: false)))
@@ -41,6 +42,7 @@ extension Scrubber {
         meta["settle_seconds"] = "\(config.removalSettleSeconds)"
         events.record(DaemonEvent(.corruptSuspected, .notice, "corrupt verdict; the file is verified again once left alone for the settle time", meta)) {
             $0.pendingRemoval[report.name] = due
+            if partOfPass { $0.suspectedInPass(report.name) }
         }
         persist(force: true) // a restart before the second look verifies the file again
         wake()
@@ -95,7 +97,10 @@ extension Scrubber {
     /// A removal that failed (the second look or the take-away could not be done): logged, counted, kept.
     private func cannotRemove(_ first: VerifyReport, _ error: any Error) -> String {
         events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
-                                  counts: .error("remove corrupt \(first.name): \(error)")))
+                                  counts: .error("remove corrupt \(first.name): \(error)"))) { s in
+            // No further look comes: for the pass that found it, the file stays, suspect.
+            s.secondLookSettled(first.name, confirmed: true, removed: false)
+        }
         return "kept (cannot remove: \(error))"
     }
 
@@ -164,6 +169,7 @@ extension Scrubber {
             events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", m))
             events.record(DaemonEvent(event, .warning, message, m, counts: .corrupt(region: region, removed: removed, quarantined: quarantined))) {
                 if removed { $0.remove(name) }
+                $0.secondLookSettled(name, confirmed: true, removed: removed)
             }
             var done = HistoryEvent.Action.removed
             var destination: String? = nil
@@ -180,16 +186,20 @@ extension Scrubber {
             events.record(DaemonEvent(.corruptUnconfirmed, .notice, "not corrupt on a second look after the file settled; kept",
                                       ["file": "\(name)", "verdict": "\(r.verdict.rawValue)"], counts: .corruptUnconfirmed)) { s in
                 if s.index[name] != nil { s.verdicts[name] = r.verdict }
+                s.secondLookSettled(name, confirmed: false, removed: false)
             }
             return "kept (not corrupt on a second look: \(r.verdict.rawValue))"
         case .changed:
             events.record(DaemonEvent(.corruptUnconfirmed, .info, "the file changed since its corrupt verdict; checking it again",
-                                      ["file": "\(name)"], counts: .corruptUnconfirmed))
+                                      ["file": "\(name)"], counts: .corruptUnconfirmed)) { s in
+                s.secondLookSettled(name, confirmed: false, removed: false)
+            }
             fileArrived(name)
             return "kept (the file changed since the verdict; it is checked again)"
         case .notSettled:
             return "pending"
         case .replaced, .vanished:
+            state.with { $0.secondLookSettled(name, confirmed: false, removed: false) }
             logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(name)"])
             return "none (replaced or removed meanwhile)"
         }

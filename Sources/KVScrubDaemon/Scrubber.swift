@@ -134,6 +134,7 @@ public final class Scrubber: Sendable {
             s.scrub.bytesDone = 0
             s.scrub.corruptFound = 0
             s.scrub.removed = 0
+            s.scrub.suspected = 0
             return DaemonEvent(.scrubPassStarted, .info, "scrub pass started", ["files": "\(s.index.count)"])
         }
         persist(force: true)
@@ -142,15 +143,17 @@ public final class Scrubber: Sendable {
     private func finishPass(now: Double) {
         var took = 0.0
         events.record { s in
-            let p = DaemonState.PassSummary(startedAt: s.scrub.passStartedAt ?? now, endedAt: now, files: s.scrub.filesDone,
-                                            bytes: s.scrub.bytesDone, corruptFound: s.scrub.corruptFound, removed: s.scrub.removed)
+            let started = s.scrub.passStartedAt ?? now
+            let p = DaemonState.PassSummary(startedAt: started, endedAt: now, files: s.scrub.filesDone,
+                                            bytes: s.scrub.bytesDone, corruptFound: s.scrub.corruptFound, removed: s.scrub.removed,
+                                            suspected: s.scrub.suspected ?? 0, pendingSecondLooks: s.pendingSecondLooks(of: started), kept: 0)
             s.scrub.lastPass = p
             s.scrub.passStartedAt = nil
             s.scrub.cursor = nil
             took = p.endedAt - p.startedAt
             return DaemonEvent(.scrubPassFinished, .notice, "scrub pass finished", [
                 "files": "\(p.files)", "bytes": "\(p.bytes)", "seconds": "\(Int(took))", "corrupt": "\(p.corruptFound)",
-                "removed": "\(p.removed)"], counts: .passCompleted)
+                "removed": "\(p.removed)", "awaiting_second_look": "\(p.pendingSecondLooks ?? 0)"], counts: .passCompleted)
         }
         if took > state.config.scrubIntervalHours * 3600 {
             logger.warning("the scrub pass took longer than the scrub interval: raise scrub_rate_mb_per_s or the interval",

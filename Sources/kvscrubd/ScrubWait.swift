@@ -8,7 +8,10 @@ import KVScrubDaemon
 /// summary becomes the last pass (completed), or no pass of that start time is
 /// running any more without one (cancelled). A pass that a daemon restart
 /// resumes keeps its start time, so waiting goes on across it as long as each
-/// request is answered.
+/// request is answered. A file the pass found corrupt is removed only after a
+/// second look once it has settled, which can come after the pass ends: the
+/// wait goes on until every second look the pass asked for has settled, and
+/// exits 1 if any confirmed the damage.
 struct ScrubWait {
     var options: SocketOptions
     /// Seconds between two looks at the scrub.
@@ -35,6 +38,14 @@ struct ScrubWait {
         while true {
             let sc = try scrub()
             if let last = sc.lastPass, abs(last.startedAt - pass) < 0.001 {
+                if let owed = last.pendingSecondLooks, owed > 0 {
+                    let text = "scrub pass ended; waiting for the second look at \(owed) file\(owed == 1 ? "" : "s") it found corrupt " +
+                        "(each once left alone for the settle time)"
+                    if progress.enabled { progress.show(text) } else if !options.json && lastStep != -2 { print(text); fflush(nil) }
+                    lastStep = -2
+                    Thread.sleep(forTimeInterval: interval)
+                    continue
+                }
                 progress.finish()
                 try finish(last)
                 return
@@ -78,10 +89,16 @@ struct ScrubWait {
         if !clean { throw ExitCode(1) }
     }
 
-    /// "completed in 2m 5s: 120 files, 1.2 GiB, 0 corrupt, 0 removed".
+    /// "completed in 2m 5s: 120 files, 1.2 GiB, 1 found corrupt, 1 confirmed, 1 removed, 0 kept".
     static func summary(_ p: DaemonState.PassSummary) -> String {
-        "completed in \(DurationText.short(p.endedAt - p.startedAt)): \(p.files) files, \(ByteText.short(p.bytes)), " +
-            "\(p.corruptFound) corrupt, \(p.removed) removed"
+        var s = "completed in \(DurationText.short(p.endedAt - p.startedAt)): \(p.files) files, \(ByteText.short(p.bytes)), "
+        if let found = p.suspected {
+            s += "\(found) found corrupt, \(p.corruptFound) confirmed, \(p.removed) removed, \(p.kept ?? 0) kept"
+            if let owed = p.pendingSecondLooks, owed > 0 { s += ", \(owed) awaiting a second look" }
+        } else {
+            s += "\(p.corruptFound) corrupt, \(p.removed) removed"
+        }
+        return s
     }
 
     /// "scrub 42%: 1234 of 2900 files, 1.2 GiB of 3.0 GiB, 47.7 MiB/s, 35s to go, 0 corrupt".

@@ -38,7 +38,7 @@ import KVScrubDaemon
         let steps = lines.filter { $0.hasPrefix("scrub ") && $0.contains("%: ") && $0.hasSuffix(" corrupt") }
         #expect(steps.count >= 2, "\(r.stdout)")
         #expect(!r.stdout.contains("\u{1B}["), "escape codes on a pipe")
-        #expect(lines.contains { $0.hasPrefix("scrub pass completed in ") && $0.contains(": 7 files, ") && $0.contains(", 1 corrupt, 0 removed") }, "\(r.stdout)")
+        #expect(lines.contains { $0.hasPrefix("scrub pass completed in ") && $0.contains(": 7 files, ") && $0.contains(", 1 found corrupt, 1 confirmed, 0 removed, 0 kept") }, "\(r.stdout)")
         #expect(r.stdout.contains("kvscrubd history --cause corrupt"))
         #expect(FileManager.default.fileExists(atPath: cache + "/" + bad!), "dry run removed a file")
 
@@ -56,6 +56,27 @@ import KVScrubDaemon
         _ = d.stop()
     }
 
+    /// A pass ends before the second look at what it found (the file must first be left alone for
+    /// the settle time): --wait waits for that look, exits 1 when it confirms the damage, and says so.
+    @Test func scrubStartWait_waitsForTheSecondLooks_ofWhatThePassFound_andExits1WhenConfirmed() throws {
+        let (root, cache, _) = try Self.cache(6, payload: 256 << 10, corrupt: false)
+        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "0", "--budget-mb", "0", "--scrub-new-file-delay", "3600",
+                                                      "--removal-settle-seconds", "3"])
+        let sock = ["--socket", d.socket]
+        try Self.waitForFirstPass(d)
+        // Damaged in place while the daemon runs: its arrival check is an hour away, so the pass finds it.
+        let victim = try #require(checkpoints(in: cache).sorted().first)
+        Damage.edit(cache + "/" + victim) { $0[$0.count / 2] ^= 0x10 } // inside the payload
+        let r = try Tool.run("kvscrubd", ["scrub", "start", "--wait"] + sock)
+        #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("waiting for the second look at 1 file it found corrupt"), "\(r.stdout)")
+        #expect(r.stdout.contains(", 1 found corrupt, 1 confirmed, 1 removed, 0 kept"), "\(r.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: cache + "/" + victim))
+        let last = try #require(try d.status().scrub.lastPass)
+        #expect(last.suspected == 1 && last.corruptFound == 1 && last.removed == 1 && last.pendingSecondLooks == 0)
+        _ = d.stop()
+    }
+
     @Test func scrubWait_onATerminal_rewritesOneLine_andExits0OnACleanPass() throws {
         let (root, _, _) = try Self.cache(6, payload: 2 << 20, corrupt: false)
         let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8", "--budget-mb", "0"])
@@ -65,7 +86,7 @@ import KVScrubDaemon
         let r = try Tool.runCapturing("/usr/bin/script", ["-qec", command, "/dev/null"])
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("\r\u{1B}[Kscrub "), "no progress line rewritten in place: \(r.stdout.debugDescription)")
-        #expect(r.stdout.contains("scrub pass completed in ") && r.stdout.contains(", 0 corrupt, 0 removed"), "\(r.stdout)")
+        #expect(r.stdout.contains("scrub pass completed in ") && r.stdout.contains(", 0 found corrupt, 0 confirmed, 0 removed, 0 kept"), "\(r.stdout)")
         _ = d.stop()
     }
 
