@@ -26,7 +26,7 @@ struct ScrubCommand: ParsableCommand {
     struct Start: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start a scrub pass now (refused while one runs; lifts a pause).",
-            discussion: "With --wait, as 'scrub wait' after it: exit status 1 if the pass found a corrupt file, 3 if it was cancelled.")
+            discussion: "With --wait, as 'scrub wait' after it, including the second looks at what the pass found: exit status 1 if one confirmed a corrupt file, 3 if the pass was cancelled.")
         @OptionGroup var options: SocketOptions
         @Flag(name: [.short, .long], help: "Wait for the pass to end, showing its progress (as 'zpool scrub -w').")
         var wait = false
@@ -44,9 +44,11 @@ struct ScrubCommand: ParsableCommand {
             abstract: "Wait for the scrub pass in progress to end, showing its progress; return at once if none runs.",
             discussion: """
                 On a terminal, one progress line updated in place; otherwise a plain line at every tenth of the pass and when it \
-                pauses or resumes. With --json, one JSON object when it ends.
-                Exit status: 0 the pass completed with nothing corrupt found (or no pass was running); 1 it found a corrupt file \
-                (or the request was refused); 2 the daemon could not be reached; 3 the pass was cancelled before it ended.
+                pauses or resumes. With --json, one JSON object when it ends. A file the pass found corrupt is removed after a \
+                second look once it has settled, which can come after the pass: the wait includes those looks.
+                Exit status: 0 the pass completed with nothing confirmed corrupt (or no pass was running); 1 a second look \
+                confirmed a corrupt file (or the request was refused); 2 the daemon could not be reached; 3 the pass was \
+                cancelled before it ended.
                 """)
         @OptionGroup var options: SocketOptions
         func run() throws {
