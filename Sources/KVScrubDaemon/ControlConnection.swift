@@ -46,7 +46,7 @@ final class ControlConnection: ChannelInboundHandler {
     /// The last reply left the channel unwritable: the client is not reading fast enough.
     private var writeBlocked = false
     private var closing = false
-    private var admitted: (uid: UInt32?, privileged: Bool)?
+    private var admitted: (uid: UInt32?, pid: Int32?, privileged: Bool)?
     private var peer: AccessPolicy.Peer?
     /// Closes the connection when the channel stays unwritable for `writeStall`.
     private var stall: Scheduled<Void>?
@@ -87,18 +87,18 @@ final class ControlConnection: ChannelInboundHandler {
     /// Takes a connection slot for this peer and starts reading, or says why not and closes.
     private func admit(context: ChannelHandlerContext) {
         let isPrivileged = peer.map(privileged) ?? false
-        switch limits.admit(uid: peer?.uid, privileged: isPrivileged) {
+        switch limits.admit(uid: peer?.uid, pid: peer?.pid, privileged: isPrivileged) {
         case .refused(let why):
             closing = true
             send(context: context, line: ControlResponse.failure(why).line)
         case .admitted:
-            admitted = (peer?.uid, isPrivileged)
+            admitted = (peer?.uid, peer?.pid, isPrivileged)
             context.read()
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let a = admitted { limits.leave(uid: a.uid, privileged: a.privileged); admitted = nil }
+        if let a = admitted { limits.leave(uid: a.uid, pid: a.pid, privileged: a.privileged); admitted = nil }
         context.fireChannelInactive()
     }
 

@@ -81,6 +81,52 @@ import Glibc
         d.stop()
     }
 
+    /// A runaway root script opening every connection it can holds at most half of them: root's
+    /// other processes (an operator's `kvscrubd status`) still get in at once.
+    @Test func oneRootProcessHoldingConnections_cannotKeepRootsOtherProcessesOut() throws {
+        let root = TempDir()
+        let d = try DaemonProcess(root: root)
+        let script = """
+            import socket, sys
+            held, admitted, refused = [], 0, 0
+            for i in range(256):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(sys.argv[1])
+                try:
+                    s.sendall(b'{"cmd":"ping"}\\n')
+                except BrokenPipeError:
+                    pass
+                reply = s.makefile().readline()
+                if '"ok":true' in reply: admitted += 1
+                elif 'per process' in reply: refused += 1
+                held.append(s)
+            print(f"admitted={admitted} refused={refused}", flush=True)
+            sys.stdin.read()
+            """
+        let helper = Process()
+        helper.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        helper.arguments = ["-c", script, d.socket]
+        let out = Pipe(), input = Pipe()
+        helper.standardOutput = out
+        helper.standardInput = input
+        try helper.run()
+        defer { try? input.fileHandleForWriting.close(); helper.waitUntilExit() }
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line += chunk
+        }
+        let report = String(decoding: line, as: UTF8.self)
+        let limits = ConnectionLimits()
+        #expect(report.hasPrefix("admitted=\(limits.perProcess) refused=\(256 - limits.perProcess)"), "\(report)")
+        // While it holds them: 120 fresh requests from other root processes, every one answered.
+        var answered = 0
+        for _ in 0..<120 where (try? Tool.run("kvscrubd", ["status", "--json", "--socket", d.socket]))?.status == 0 { answered += 1 }
+        #expect(answered == 120)
+        d.stop()
+    }
+
     @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonAFewReplies() throws {
         let d = try Self.daemonWith400Files()
         let pid = d.process.processIdentifier

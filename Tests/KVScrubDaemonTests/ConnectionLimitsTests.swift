@@ -36,3 +36,21 @@ import KVScrubDaemon
         #expect(l.admit(uid: nil, privileged: false) != .admitted)
     }
 }
+
+/// One process, root's included, holds at most its share: a runaway root script cannot lock
+/// root's other processes out (#21: 256 connections from one root script answered 0 of 120
+/// fresh requests before).
+@Suite struct ConnectionLimitsPerProcessTests {
+    @Test func oneProcess_evenPrivileged_getsAtMostHalf_andAnotherProcessOfTheSameUserGetsIn() {
+        let l = ConnectionLimits(total: 8, reserved: 2, perUID: 100)
+        #expect(l.perProcess == 4)
+        for _ in 0..<4 { #expect(l.admit(uid: 0, pid: 4242, privileged: true) == .admitted) }
+        guard case .refused(let why) = l.admit(uid: 0, pid: 4242, privileged: true) else { Issue.record("a fifth admitted"); return }
+        #expect(why.contains("process 4242") && why.contains("at most 4 per process"))
+        #expect(l.admit(uid: 0, pid: 4343, privileged: true) == .admitted)
+        // Leaving frees the process's slot.
+        l.leave(uid: 0, pid: 4242, privileged: true)
+        #expect(l.admit(uid: 0, pid: 4242, privileged: true) == .admitted)
+        #expect(l.open.all == 5)
+    }
+}
