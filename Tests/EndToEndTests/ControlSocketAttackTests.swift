@@ -33,12 +33,16 @@ import Glibc
         return d
     }
 
-    @Test func oneUserHoldingConnections_cannotKeepOthersOut() throws {
-        let flood = try TestUser("kvs-e2e-flood"), other = try TestUser("kvs-e2e-other")
-        let root = TempDir()
-        chmod(root.path, 0o755)
-        let d = try DaemonProcess(root: root, extra: ["--socket-mode", "0666"])
-        // As the flooding user: open 256 connections (the whole cap), ping on each, report, and hold them until stdin closes.
+    /// A process (as `asUser`, or root) that opens 256 connections, pings on each and holds them
+    /// until released; `report` is "admitted=N refused=M", counting refusals whose reply contains `refusal`.
+    struct Flood {
+        let helper: Process
+        let input: Pipe
+        let report: String
+        func release() { try? input.fileHandleForWriting.close(); helper.waitUntilExit() }
+    }
+
+    static func flood(_ socket: String, refusal: String, asUser user: String?) throws -> Flood {
         let script = """
             import socket, sys
             held, admitted, refused = [], 0, 0
@@ -51,26 +55,42 @@ import Glibc
                     pass  # a refused connection gets its reply at once and is closed: the reply is still there to read
                 reply = s.makefile().readline()
                 if '"ok":true' in reply: admitted += 1
-                elif 'too many connections from uid' in reply: refused += 1
+                elif sys.argv[2] in reply: refused += 1
                 held.append(s)
             print(f"admitted={admitted} refused={refused}", flush=True)
             sys.stdin.read()
             """
         let helper = Process()
-        helper.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        helper.arguments = ["--reuid", flood.name, "--regid", flood.name, "--init-groups", "/usr/bin/python3", "-c", script, d.socket]
+        let python = ["/usr/bin/python3", "-c", script, socket, refusal]
+        if let user {
+            helper.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            helper.arguments = ["--reuid", user, "--regid", user, "--init-groups"] + python
+        } else {
+            helper.executableURL = URL(fileURLWithPath: python[0])
+            helper.arguments = Array(python.dropFirst())
+        }
         let out = Pipe(), input = Pipe()
         helper.standardOutput = out
         helper.standardInput = input
         try helper.run()
-        defer { try? input.fileHandleForWriting.close(); helper.waitUntilExit() }
         var line = Data()
         while !line.contains(UInt8(ascii: "\n")) {
             let chunk = out.fileHandleForReading.availableData
             if chunk.isEmpty { break }
             line += chunk
         }
-        let report = String(decoding: line, as: UTF8.self)
+        return Flood(helper: helper, input: input, report: String(decoding: line, as: UTF8.self))
+    }
+
+    @Test func oneUserHoldingConnections_cannotKeepOthersOut() throws {
+        let flood = try TestUser("kvs-e2e-flood"), other = try TestUser("kvs-e2e-other")
+        let root = TempDir()
+        chmod(root.path, 0o755)
+        let d = try DaemonProcess(root: root, extra: ["--socket-mode", "0666"])
+        // As the flooding user: open 256 connections (the whole cap), ping on each, report, and hold them until stdin closes.
+        let flooding = try Self.flood(d.socket, refusal: "too many connections from uid", asUser: flood.name)
+        defer { flooding.release() }
+        let report = flooding.report
         let limits = ConnectionLimits()
         #expect(report.hasPrefix("admitted=\(limits.perUID) refused=\(256 - limits.perUID)"), "\(report)")
         // While the flood holds its connections: another user, and root, get in at once.
@@ -86,38 +106,9 @@ import Glibc
     @Test func oneRootProcessHoldingConnections_cannotKeepRootsOtherProcessesOut() throws {
         let root = TempDir()
         let d = try DaemonProcess(root: root)
-        let script = """
-            import socket, sys
-            held, admitted, refused = [], 0, 0
-            for i in range(256):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(sys.argv[1])
-                try:
-                    s.sendall(b'{"cmd":"ping"}\\n')
-                except BrokenPipeError:
-                    pass
-                reply = s.makefile().readline()
-                if '"ok":true' in reply: admitted += 1
-                elif 'per process' in reply: refused += 1
-                held.append(s)
-            print(f"admitted={admitted} refused={refused}", flush=True)
-            sys.stdin.read()
-            """
-        let helper = Process()
-        helper.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        helper.arguments = ["-c", script, d.socket]
-        let out = Pipe(), input = Pipe()
-        helper.standardOutput = out
-        helper.standardInput = input
-        try helper.run()
-        defer { try? input.fileHandleForWriting.close(); helper.waitUntilExit() }
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line += chunk
-        }
-        let report = String(decoding: line, as: UTF8.self)
+        let flooding = try Self.flood(d.socket, refusal: "per process", asUser: nil)
+        defer { flooding.release() }
+        let report = flooding.report
         let limits = ConnectionLimits()
         #expect(report.hasPrefix("admitted=\(limits.perProcess) refused=\(256 - limits.perProcess)"), "\(report)")
         // While it holds them: 120 fresh requests from other root processes, every one answered.
