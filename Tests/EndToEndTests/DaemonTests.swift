@@ -407,3 +407,32 @@ final class RawClient {
         }
     }
 }
+
+/// #21: a second look that is pending when the daemon stops is not forgotten until the next
+/// pass: the pending names are saved, and a restarted daemon looks at them again at once.
+@Suite struct PendingSecondLookTests {
+    @Test func aPendingSecondLook_survivesARestart_andTheFileIsRemovedWithoutWaitingForAPass() throws {
+        let root = TempDir()
+        let cache = root.file("cache")
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let good = try Damage.store(cache, version: 2, seed: 1)
+        var d: DaemonProcess? = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-new-file-delay", "0",
+                                                                       "--removal-settle-seconds", "3600"], cacheDir: cache)
+        let bad = try Damage.store(cache, version: 2, seed: 2)
+        Damage.edit(bad) { $0[$0.count / 2] ^= 0x10 }
+        try waitUntil("the damaged arrival found and queued for its second look", timeout: 20) { try d!.status().pendingRemovals == 1 }
+        try waitUntil("no pass running", timeout: 20) { try !d!.status().scrub.active }
+        let passes = try d!.status().counters.passesCompleted
+        _ = d!.stop()
+        d = nil
+        // Restarted with a short settle time and no pass due for a day: only the saved pending name brings it back.
+        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--removal-settle-seconds", "1"], cacheDir: cache)
+        try waitUntil("the file removed after the restart", timeout: 30) { !FileManager.default.fileExists(atPath: bad) }
+        let s = try d!.status()
+        #expect(s.counters.corruptRemoved == 1)
+        #expect(!s.scrub.active && s.counters.passesCompleted == passes, "a pass, not the saved second look, found it")
+        #expect(FileManager.default.fileExists(atPath: good))
+        #expect(d!.events("corrupt-removed").first?["file"] == (bad as NSString).lastPathComponent)
+        _ = d!.stop()
+    }
+}

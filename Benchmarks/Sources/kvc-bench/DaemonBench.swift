@@ -112,7 +112,7 @@ struct DaemonBench: ParsableCommand {
         // Untimed loads first: the first reads of files just written are slow on a VM whose host is
         // still writing them back (measured: 19 of the first 60 loads over 30 ms, against 3 in 1,000
         // two passes later), and which arm they fell in decided the figure. Two passes over every file.
-        let verifier = Verifier(engineABI: nil)
+        let verifier = Verifier(engine: nil)
         for p in loads + loads {
             dropCache([p])
             guard try verifier.verify(path: p).verdict == .ok else { throw ValidationErrorText("\(p): not sound") }
