@@ -65,10 +65,13 @@ import Glibc
         // A damaged file is removed, or healed by the engine itself (a tool-map
         // rewrite replaces a damaged trailer, and a store renames a fresh file
         // over the name): either way, none may stay corrupt.
+        // Judged as the engine in force (both engines are PR #146's), as the daemon judges: without a
+        // generation, the rules that hold only within one (v1 tokens 0, a payload magic) do not apply,
+        // and a file still waiting for its removal would look settled.
         func stillCorrupt() -> [String] {
             injected.keys.filter { name in
                 guard FileManager.default.fileExists(atPath: d.cache + "/" + name) else { return false }
-                return (try? Verifier().verify(path: d.cache + "/" + name))?.verdict == .corrupt
+                return (try? Verifier(engine: .pr146).verify(path: d.cache + "/" + name))?.verdict == .corrupt
             }
         }
         do {
