@@ -302,24 +302,23 @@ struct Scan {
             }
         }
 
-        var trailerStart = end
         var title: [UInt8]?
         if size >= end {
             let trailerLength = size - end
+            // Bytes at an offset within the trailer; nil on a short read (the file shrank meanwhile).
+            func readTrailer(_ off: UInt64, _ count: Int) throws -> [UInt8]? {
+                let b = try file.read(at: end + off, count: count)
+                return b.count == count ? b : nil
+            }
             if h.hasSessionTitle {
                 // ds4-agent: u32 title length, the title, to end of file (agent_kv_read_title_trailer).
-                switch try SessionTitle.read(length: trailerLength, { off, count in
-                    let b = try file.read(at: end + off, count: count)
-                    return b.count == count ? b : nil
-                }) {
+                switch try SessionTitle.read(length: trailerLength, readTrailer) {
                 case .title(let t, let used):
                     title = t
-                    trailerStart = end + used
                     if used < trailerLength {
                         problems.append(Problem(.trailer, .warning, "\(trailerLength - used) bytes after the session title trailer"))
                     }
                 case .malformed(let why):
-                    trailerStart = size
                     problems.append(Problem(.trailer, .warning, why + "; the file name cannot be checked against the title"))
                 }
                 if h.hasToolMap {
@@ -328,10 +327,8 @@ struct Scan {
             } else if h.hasToolMap {
                 // The engine reads a tool map leniently and can itself leave bit 0 set with no
                 // trailer: a map that does not parse is a warning, never damage (v2's CRC decides there).
-                let failure = try ToolMap.walk(length: trailerLength, read: { off, count in
-                    let b = try file.read(at: end + off, count: count)
-                    return b.count == count ? b : nil
-                }, limits: { problems.append(Problem(.trailer, .warning, $0)) })
+                let failure = try ToolMap.walk(length: trailerLength, read: readTrailer,
+                                               limits: { problems.append(Problem(.trailer, .warning, $0)) })
                 if let failure { problems.append(Problem(.trailer, .warning, failure + " (the engine restores the checkpoint with fewer tool entries)")) }
             } else if trailerLength > 0 && !v2 {
                 problems.append(Problem(.trailer, .warning,
@@ -349,7 +346,6 @@ struct Scan {
                 }
             }
         }
-        _ = trailerStart
 
         // The name: SHA-1 of the text, or for a titled ds4-agent session of the title and created_at
         // (agent_session_identity_sha); sysprompt.kv is checked against the prompt by the agent, not by name.
