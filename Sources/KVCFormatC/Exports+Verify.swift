@@ -33,11 +33,9 @@ public func kvc_verify(_ cache: OpaquePointer?, _ nameOrPath: UnsafePointer<CCha
         guard let out else { throw CAPIError.invalid("out is NULL") }
         // -1 (auto): the generation is learned from the file itself, exactly as `kvscrubd verify FILE` does.
         func verifier(_ entry: () throws -> CacheEntry?) throws -> Verifier {
-            if let abi = try engineABI(expectedABI) {
-                return Verifier(engine: try engineGeneration(Int32(abi)))
-            }
-            let learned = (try? entry()).flatMap { $0 }.map { GenerationSetting.auto.resolve(entries: [$0]).generation } ?? nil
-            return Verifier(engine: learned)
+            guard expectedABI < 0 else { return Verifier(engine: try engineGeneration(expectedABI)) }
+            let e = (try? entry()) ?? nil
+            return Verifier(engine: e.flatMap { GenerationSetting.auto.resolve(entries: [$0]).generation })
         }
         let report: VerifyReport
         if cache == nil {
