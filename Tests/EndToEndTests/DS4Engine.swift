@@ -65,22 +65,10 @@ enum DS4Engine {
 
     /// Runs a harness command; returns its output lines and the JSON object on its last line.
     @discardableResult
-    static func run(_ exe: String, _ args: [String], environment: [String: String] = [:]) throws -> (lines: [String], summary: [String: Int]) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: exe)
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["ASAN_OPTIONS"] = "detect_leaks=0"
-        env.merge(environment) { $1 }
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.standardError
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
-        #expect(p.terminationStatus == 0, "ds4-harness \(args.joined(separator: " ")) exited \(p.terminationStatus)")
+    static func run(_ exe: String, _ args: [String]) throws -> (lines: [String], summary: [String: Int]) {
+        let r = try Tool.runCapturing("/usr/bin/env", ["ASAN_OPTIONS=detect_leaks=0", exe] + args)
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(r.status == 0, "ds4-harness \(args.joined(separator: " ")) exited \(r.status): \(r.stderr)")
         return (lines, integers(lines.last ?? ""))
     }
 
