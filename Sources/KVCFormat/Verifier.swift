@@ -135,7 +135,8 @@ public struct Verifier: Sendable {
 /// Receives each chunk a checker or loader read: the scrubber's rate limit
 /// and page-cache hygiene hang off this.
 public protocol ReadObserver: Sendable {
-    /// About to read `count` bytes at `offset` of `fd`.
+    /// About to read `count` bytes at `offset` of `fd`; told before every read of the file, including
+    /// the small ones of its header, payload prefix and trailer, which have no `didRead`.
     func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
     /// Just read that span. Throwing abandons the verification (the error propagates).
     func didRead(fd: FileDescriptor, offset: UInt64, count: Int) throws
@@ -307,6 +308,7 @@ struct Scan {
             let trailerLength = size - end
             // Bytes at an offset within the trailer; nil on a short read (the file shrank meanwhile).
             func readTrailer(_ off: UInt64, _ count: Int) throws -> [UInt8]? {
+                try observer?.willRead(fd: file.fd, offset: end + off, count: count)
                 let b = try file.read(at: end + off, count: count)
                 return b.count == count ? b : nil
             }
@@ -389,7 +391,9 @@ struct Scan {
         }
         let payloadPresent = payloadStart <= size ? min(h.payloadBytes, size - payloadStart) : 0
         if payloadPresent >= 8 {
-            let b = try file.read(at: payloadStart, count: Int(min(UInt64(PayloadPrefix.size), payloadPresent)))
+            let count = Int(min(UInt64(PayloadPrefix.size), payloadPresent))
+            try observer?.willRead(fd: file.fd, offset: payloadStart, count: count)
+            let b = try file.read(at: payloadStart, count: count)
             b.withUnsafeBytes { raw in
                 d.tag = PayloadTag(decoding: raw, payloadBytes: h.payloadBytes)
                 if raw.count == PayloadPrefix.size { d.prefix = PayloadPrefix(decoding: raw) }
