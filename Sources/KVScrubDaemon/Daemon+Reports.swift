@@ -51,7 +51,7 @@ extension Daemon {
             return StatusReport(
                 state: s.phase, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
-                filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.tally().incompatible,
+                filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.census.incompatible,
                 // Between passes nothing is done of the next one (the last pass has its own summary).
                 scrub: .init(active: s.scrub.passStartedAt != nil, filesDone: s.scrub.passStartedAt != nil ? s.scrub.filesDone : 0,
                              filesTotal: s.scrub.passStartedAt != nil ? s.passFilesTotal : filesTotal,
@@ -76,7 +76,7 @@ extension Daemon {
     /// The generations present. The whole census only while some file is of another generation
     /// (it walks the index); otherwise one line for the generation in force, from the totals.
     static func generations(_ s: inout DaemonState.Inner, now: Double) -> [GenerationCensus.Report] {
-        guard s.tally().incompatible == 0 else {
+        guard s.census.incompatible == 0 else {
             return GenerationCensus.take(entries: Array(s.index.values), engine: s.engineABI.generation,
                                          graceSeconds: s.config.supersededGraceHours.map { $0 * 3600 }, now: now)
         }

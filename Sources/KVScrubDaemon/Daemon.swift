@@ -227,7 +227,7 @@ public final class Daemon: Sendable {
                 s.counters.errors = 0
             }
             s.recentEvictions = snap.recentEvictions
-            s.records = snap.records
+            s.loadRecords(snap.records)
             // Which pass found each pending file is not kept across a restart: the files are looked at
             // afresh (below), and the last pass's summary owes no more second looks.
             if s.scrub.lastPass?.pendingSecondLooks != nil { s.scrub.lastPass?.pendingSecondLooks = 0 }

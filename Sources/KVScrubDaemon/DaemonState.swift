@@ -119,13 +119,15 @@ public final class DaemonState: Sendable {
         /// For each file awaiting its second look because a scrub pass found it: that pass (its start
         /// time), so the confirmation still counts for it when the pass has ended meanwhile.
         public var pendingPass: [String: Double] = [:]
-        public var index: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
-        /// Changes with every change to `index` or `records`: the tallies below are cached against it.
+        /// Changed only through `insert`, `remove`, `replaceIndex` and `setEngineABI`, which keep `census`.
+        public private(set) var index: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
+        /// Changes with every change to `index` or `records` (`status` is cached against it).
         private(set) var generation: UInt64 = 0
+        /// The counts `status` and the metrics show, kept with every change to the index, the verdicts and the records.
+        private(set) var census = IndexCensus()
         /// The pass's walk in name order (`PassOrder`), and the pass (its start time) it was built for.
         fileprivate(set) var passOrder = PassOrder()
         fileprivate(set) var passOrderFor: Double?
-        fileprivate(set) var tallyCache: (generation: UInt64, tally: Tally)?
         /// Continued checkpoints (waypoints) in the index: the only ones an arrival can supersede.
         private(set) var continuedNames: Set<String> = []
         public var totalBytes: UInt64 = 0
@@ -139,11 +141,8 @@ public final class DaemonState: Sendable {
         public var freeBytes: UInt64?
         public var fsBytes: UInt64?
         public var startedAt = Date().timeIntervalSince1970
-        /// The last scrub verdict of each file this run.
-        public var verdicts: [String: Verdict] = [:] { didSet { verdictGeneration &+= 1 } }
-        /// Moves with every change to `verdicts` (which `generation` leaves alone, so that a pass's
-        /// verdicts do not make `status` count the index again), for what counts files by verdict.
-        private(set) var verdictGeneration: UInt64 = 0
+        /// The last scrub verdict of each file this run (`setVerdict`).
+        public private(set) var verdicts: [String: Verdict] = [:]
         /// Continued checkpoints an arrival superseded, and by which file.
         public var supersededBy: [String: String] = [:]
         /// Evictions within the regret window, by file name (persisted).
@@ -159,14 +158,41 @@ public final class DaemonState: Sendable {
         /// Files found corrupt, waiting for the removal rule's second look (name → when it is due).
         public var pendingRemoval: [String: Double] = [:]
         /// Checksums recorded for v1 files (persisted), by file name.
-        public var records: [String: RecordedChecksum] = [:] { didSet { generation &+= 1 } }
+        public private(set) var records: [String: RecordedChecksum] = [:] { didSet { generation &+= 1 } }
         /// Names whose record or recent eviction changed since the last save.
         public var dirtyRecords: Set<String> = []
         public var dirtyEvictions: Set<String> = []
 
         mutating func setRecord(_ name: String, _ r: RecordedChecksum) {
-            records[name] = r
-            dirtyRecords.insert(name)
+            recounting(name) { s in
+                s.records[name] = r
+                s.dirtyRecords.insert(name)
+            }
+        }
+
+        /// The records as the state database kept them (start-up).
+        mutating func loadRecords(_ loaded: [String: RecordedChecksum]) {
+            records = loaded
+            recount()
+        }
+
+        /// The file's last scrub verdict; for a file in the index only.
+        mutating func setVerdict(_ name: String, _ v: Verdict) {
+            guard index[name] != nil else { return }
+            recounting(name) { $0.verdicts[name] = v }
+        }
+
+        /// Runs `change`, which changes only what `name` is counted from, with `name`'s share of the census
+        /// taken out before and put back after.
+        private mutating func recounting<R>(_ name: String, _ change: (inout Inner) -> R) -> R {
+            if let e = index[name] { census.count(e, verdict: verdicts[name], recorded: isRecorded(name), by: -1) }
+            let r = change(&self)
+            if let e = index[name] { census.count(e, verdict: verdicts[name], recorded: isRecorded(name), by: 1) }
+            return r
+        }
+
+        private mutating func recount() {
+            census = IndexCensus(index: index, verdicts: verdicts, isRecorded: isRecorded)
         }
 
         /// Whether the index's v1 file `name` has a record that matches it (nil: not a v1 file).
@@ -175,33 +201,7 @@ public final class DaemonState: Sendable {
             return records[name].map { $0.key == RecordedChecksum.Key(identity: e.identity, header: h) } ?? false
         }
 
-        /// Counts over the whole index that `status` and the metrics show.
-        struct Tally: Sendable {
-            /// What protects the index's files: their own CRC32C (v2), a matching record (v1), nothing yet (v1).
-            var checksums = StatusReport.Checksums(inFile: 0, recorded: 0, notYetRecorded: 0)
-            /// Files no engine of the ABI in force can use.
-            var incompatible = 0
-        }
-
-        /// The tally, counted again only when the index or the records changed since it was last asked
-        /// for: a `status` at 100,000 files costs what it does at 1,000 while nothing changes.
-        mutating func tally() -> Tally {
-            if let c = tallyCache, c.generation == generation { return c.tally }
-            var t = Tally()
-            for (name, e) in index {
-                if e.unusable != nil { t.incompatible += 1 }
-                if e.header?.version == 2 { t.checksums.inFile += 1; continue }
-                switch isRecorded(name) {
-                case true?: t.checksums.recorded += 1
-                case false?: t.checksums.notYetRecorded += 1
-                case nil: break
-                }
-            }
-            tallyCache = (generation, t)
-            return t
-        }
-
-        var checksumProtection: StatusReport.Checksums { mutating get { tally().checksums } }
+        var checksumProtection: StatusReport.Checksums { census.checksums }
 
         /// The part that goes into the state database.
         var core: StateDatabase.Core {
@@ -224,13 +224,16 @@ public final class DaemonState: Sendable {
             guard r != engineABI else { return }
             let changed = r.generation != engineABI.generation
             engineABI = r
-            if changed { index = index.mapValues { $0.judged(engine: r.generation) } }
+            if changed {
+                index = index.mapValues { $0.judged(engine: r.generation) }
+                recount()
+            }
         }
 
         mutating func insert(_ e: CacheEntry) {
             let old = index[e.fileName]
             if let old { totalBytes -= old.fileSize }
-            index[e.fileName] = e
+            recounting(e.fileName) { $0.index[e.fileName] = e }
             totalBytes += e.fileSize
             if e.header?.reason == .continued { continuedNames.insert(e.fileName) } else { continuedNames.remove(e.fileName) }
             if walkingPass { passOrder.inserted(e.fileName, size: e.fileSize, oldSize: old?.fileSize, cursor: scrub.cursor) }
@@ -238,6 +241,7 @@ public final class DaemonState: Sendable {
 
         @discardableResult
         mutating func remove(_ name: String) -> CacheEntry? {
+            if let e = index[name] { census.count(e, verdict: verdicts[name], recorded: isRecorded(name), by: -1) }
             verdicts.removeValue(forKey: name)
             supersededBy.removeValue(forKey: name)
             if records.removeValue(forKey: name) != nil { dirtyRecords.insert(name) }
@@ -259,6 +263,7 @@ public final class DaemonState: Sendable {
                 dirtyRecords.insert(name)
             }
             passOrderFor = nil // counted again from the new index when next asked
+            recount()
         }
 
         /// A checkpoint appeared: if the daemon evicted it within the window, that eviction was a regret.

@@ -154,7 +154,7 @@ extension Scrubber {
                 let now = Date().timeIntervalSince1970
                 recordIfNew(report, now: now)
                 state.with {
-                    if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
+                    $0.setVerdict(name, report.verdict)
                     $0.brake.noteVerified(now: now)
                 }
                 var action = "kept"

@@ -185,7 +185,7 @@ extension Scrubber {
         case .notCorrupt(let r):
             events.record(DaemonEvent(.corruptUnconfirmed, .notice, "not corrupt on a second look after the file settled; kept",
                                       ["file": "\(name)", "verdict": "\(r.verdict.rawValue)"], counts: .corruptUnconfirmed)) { s in
-                if s.index[name] != nil { s.verdicts[name] = r.verdict }
+                s.setVerdict(name, r.verdict)
                 s.secondLookSettled(name, confirmed: false, removed: false)
             }
             return "kept (not corrupt on a second look: \(r.verdict.rawValue))"

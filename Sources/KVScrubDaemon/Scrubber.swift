@@ -172,7 +172,7 @@ public final class Scrubber: Sendable {
             bytes = report.bytesRead
             let now = Date().timeIntervalSince1970
             state.with {
-                if $0.index[name] != nil { $0.verdicts[name] = report.verdict }
+                $0.setVerdict(name, report.verdict)
                 $0.brake.noteVerified(now: now)
             }
             recordIfNew(report, now: now)

@@ -4,9 +4,9 @@ import Testing
 @testable import KVScrubDaemon
 
 /// The files-by-verdict count in `DaemonMetrics.render`, in process on a
-/// `DaemonState`: it is kept between scrapes, so each change that moves it
-/// (an arrival, a removal, a verdict, an ABI that makes a file unusable) must
-/// show in the very next scrape. (The exposition as a whole is checked with
+/// `DaemonState`: the state keeps it as it changes (`IndexCensus`), so each
+/// change that moves it (an arrival, a removal, a verdict, an ABI that makes a
+/// file unusable) must show in the very next scrape. (The exposition as a whole is checked with
 /// Prometheus' own parser and promtool in the end-to-end tests.)
 @Suite struct DaemonMetricsTests {
     static func entry(_ i: Int, version: UInt8 = 2, size: UInt64 = 1000) -> CacheEntry {
@@ -26,19 +26,19 @@ import Testing
         let state = DaemonState(config: DaemonConfig())
         let metrics = DaemonMetrics()
         let a = Self.entry(1), b = Self.entry(2), c = Self.entry(3, version: 1, size: 500)
-        state.with { s in for e in [a, b, c] { s.index[e.fileName] = e } }
+        state.with { s in for e in [a, b, c] { s.insert(e) } }
         var text = metrics.render(state: state)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 2)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "1") == 1)
         #expect(Self.value(text, "kvscrubd_bytes", verdict: "unverified", version: "1") == 500)
 
         // A verdict alone (the index as it was): the next scrape counts it.
-        state.with { $0.verdicts[a.fileName] = .ok }
+        state.with { $0.setVerdict(a.fileName, .ok) }
         text = metrics.render(state: state)
         #expect(Self.value(text, "kvscrubd_files", verdict: "ok", version: "2") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 1)
 
-        state.with { $0.verdicts[b.fileName] = .corrupt }
+        state.with { $0.setVerdict(b.fileName, .corrupt) }
         text = metrics.render(state: state)
         #expect(Self.value(text, "kvscrubd_files", verdict: "corrupt", version: "2") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 0)
@@ -49,15 +49,66 @@ import Testing
 
         // A file that goes, and one the engine cannot use.
         state.with { s in
-            s.index[b.fileName] = nil
+            s.remove(b.fileName)
             var unusable = c
             unusable.unusable = "payload ABI 7"
-            s.index[c.fileName] = unusable
+            s.insert(unusable)
         }
         text = metrics.render(state: state)
         #expect(Self.value(text, "kvscrubd_files", verdict: "corrupt", version: "2") == 0)
         #expect(Self.value(text, "kvscrubd_files", verdict: "incompatible", version: "1") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "1") == 0)
         #expect(Self.value(text, "kvscrubd_files", verdict: "ok", version: "2") == 1)
+    }
+
+    /// The census, kept change by change, against a count from scratch after every step of a long random
+    /// run of every change the daemon makes: arrivals (new and replacing), removals, verdicts, records
+    /// (matching and stale), a new engine generation, a whole new index, records loaded at start-up.
+    @Test func theKeptCensus_equalsACountFromScratch_afterEveryChange() {
+        var rng = SystemRandomNumberGenerator()
+        var seed = UInt64.random(in: 0...UInt64.max, using: &rng)
+        func next(_ n: Int) -> Int {
+            seed &+= 0x9E37_79B9_7F4A_7C15
+            var z = seed
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return Int((z ^ (z >> 31)) % UInt64(n))
+        }
+        let start = seed
+        var s = DaemonState.Inner(config: DaemonConfig())
+        func entry(_ i: Int) -> CacheEntry {
+            var e = Self.entry(i, version: next(3) == 0 ? 1 : 2, size: UInt64(100 + next(5000)))
+            e.identity = FileIdentity(device: 1, inode: UInt64(next(4)))  // a few lives per name
+            if next(8) == 0 { e.header = nil }
+            if next(8) == 0 { e.unusable = "payload ABI 7" }
+            return e
+        }
+        let verdicts: [Verdict] = Verdict.allCases
+        for step in 0..<5000 {
+            let name = Self.entry(next(40)).fileName
+            switch next(20) {
+            case 0..<6: s.insert(entry(next(40)))
+            case 6..<9: s.remove(name)
+            case 9..<14: s.setVerdict(name, verdicts[next(verdicts.count)])
+            case 14..<18:
+                if let e = s.index[name], let h = e.header {
+                    let key = next(2) == 0 ? RecordedChecksum.Key(identity: e.identity, header: h)
+                                           : RecordedChecksum.Key(device: 9, inode: 9, textBytes: 1, payloadBytes: 1, createdAt: 1)
+                    s.setRecord(name, RecordedChecksum(key: key, textCRC: 1, payloadCRC: 2, recordedAt: 0))
+                }
+            case 18:
+                s.setEngineABI(EngineABI.Resolution(generation: next(2) == 0 ? .ds4e8e8779 : .pr146, source: "configured"))
+            default:
+                if next(4) == 0 { s.replaceIndex((0..<next(30)).map { entry($0) }) }
+                else { s.loadRecords(s.records.filter { _ in next(2) == 0 }) }
+            }
+            let fresh = IndexCensus(index: s.index, verdicts: s.verdicts, isRecorded: s.isRecorded)
+            guard s.census == fresh else {
+                Issue.record("step \(step) (seed \(start)): kept \(s.census), counted \(fresh)")
+                return
+            }
+        }
+        #expect(s.census.checksums.inFile + s.census.checksums.recorded + s.census.checksums.notYetRecorded
+                == s.index.values.filter { $0.header != nil }.count)
     }
 }
