@@ -57,13 +57,14 @@ public enum GenerationCensus {
         for e in entries {
             let g = e.defect == nil ? e.generation : nil
             let key = g?.key ?? "unknown"
-            var group = out[key] ?? Group(generation: g)
-            group.files.append(e)
+            // In place (`default:` subscript): a group copied out of the dictionary and stored back would
+            // share its array with the dictionary's copy, and every append would copy the whole array
+            // (quadratic: minutes at 100,000 files, under the daemon's state lock).
+            out[key, default: Group(generation: g)].files.append(e)
             if let h = e.header {
                 let a = Double(max(h.createdAt, h.lastUsed))
-                group.newest = max(group.newest ?? a, a)
+                out[key]!.newest = max(out[key]!.newest ?? a, a)
             }
-            out[key] = group
         }
         return out
     }

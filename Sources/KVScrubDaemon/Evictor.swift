@@ -172,7 +172,10 @@ public final class Evictor: Sendable {
     @discardableResult
     public func reclaimSuperseded(directory: CacheDirectory, now: Double = Date().timeIntervalSince1970) -> Int {
         let (config, victims) = state.with { s in
-            (s.config, GenerationCensus.reclaimable(entries: Array(s.index.values), engine: s.engineABI.generation,
+            // Only a file the engine in force cannot use can be of a superseded generation: while there is
+            // none (the census keeps the count), the index is not walked at all.
+            guard s.census.incompatible > 0 else { return (s.config, [CacheEntry]()) }
+            return (s.config, GenerationCensus.reclaimable(entries: Array(s.index.values), engine: s.engineABI.generation,
                                                     graceSeconds: s.config.supersededGraceHours.map { $0 * 3600 }, now: now))
         }
         var reclaimed = 0

@@ -50,4 +50,20 @@ import Testing
         #expect(GenerationCensus.reclaimable(entries: entries, engine: engine, graceSeconds: 0, now: 1e9).isEmpty)
         #expect(GenerationCensus.take(entries: entries, engine: engine, graceSeconds: 0, now: 1e9).first { !$0.inForce }?.reclaimAt == nil)
     }
+
+    /// A whole cache of one old generation, 200,000 files: grouped in linear time. Grouping once copied
+    /// each group's array at every append, so a 100,000-file cache wedged the daemon's maintenance thread
+    /// under the state lock for over a quarter of an hour (found by `Benchmarks/run daemon --only scale`).
+    /// Linear, this takes well under a second here; quadratic, it would take many minutes.
+    @Test func aLargeCache_isGroupedInLinearTime() {
+        let n = 200_000
+        let entries = (0..<n).map { i in Self.entry(String(i), abi: 0, payloadVersion: 1, created: UInt64(1_000 + i % 500)) }
+            + [Self.entry("new", abi: 2, payloadVersion: 2, created: 10_000)]
+        let t0 = ContinuousClock.now
+        let due = GenerationCensus.reclaimable(entries: entries, engine: engine, graceSeconds: 0, now: 1e9)
+        let took = ContinuousClock.now - t0
+        #expect(due.count == n)
+        #expect(GenerationCensus.take(entries: entries, engine: engine, graceSeconds: 0, now: 1e9).first { !$0.inForce }?.files == n)
+        #expect(took < .seconds(20), "\(took) for \(n) files")
+    }
 }
