@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -27,6 +28,10 @@ int kvs_ioprio_set_idle_self(void) {
 int kvs_ioprio_class_self(void) {
     long r = syscall(SYS_ioprio_get, KVS_IOPRIO_WHO_PROCESS, 0);
     return r < 0 ? -errno : (int)(r >> KVS_IOPRIO_CLASS_SHIFT);
+}
+
+int kvs_set_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice) == 0 ? 0 : -errno;
 }
 
 long kvs_page_size(void) { return sysconf(_SC_PAGESIZE); }

@@ -156,9 +156,11 @@ public final class Daemon: Sendable {
             + (metricsServer.map { m in [Self.onShutdown("metrics listener") { await m.stop() }] } ?? [])
         let parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
             Self.onShutdown("state") { [self] in await saveAndCloseState() },
-            .init(service: ThreadService(description: "kvscrubd-watch", body: { [self] in maintain() },
+            // The index keeps up with the engine at nice 10; the scrub, paced and in the idle I/O class
+            // already, takes only CPU time the engine leaves (nice 19: it still progresses on a busy machine).
+            .init(service: ThreadService(description: "kvscrubd-watch", nice: 10, logger: logger, body: { [self] in maintain() },
                                          stop: { [self] in stopping.set(); watcher.wake() })),
-            .init(service: ThreadService(description: "kvscrubd-scrub", body: { [self] in scrubber.run() },
+            .init(service: ThreadService(description: "kvscrubd-scrub", nice: 19, logger: logger, body: { [self] in scrubber.run() },
                                          stop: { [self] in scrubStopping.set(); scrubber.wake() })),
             .init(service: ClosureService { [self] in await lifecycle() }, serviceName: "lifecycle"),
         ]

@@ -42,7 +42,7 @@ import Glibc
 /// not cached then. A restore of that file by the engine during the scrub's
 /// read of it (100 ms for a 5 MB checkpoint at 50 MB/s) lost its freshly read
 /// pages when the scrub finished, and the engine's next restore of it went to
-/// the disk (issue #20's benchmark: restore p99 1.21-1.23x at the default rate).
+/// the disk.
 /// What remains is the span of one read, between its `mincore` and the read
 /// itself: a page the engine brings in within that millisecond is taken for
 /// the scrub's and dropped; the engine reads it again from the disk.

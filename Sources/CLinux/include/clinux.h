@@ -10,6 +10,10 @@ int kvs_ioprio_set_idle_self(void);
 /* The calling thread's I/O priority class (1 rt, 2 best-effort, 3 idle), or -errno. */
 int kvs_ioprio_class_self(void);
 
+/* Sets the calling thread's nice value (on Linux nice is per thread: setpriority(2)
+ * with PRIO_PROCESS and the thread's id). Raising it needs no privilege. Returns 0 or -errno. */
+int kvs_set_thread_nice(int nice);
+
 /* Fills `resident` (one byte per page) with whether each page of
  * [offset, offset+length) of `fd` is in the page cache, via mmap + mincore.
  * Returns the number of pages, or -errno. */
