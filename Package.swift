@@ -11,6 +11,8 @@ let package = Package(
         .library(name: "kvcformat", type: .dynamic, targets: ["KVCFormatC"]),
         // For Fuzz/ (the fuzz targets of the daemon's parsers); not an API.
         .library(name: "KVScrubDaemon", targets: ["KVScrubDaemon"]),
+        // The control socket's requests and replies, and its client.
+        .library(name: "KVScrubControl", targets: ["KVScrubControl"]),
         .executable(name: "kvscrubd", targets: ["kvscrubd"]),
         .executable(name: "kvc-engine-sim", targets: ["kvc-engine-sim"]),
     ],
@@ -70,18 +72,22 @@ let package = Package(
         // Linux calls Swift cannot make directly: ioprio_set has no libc
         // wrapper and syscall(2) is variadic.
         .target(name: "CLinux"),
+        // The control socket's protocol as its clients see it: the request and reply
+        // types and the blocking client; what the CLI's commands import, apart from
+        // `run` and `verify`, which are the daemon (or read its state).
+        .target(name: "KVScrubControl", dependencies: ["KVCFormat"]),
         // The daemon's parts: watcher, index, evictor, scrubber, control server.
         .target(
             name: "KVScrubDaemon",
             dependencies: [
                 "KVCFormat",
+                "KVScrubControl",
                 "CLinux",
                 "KVScrubSystemd",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -94,6 +100,7 @@ let package = Package(
             name: "kvscrubd",
             dependencies: [
                 "KVCFormat",
+                "KVScrubControl",
                 "KVScrubDaemon",
                 "KVScrubSystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -128,7 +135,7 @@ let package = Package(
         .target(name: "CReferenceKVC", path: "Tests/CReferenceKVC"),
         .testTarget(
             name: "KVScrubDaemonTests",
-            dependencies: ["KVScrubDaemon", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux",
+            dependencies: ["KVScrubDaemon", "KVScrubControl", "KVScrubSystemd", "KVCFormat", "KVCSimulation", "CLinux",
                            .product(name: "NIOEmbedded", package: "swift-nio"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
@@ -136,7 +143,7 @@ let package = Package(
             name: "EndToEndTests",
             // The executables are dependencies so `swift test` builds them; the
             // tests run them as real processes and never import them.
-            dependencies: ["KVCFormat", "KVCSimulation", "KVScrubDaemon", "kvscrubd", "kvc-engine-sim",
+            dependencies: ["KVCFormat", "KVCSimulation", "KVScrubControl", "KVScrubDaemon", "kvscrubd", "kvc-engine-sim",
                            .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
         ),
     ]

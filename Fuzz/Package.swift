@@ -22,7 +22,7 @@ let package = Package(
                           swiftSettings: library),
         .executableTarget(name: "fuzz-config", dependencies: ["FuzzDriver", .product(name: "KVScrubDaemon", package: root)],
                           swiftSettings: library),
-        .executableTarget(name: "fuzz-control", dependencies: ["FuzzDriver", .product(name: "KVScrubDaemon", package: root)],
+        .executableTarget(name: "fuzz-control", dependencies: ["FuzzDriver", .product(name: "KVScrubDaemon", package: root), .product(name: "KVScrubControl", package: root)],
                           swiftSettings: library),
         .executableTarget(name: "fuzz-state", dependencies: ["FuzzDriver", .product(name: "KVScrubDaemon", package: root)],
                           swiftSettings: library),

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
+import KVScrubControl
 
 /// `kvscrubd brake status|release`: the removal brake (see `RemovalBrake`).
 struct BrakeCommand: ParsableCommand {

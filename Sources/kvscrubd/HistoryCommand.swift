@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
+import KVScrubControl
 
 /// `kvscrubd history`: what the daemon removed, quarantined or evicted, and why,
 /// from its state database (kept `history_days`).

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
+import KVScrubControl
 
 /// `kvscrubd metrics`: the Prometheus text exposition, over the socket.
 struct MetricsCommand: ParsableCommand {

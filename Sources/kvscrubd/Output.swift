@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
 import KVCFormat
+import KVScrubControl
 
 /// Printing helpers shared by the subcommands.
 enum Output {

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
+import KVScrubControl
 
 /// `kvscrubd scrub ...`: control the running daemon's scrub over the socket.
 struct ScrubCommand: ParsableCommand {

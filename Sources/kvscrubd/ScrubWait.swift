@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVScrubDaemon
+import KVScrubControl
 
 /// `scrub wait` and `scrub start --wait`: follows one pass, named by the time it
 /// started (`passStartedAt`), to its end, by asking the daemon for the scrub's
@@ -22,7 +22,7 @@ struct ScrubWait {
         var ok: Bool
         /// completed, cancelled, or none-running.
         var outcome: String
-        var pass: DaemonState.PassSummary?
+        var pass: PassSummary?
     }
 
     func run(pass: Double?) throws {
@@ -78,7 +78,7 @@ struct ScrubWait {
         return sc
     }
 
-    private func finish(_ last: DaemonState.PassSummary) throws {
+    private func finish(_ last: PassSummary) throws {
         let clean = last.corruptFound == 0
         if options.json {
             options.printJSON(Result(ok: clean, outcome: "completed", pass: last))
@@ -90,7 +90,7 @@ struct ScrubWait {
     }
 
     /// "completed in 2m 5s: 120 files, 1.2 GiB, 1 found corrupt, 1 confirmed, 1 removed, 0 kept".
-    static func summary(_ p: DaemonState.PassSummary) -> String {
+    static func summary(_ p: PassSummary) -> String {
         var s = "completed in \(DurationText.short(p.endedAt - p.startedAt)): \(p.files) files, \(ByteText.short(p.bytes)), "
         if let found = p.suspected {
             s += "\(found) found corrupt, \(p.corruptFound) confirmed, \(p.removed) removed, \(p.kept ?? 0) kept"

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVCFormat
-import KVScrubDaemon
+import KVScrubControl
 
 /// Flags every socket client shares.
 struct SocketOptions: ParsableArguments {

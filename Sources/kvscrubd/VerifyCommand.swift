@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVCFormat
+import KVScrubControl
 import KVScrubDaemon
 
 struct VerifyCommand: ParsableCommand {

@@ -1,4 +1,5 @@
 import Foundation
+import KVScrubControl
 import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc

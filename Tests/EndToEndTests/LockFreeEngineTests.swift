@@ -1,8 +1,9 @@
 import Foundation
-import Testing
 import KVCFormat
 import KVCSimulation
+import KVScrubControl
 import KVScrubDaemon
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif

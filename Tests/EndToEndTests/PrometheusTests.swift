@@ -1,7 +1,8 @@
 import Foundation
-import Testing
 import KVCFormat
+import KVScrubControl
 import KVScrubDaemon
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif

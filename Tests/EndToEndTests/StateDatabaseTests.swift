@@ -1,8 +1,9 @@
 import Foundation
-import Testing
 import KVCFormat
 import KVCSimulation
+import KVScrubControl
 import KVScrubDaemon
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -133,7 +134,7 @@ import Glibc
         let cache = root.file("cache")
         let state = root.file("state")
         _ = try Self.populate(cache)
-        var counters = DaemonState.Counters()
+        var counters = DaemonCounters()
         counters.corruptFound = 7
         counters.corruptRemoved = 5
         counters.passesCompleted = 3

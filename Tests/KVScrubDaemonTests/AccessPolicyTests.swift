@@ -1,5 +1,6 @@
-import Testing
+import KVScrubControl
 import KVScrubDaemon
+import Testing
 
 /// The decision alone, on made-up credentials; the end-to-end test
 /// (OperateTests) runs it against a real second user over the real socket.

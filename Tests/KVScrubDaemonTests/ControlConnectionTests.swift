@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import Testing
 @testable import KVScrubDaemon
+import KVScrubControl
 
 /// `ControlConnection` in process, on NIO's `EmbeddedChannel`: the framing,
 /// the order of replies, and the flow control (when it reads, when it stops

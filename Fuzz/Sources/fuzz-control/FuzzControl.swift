@@ -1,7 +1,8 @@
 import Foundation
 import FuzzDriver
-import Logging
+import KVScrubControl
 import KVScrubDaemon
+import Logging
 
 /// Arbitrary bytes as one control-socket request line: decoded as the server
 /// decodes it, then answered by the daemon's own request handling (status,

@@ -1,0 +1,57 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Faults the crash and disk-fault tests inject, honoured only when the daemon
+/// runs with KVSCRUBD_TEST_FAULTS=1 (the tests set it; a packaged daemon never
+/// does, and without it every method here is a no-op):
+///
+/// - `KVSCRUBD_TEST_KILL_AT=STEP`: the daemon SIGKILLs itself at that step of a
+///   removal (`verdict`, `renamed`, `inode-checked`, `unlinking`, `unlinked`,
+///   the points of `CacheDirectory.RemovalStep`) or of a state save
+///   (`state-written`: inside the state database's transaction, every row
+///   written, not committed; `state-committed`). A real SIGKILL at a real point, so the restart that
+///   follows meets exactly what a crash there leaves.
+/// - `KVSCRUBD_TEST_STATE_EIO=N`: the next N state database writes fail with EIO. This
+///   one is a stand-in: the real fault needs a disk that returns I/O errors
+///   (device-mapper's error target), which this workplace's kernel does not
+///   offer, so the error is raised where the write would have failed.
+///   ENOSPC and read-only file systems are produced for real by the tests.
+/// - `KVSCRUBD_TEST_DB_CHECK_SECONDS=S`: the state database checks itself every
+///   S seconds instead of every minute, so a test need not wait a minute.
+/// - `KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS=S`: the notice-level eviction summary
+///   covers S seconds instead of ten minutes.
+public final class TestFaults: Sendable {
+    public let enabled: Bool
+    let killAt: String?
+    /// `KVSCRUBD_TEST_DB_CHECK_SECONDS`: how often the state database checks itself (default 60 s).
+    let databaseCheckSeconds: Double?
+    /// `KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS`: the span of one eviction summary (default 600 s).
+    let evictionSummarySeconds: Double?
+    private let stateEIO: Mutex<Int>
+
+    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
+        killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
+        databaseCheckSeconds = enabled ? Double(environment["KVSCRUBD_TEST_DB_CHECK_SECONDS"] ?? "") : nil
+        evictionSummarySeconds = enabled ? Double(environment["KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS"] ?? "") : nil
+        stateEIO = Mutex(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
+    }
+
+    /// Dies here, at once, if a test asked for a crash at `step`.
+    func reached(_ step: String) {
+        guard let killAt, killAt == step else { return }
+        kill(getpid(), SIGKILL)
+    }
+
+    /// True when this state save must fail as a disk returning EIO would make it.
+    func stateWriteFails() -> Bool {
+        stateEIO.withLock { n in
+            guard n > 0 else { return false }
+            n -= 1
+            return true
+        }
+    }
+}

@@ -1,0 +1,177 @@
+import Foundation
+import KVCFormat
+import KVScrubControl
+
+/// What `kvscrubd scrub start|pause|resume|cancel|now` do. Each changes the
+/// persisted scrub progress under the state lock and wakes the scrub thread;
+/// pause and cancel take effect mid-file (the throttle checks them before
+/// every read), so they never wait for a large file to finish.
+extension Scrubber {
+    public struct ControlRefusal: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// `kvscrubd brake release --restore`: releases the brake, then puts the files its quarantine
+    /// holds back under their names in the cache, each only where the name is free (never over a
+    /// file the engine stored since). The daemon sees them arrive and verifies them again.
+    public func releaseBrakeAndRestore() -> (message: String, restored: [String], left: [String]) {
+        let released = releaseBrake()
+        let qpath = state.config.brakeQuarantineDir
+        guard FileManager.default.fileExists(atPath: qpath) else { return (released + "; the quarantine \(qpath) is empty", [], []) }
+        guard let dir = directory.withLock({ $0 }) else { return (released + "; the cache directory is not available, nothing restored", [], []) }
+        do {
+            let outcomes = try dir.restoreFromQuarantine(try .open(creating: qpath))
+            var restored: [String] = [], left: [String] = []
+            for o in outcomes {
+                switch o {
+                case .restored(let name, let from):
+                    restored.append(name)
+                    events.record(DaemonEvent(.quarantineRestored, .notice, "quarantined file put back in the cache", ["file": "\(name)", "from": "\(from)"]))
+                case .nameTaken(let name, let from):
+                    left.append("\(from) (\(name) holds a newer file)")
+                case .left(let entry, let why):
+                    left.append("\(qpath)/\(entry) (\(why))")
+                }
+            }
+            return (released + "; \(restored.count) files put back in the cache, \(left.count) left in \(qpath)", restored, left)
+        } catch {
+            return (released + "; cannot restore from \(qpath): \(error)", [], [])
+        }
+    }
+
+    /// Starts a pass now (and lifts a pause).
+    /// `kvscrubd brake release`: removals resume; files already quarantined stay there.
+    public func releaseBrake() -> String {
+        let was = state.with { s -> (Bool, Int) in
+            let r = (s.brake.engaged, s.brake.heldBack)
+            s.brake.release()
+            return r
+        }
+        persist(force: true)
+        guard was.0 else { return "the removal brake was not engaged" }
+        events.record(DaemonEvent(.removalBrakeReleased, .notice, "removal brake released by an operator", ["held_back": "\(was.1)"]))
+        return "removal brake released; \(was.1) files it held back stay in \(state.config.brakeQuarantineDir)"
+    }
+
+    public func startNow() throws(ControlRefusal) -> String {
+        let now = Date().timeIntervalSince1970
+        let running = state.with { s -> (Int, Int)? in
+            guard s.scrub.passStartedAt != nil else { return nil }
+            return (s.scrub.filesDone, s.passFilesTotal)
+        }
+        if let (done, total) = running {
+            throw ControlRefusal(description: "a scrub pass is already running (\(done) of \(total) files); 'kvscrubd scrub cancel' ends it")
+        }
+        let wasPaused = resumeIfPaused(now: now)
+        startPass(now: now)
+        wake()
+        let files = state.with { $0.index.count }
+        return "scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : "")
+    }
+
+    public func pause() -> String {
+        let now = Date().timeIntervalSince1970
+        let already = state.with { s -> Bool in
+            if s.scrub.paused == true { return true }
+            s.scrub.paused = true
+            s.scrub.pausedAt = now
+            return false
+        }
+        persist(force: true)
+        events.record(DaemonEvent(.scrubPaused, .notice, "scrubbing paused"))
+        return already ? "scrubbing was already paused" : "scrubbing paused; 'kvscrubd scrub resume' goes on where it stopped"
+    }
+
+    public func resume() -> String {
+        let was = resumeIfPaused(now: Date().timeIntervalSince1970)
+        persist(force: true)
+        wake()
+        if was { events.record(DaemonEvent(.scrubResumed, .notice, "scrubbing resumed")) }
+        return was ? "scrubbing resumed" : "scrubbing was not paused"
+    }
+
+    private func resumeIfPaused(now: Double) -> Bool {
+        state.with { s in
+            guard s.scrub.paused == true else { return false }
+            if s.scrub.passStartedAt != nil, let at = s.scrub.pausedAt { s.scrub.pausedSeconds = (s.scrub.pausedSeconds ?? 0) + max(0, now - at) }
+            s.scrub.paused = nil
+            s.scrub.pausedAt = nil
+            return true
+        }
+    }
+
+    /// Ends the pass in progress without completing it; the next one is due an interval from now.
+    public func cancel() throws(ControlRefusal) -> String {
+        let now = Date().timeIntervalSince1970
+        let done = state.with { s -> Int? in
+            guard s.scrub.passStartedAt != nil else { return nil }
+            let d = s.scrub.filesDone
+            s.scrub.passStartedAt = nil
+            s.scrub.cursor = nil
+            s.scrub.pausedSeconds = nil
+            s.scrub.lastCancelledAt = now
+            s.scrubAbort = true
+            return d
+        }
+        guard let done else { throw ControlRefusal(description: "no scrub pass is running") }
+        persist(force: true)
+        wake()
+        let next = now + state.config.scrubIntervalHours * 3600
+        events.record(DaemonEvent(.scrubCancelled, .notice, "scrub pass cancelled", ["files": "\(done)"]))
+        return "scrub pass cancelled after \(done) files; the next starts \(Self.iso(next)) ('kvscrubd scrub start' starts one now)"
+    }
+
+    /// Verifies the named checkpoints at once, outside any pass and unthrottled,
+    /// and removes the corrupt ones under the same rule and brake as the scrub
+    /// (waiting out the settle time before the second look). Names may be
+    /// `<sha>.kv`, a bare sha, or a path in the cache directory; anything else
+    /// is reported, not touched.
+    public func verifyNow(_ files: [String]) -> [FileVerdict] {
+        guard let dir = directory.withLock({ $0 }) else {
+            return files.map { FileVerdict(file: $0, verdict: "missing", checksums: nil, problems: ["the cache directory is not available"], action: "none") }
+        }
+        let cacheDir = state.config.cacheDir
+        return files.map { arg -> FileVerdict in
+            var name = arg
+            if arg.contains("/") {
+                let parent = (arg as NSString).deletingLastPathComponent
+                guard (parent as NSString).standardizingPath == (cacheDir as NSString).standardizingPath else {
+                    return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not in the cache directory \(cacheDir)"], action: "none")
+                }
+                name = (arg as NSString).lastPathComponent
+            }
+            if !name.hasSuffix(".kv") { name += ".kv" }
+            guard CheckpointName.isCheckpoint(name) else {
+                return FileVerdict(file: arg, verdict: "ignored", checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: "none")
+            }
+            // One rule for hex case, as the engine's: a name in either case finds the file the index knows.
+            if !FileManager.default.fileExists(atPath: dir.pathOf(name)), let sha = CheckpointName.sha(of: name),
+               let known = state.with({ $0.index.values.first { $0.sha == sha }?.fileName }) {
+                name = known
+            }
+            do {
+                let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+                let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded))
+                let now = Date().timeIntervalSince1970
+                recordIfNew(report, now: now)
+                state.with {
+                    $0.setVerdict(name, report.verdict)
+                    $0.brake.noteVerified(now: now)
+                }
+                var action = "kept"
+                if report.verdict == .corrupt { action = removeNow(report, in: dir) }
+                return FileVerdict(file: name, verdict: report.verdict.rawValue, checksums: report.checksums.rawValue,
+                                   problems: report.problems.map { "\($0)" }, action: action)
+            } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
+                return FileVerdict(file: name, verdict: "missing", checksums: nil, problems: ["no such file in the cache directory"], action: "none")
+            } catch {
+                return FileVerdict(file: name, verdict: "unreadable", checksums: nil, problems: ["\(error)"], action: "none")
+            }
+        }
+    }
+
+    static func iso(_ t: Double) -> String {
+        let f = ISO8601DateFormatter()
+        return f.string(from: Date(timeIntervalSince1970: t))
+    }
+}
