@@ -95,11 +95,23 @@ public struct CommandOutcome: Codable, Sendable {
         public var bytes: UInt64
         /// 0: no budget.
         public var budgetBytes: UInt64
+
+        public init(evictedFiles: UInt64, evictedBytes: UInt64, files: Int, bytes: UInt64, budgetBytes: UInt64) {
+            self.evictedFiles = evictedFiles
+            self.evictedBytes = evictedBytes
+            self.files = files
+            self.bytes = bytes
+            self.budgetBytes = budgetBytes
+        }
     }
 
     /// `reload`: the settings a reload cannot change (kept until a restart).
     public struct Reload: Codable, Sendable {
         public var keptUntilRestart: [String]
+
+        public init(keptUntilRestart: [String]) {
+            self.keptUntilRestart = keptUntilRestart
+        }
     }
 }
 
@@ -112,6 +124,14 @@ public struct FileVerdict: Codable, Sendable {
     public var problems: [String]
     /// What the daemon did: kept, removed, quarantined, kept (dry run), kept (not corrupt under lock), ...
     public var action: String
+
+    public init(file: String, verdict: String, checksums: String? = nil, problems: [String], action: String) {
+        self.file = file
+        self.verdict = verdict
+        self.checksums = checksums
+        self.problems = problems
+        self.action = action
+    }
 }
 
 /// Why a file sits where it does in the eviction order (`explain`).
@@ -123,6 +143,15 @@ public struct Explanation: Codable, Sendable {
     public var overBudgetBytes: UInt64
     public var wouldBeEvictedNow: Bool
     public var reasons: [String]
+
+    public init(entry: EntryReport, files: Int, bytesBefore: UInt64, overBudgetBytes: UInt64, wouldBeEvictedNow: Bool, reasons: [String]) {
+        self.entry = entry
+        self.files = files
+        self.bytesBefore = bytesBefore
+        self.overBudgetBytes = overBudgetBytes
+        self.wouldBeEvictedNow = wouldBeEvictedNow
+        self.reasons = reasons
+    }
 }
 
 public struct StatusReport: Codable, Sendable {
@@ -145,6 +174,25 @@ public struct StatusReport: Codable, Sendable {
         public var lastCancelledAt: Double?
         /// Files found corrupt so far in the pass in progress.
         public var corruptFound: Int?
+
+        public init(active: Bool, filesDone: Int, filesTotal: Int, bytesDone: UInt64, bytesTotal: UInt64, rateBytesPerSecond: Double, limitMBps: Double, etaSeconds: Double? = nil, current: String? = nil, passStartedAt: Double? = nil, nextPassAt: Double? = nil, lastPass: PassSummary? = nil, paused: Bool = false, pausedSeconds: Double = 0, lastCancelledAt: Double? = nil, corruptFound: Int? = nil) {
+            self.active = active
+            self.filesDone = filesDone
+            self.filesTotal = filesTotal
+            self.bytesDone = bytesDone
+            self.bytesTotal = bytesTotal
+            self.rateBytesPerSecond = rateBytesPerSecond
+            self.limitMBps = limitMBps
+            self.etaSeconds = etaSeconds
+            self.current = current
+            self.passStartedAt = passStartedAt
+            self.nextPassAt = nextPassAt
+            self.lastPass = lastPass
+            self.paused = paused
+            self.pausedSeconds = pausedSeconds
+            self.lastCancelledAt = lastCancelledAt
+            self.corruptFound = corruptFound
+        }
     }
 
     /// Evicted checkpoints the engine wrote again within the regret window.
@@ -155,6 +203,14 @@ public struct StatusReport: Codable, Sendable {
         public var total: UInt64
         /// A sentence for the operator, when the regrets say the budget is too small.
         public var advice: String?
+
+        public init(windowHours: Double, lastDay: Int, lastDayBytes: UInt64, total: UInt64, advice: String? = nil) {
+            self.windowHours = windowHours
+            self.lastDay = lastDay
+            self.lastDayBytes = lastDayBytes
+            self.total = total
+            self.advice = advice
+        }
     }
 
     public var state: String
@@ -194,6 +250,11 @@ public struct StatusReport: Codable, Sendable {
     public struct EngineDeletions: Codable, Sendable, Equatable {
         public var files: UInt64
         public var bytes: UInt64
+
+        public init(files: UInt64, bytes: UInt64) {
+            self.files = files
+            self.bytes = bytes
+        }
     }
 
     public struct Checksums: Codable, Sendable, Equatable {
@@ -220,6 +281,47 @@ public struct StatusReport: Codable, Sendable {
         public var quarantine: String
         /// `removal_brake_action`: keep (files stay where they are) or quarantine.
         public var action: String?
+
+        public init(engaged: Bool, engagedAt: Double? = nil, reason: String? = nil, heldBack: Int, limit: String, corruptLastHour: Int, verifiedLastHour: Int, quarantine: String, action: String? = nil) {
+            self.engaged = engaged
+            self.engagedAt = engagedAt
+            self.reason = reason
+            self.heldBack = heldBack
+            self.limit = limit
+            self.corruptLastHour = corruptLastHour
+            self.verifiedLastHour = verifiedLastHour
+            self.quarantine = quarantine
+            self.action = action
+        }
+    }
+
+    public init(state: String, pid: Int32, version: String, uptimeSeconds: Double, cacheDir: String, files: Int, bytes: UInt64, budgetBytes: UInt64, freeBytes: UInt64? = nil, filesystemBytes: UInt64? = nil, dryRun: Bool, incompatibleFiles: Int, scrub: Scrub, counters: DaemonCounters, lastErrors: [String], regret: Regret? = nil, engineAbi: EngineABI.Resolution? = nil, engineAbiSetting: String? = nil, brake: Brake? = nil, pendingRemovals: Int? = nil, settleSeconds: Double? = nil, checksums: Checksums? = nil, generations: [GenerationCensus.Report]? = nil, supersededGraceHours: Double? = nil, orphanTempMinutes: Double? = nil, engineDeletedLastDay: EngineDeletions? = nil) {
+        self.state = state
+        self.pid = pid
+        self.version = version
+        self.uptimeSeconds = uptimeSeconds
+        self.cacheDir = cacheDir
+        self.files = files
+        self.bytes = bytes
+        self.budgetBytes = budgetBytes
+        self.freeBytes = freeBytes
+        self.filesystemBytes = filesystemBytes
+        self.dryRun = dryRun
+        self.incompatibleFiles = incompatibleFiles
+        self.scrub = scrub
+        self.counters = counters
+        self.lastErrors = lastErrors
+        self.regret = regret
+        self.engineAbi = engineAbi
+        self.engineAbiSetting = engineAbiSetting
+        self.brake = brake
+        self.pendingRemovals = pendingRemovals
+        self.settleSeconds = settleSeconds
+        self.checksums = checksums
+        self.generations = generations
+        self.supersededGraceHours = supersededGraceHours
+        self.orphanTempMinutes = orphanTempMinutes
+        self.engineDeletedLastDay = engineDeletedLastDay
     }
 }
 
@@ -244,6 +346,26 @@ public struct EntryReport: Codable, Sendable {
     public var verdict: String?
     /// What protects its contents: crc32c (v2), recorded (v1 with a recorded checksum), none (v1, not yet).
     public var checksums: String?
+
+    public init(rank: Int, name: String, version: UInt8? = nil, reason: String? = nil, tokens: UInt32? = nil, hits: UInt32? = nil, size: UInt64, lastUsed: UInt64? = nil, score: Double, effectiveHits: Double, idleSeconds: UInt64? = nil, tokensPerByte: Double, anchorFactor: Double, unusable: String? = nil, superseded: Bool? = nil, verdict: String? = nil, checksums: String? = nil) {
+        self.rank = rank
+        self.name = name
+        self.version = version
+        self.reason = reason
+        self.tokens = tokens
+        self.hits = hits
+        self.size = size
+        self.lastUsed = lastUsed
+        self.score = score
+        self.effectiveHits = effectiveHits
+        self.idleSeconds = idleSeconds
+        self.tokensPerByte = tokensPerByte
+        self.anchorFactor = anchorFactor
+        self.unusable = unusable
+        self.superseded = superseded
+        self.verdict = verdict
+        self.checksums = checksums
+    }
 }
 
 public enum DaemonVersion {

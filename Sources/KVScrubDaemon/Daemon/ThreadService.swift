@@ -14,7 +14,8 @@ import ServiceLifecycle
 /// (`Benchmarks/run ds4`), the engine is CPU-bound, and at nice 0 the
 /// daemon's threads, about 6% of a core between them, preempted it some 150
 /// times a second more than when it ran alone (involuntary context switches,
-/// `/usr/bin/time -v`).
+/// `/usr/bin/time -v`). Not nice 19, though: that starves them on a busy
+/// machine (see `Daemon.run`).
 struct ThreadService: Service, CustomStringConvertible {
     /// The thread's name, as ps -L shows it (at most 15 bytes are kept).
     let description: String

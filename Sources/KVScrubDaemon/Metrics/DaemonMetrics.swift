@@ -75,7 +75,7 @@ public final class DaemonMetrics: Sendable {
     }
 
     /// The metric made once per name and labels.
-    private static func cached<M: Sendable>(_ table: Mutex<[String: M]>, _ k: String, make: () -> M) -> M {
+    private static func cached<M: Sendable>(_ table: borrowing Mutex<[String: M]>, _ k: String, make: () -> M) -> M {
         table.withLock { m in
             if let existing = m[k] { return existing }
             let made = make()
