@@ -56,9 +56,14 @@ public struct CacheEntry: Sendable, Equatable {
     }
 
     /// Reads the prologue of an open checkpoint (the caller opened it without following links).
+    /// How much of a file the index reads at first: one page.
+    static let firstRead: UInt64 = 4096
+
     static func read(_ file: borrowing CheckpointFile, name: String, sha: String, engine: Generation?) throws -> CacheEntry {
         let st = try file.status()
-        let head = try file.read(at: 0, count: KVCHeader.v2PrologueSize)
+        // One read for the prologue and, when the text is short, the payload's first 8 bytes too: a
+        // page costs the disk the same whatever part of it is asked for.
+        let head = try file.read(at: 0, count: Int(min(st.size, Self.firstRead)))
         let identity = st.identity
         var tag = PayloadTag.absent
         func entry(_ h: KVCHeader?, _ defect: String?) -> CacheEntry {
@@ -71,11 +76,15 @@ public struct CacheEntry: Sendable, Equatable {
             if h.version == 2 && h.payloadABI != KVCHeader.pr146PayloadABI && h.computedHeaderCRC != h.headerCRC {
                 return entry(h, "unknown layout (version 2, byte 20 = \(h.payloadABI), no valid PR #146 header CRC)")
             }
-            // The payload's kind and version: 8 bytes where the payload starts (one more pread).
+            // The payload's kind and version: 8 bytes where the payload starts (from the first read, or one more).
             let payloadStart = UInt64(h.prologueSize) + UInt64(h.textBytes)
             if h.payloadBytes >= 8, payloadStart + 8 <= st.size {
-                let b = try file.read(at: payloadStart, count: 8)
-                tag = b.withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
+                if payloadStart + 8 <= UInt64(head.count) {
+                    tag = head[Int(payloadStart)..<Int(payloadStart) + 8].withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
+                } else {
+                    let b = try file.read(at: payloadStart, count: 8)
+                    tag = b.withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
+                }
             }
             // What `stat` shows is enough to know the engine's index skips it. A torn header
             // (a touch in progress) never shortens these fields: they are the same before and after.

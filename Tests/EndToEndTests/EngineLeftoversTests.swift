@@ -133,6 +133,8 @@ import Glibc
         try grower.close()
         let left = Set(try FileManager.default.contentsOfDirectory(atPath: cache))
         #expect(left == [liveOld, deadFresh, growing, "notes.tmp.old"], "\(left)")
+        // Counted once each removal is done: the last unlink can be seen a moment before its count.
+        try waitUntil("three removals counted", timeout: 10) { (try d.status().counters.orphansRemoved ?? 0) >= 3 }
         let s = try d.status()
         #expect(s.counters.orphansRemoved == 3 && s.counters.orphanBytesRemoved == 325_000)
         let events = d.events("orphan-temporary-removed")

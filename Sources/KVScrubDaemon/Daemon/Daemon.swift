@@ -284,7 +284,7 @@ public final class Daemon: Sendable {
         let leftoverRecords = state.with { s in
             s.records.filter { r in scan.takenAway.contains { CheckpointName.originalName(ofTakenAway: $0) == r.key } }
         }
-        state.with { $0.replaceIndex(scan.entries); $0.setEngineABI(scan.engineABI) }
+        state.with { $0.replaceIndex(scan.entries, judgedUnder: scan.engineABI) }
         events.record(DaemonEvent(.engineABI, .info, "engine generation in force", ["generation": "\(scan.engineABI.description)"]))
         for e in scan.errors {
             events.record(DaemonEvent(.indexFailed, .error, "cannot read a checkpoint's header; it counts against the budget and goes first",

@@ -174,8 +174,7 @@ extension Daemon {
             let known = state.with { $0.index }
             let scan = try dir.scan(engineABI: state.config.engine)
             events.record(DaemonEvent(.rescanned, .info, "rescanned the cache directory", ["files": "\(scan.entries.count)"], counts: .rescan)) {
-                $0.replaceIndex(scan.entries)
-                $0.setEngineABI(scan.engineABI)
+                $0.replaceIndex(scan.entries, judgedUnder: scan.engineABI)
             }
             // Only what is new or replaced needs a look soon; the rest keeps its place in the pass.
             for e in scan.entries where known[e.fileName]?.identity != e.identity { scrubber.fileArrived(e.fileName) }

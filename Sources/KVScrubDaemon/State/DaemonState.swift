@@ -199,6 +199,13 @@ public final class DaemonState: Sendable {
             return old
         }
 
+        /// A scan's index, its entries judged already under the ABI it resolved: both put in force at once,
+        /// so the index is not judged a second time (at 100,000 files, a copy of the whole index).
+        mutating func replaceIndex(_ entries: [CacheEntry], judgedUnder abi: EngineABI.Resolution) {
+            engineABI = abi
+            replaceIndex(entries)
+        }
+
         mutating func replaceIndex(_ entries: [CacheEntry]) {
             index = Dictionary(entries.map { ($0.fileName, $0) }, uniquingKeysWith: { a, _ in a })
             continuedNames = Set(index.values.filter { $0.header?.reason == .continued }.map(\.fileName))
