@@ -93,7 +93,7 @@ import Glibc
         let r = try Tool.runOutput("/usr/bin/ionice", ["-p", tid])
         #expect(r.trimmingCharacters(in: .whitespacesAndNewlines) == "idle", "ionice says \(r)")
         // Each thread's nice value (field 19 of its stat; the fields after the name's closing parenthesis
-        // start at field 3): below the engine: the scrub at 10, the index at 5.
+        // start at field 3): the scrub below the engine (10), the index at its priority (0).
         func nice(_ thread: String) throws -> Int? {
             let tid = tasks.first { (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.hasPrefix(thread) == true }
             let stat = try String(contentsOfFile: "/proc/\(pid)/task/\(try #require(tid, "no thread \(thread)"))/stat", encoding: .utf8)
@@ -101,7 +101,7 @@ import Glibc
             return Int(fields[16])
         }
         #expect(try nice("kvscrubd-scrub") == 10)
-        #expect(try nice("kvscrubd-watch") == 5)
+        #expect(try nice("kvscrubd-watch") == 0)
         d.stop()
     }
 }

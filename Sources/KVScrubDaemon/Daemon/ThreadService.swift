@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// waited for through a continuation the thread resumes, so no task blocks
 /// a cooperative thread while it runs.
 ///
-/// Each thread runs at a nice value of its own: the daemon's work is never
+/// Each thread runs at a nice value of its own: the scrub's work is never
 /// urgent next to the engine's. Beside ds4's cache code on two cores
 /// (`Benchmarks/run ds4`), the engine is CPU-bound, and at nice 0 the
 /// daemon's threads, about 6% of a core between them, preempted it some 150
