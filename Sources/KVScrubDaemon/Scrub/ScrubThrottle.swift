@@ -112,14 +112,14 @@ final class ScrubThrottle: ReadObserver {
         let n = map.withUnsafeMutableBufferPointer { kvs_resident_pages(fd.rawValue, offset, length, $0.baseAddress, $0.count) }
         // If mincore cannot tell, assume cached: never drop a page we are not sure we brought in.
         guard n == pages else { return }
+        // In place (through `r!`): a copy taken out and stored back would copy the array at every append.
         reading.withLock { r in
-            guard var cur = r, cur.fd == fd.rawValue else { return }
+            guard r?.fd == fd.rawValue else { return }
             for (i, bits) in map.enumerated() where bits & 1 == 0 {
                 let index = first + i
-                if cur.ours.last.map({ $0 < index }) ?? true { cur.ours.append(index) }
-                else if !cur.ours.contains(index) { cur.ours.append(index); cur.ours.sort() }
+                if r!.ours.last.map({ $0 < index }) ?? true { r!.ours.append(index) }
+                else if !r!.ours.contains(index) { r!.ours.append(index); r!.ours.sort() }
             }
-            r = cur
         }
     }
 
@@ -147,13 +147,12 @@ final class ScrubThrottle: ReadObserver {
         // The scrub's pages wholly before this read's end (or all of them at the end of the file) go now;
         // a page shared with the next read stays until that read is done.
         let passed = reading.withLock { r -> [Int] in
-            guard var cur = r, cur.fd == fd.rawValue else { return [] }
+            guard let size = r?.size, r?.fd == fd.rawValue else { return [] }
             let end = offset + UInt64(count)
-            let limit = end >= cur.size ? Int.max : Int(end / ScrubThrottle.pageSize)
-            let split = cur.ours.firstIndex { $0 >= limit } ?? cur.ours.count
-            let gone = Array(cur.ours[..<split])
-            cur.ours.removeFirst(split)
-            r = cur
+            let limit = end >= size ? Int.max : Int(end / ScrubThrottle.pageSize)
+            let split = r!.ours.firstIndex { $0 >= limit } ?? r!.ours.count
+            let gone = Array(r!.ours[..<split])
+            r!.ours.removeFirst(split)
             return gone
         }
         drop(fd: fd, pages: passed)
