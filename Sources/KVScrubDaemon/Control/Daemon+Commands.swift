@@ -74,7 +74,15 @@ extension Daemon {
             return explain(name).map { ControlResponse(ok: true, explanation: $0) } ?? .failure("no checkpoint \(name) in the index")
         case .scrubStatus: return ControlResponse(ok: true, scrub: status().scrub)
         case .scrubStart:
-            do { return scrubReply(try scrubber.startNow()) } catch { return .failure(error.description) }
+            do {
+                let started = try scrubber.startNow()
+                var r = scrubReply(started.message)
+                // The pass this request started, by its start time, even when it has ended already (a small
+                // cache, no rate limit): `scrub start --wait` follows that pass, and would otherwise find
+                // none running and exit 0 before the second looks at what it found.
+                r.outcome?.scrub?.passStartedAt = started.startedAt
+                return r
+            } catch { return .failure(error.description) }
         case .scrubPause: return scrubReply(scrubber.pause())
         case .scrubResume: return scrubReply(scrubber.resume())
         case .scrubCancel:

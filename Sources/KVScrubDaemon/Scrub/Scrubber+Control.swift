@@ -53,7 +53,8 @@ extension Scrubber {
         return "removal brake released; \(was.1) files it held back stay in \(state.config.brakeQuarantineDir)"
     }
 
-    public func startNow() throws(ControlRefusal) -> String {
+    /// Starts a pass now; returns what to say and the pass's start time, which names it.
+    public func startNow() throws(ControlRefusal) -> (message: String, startedAt: Double) {
         let now = Date().timeIntervalSince1970
         let running = state.with { s -> (Int, Int)? in
             guard s.scrub.passStartedAt != nil else { return nil }
@@ -66,7 +67,7 @@ extension Scrubber {
         startPass(now: now)
         wake()
         let files = state.with { $0.index.count }
-        return "scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : "")
+        return ("scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : ""), now)
     }
 
     public func pause() -> String {
