@@ -55,10 +55,10 @@ public struct CacheEntry: Sendable, Equatable {
         return CacheEntry(sha: sha, fileName: name, header: nil, fileSize: status.size, identity: status.identity, unusable: why)
     }
 
-    /// Reads the prologue of an open checkpoint (the caller opened it without following links).
     /// How much of a file the index reads at first: one page.
     static let firstRead: UInt64 = 4096
 
+    /// Reads the prologue of an open checkpoint (the caller opened it without following links).
     static func read(_ file: borrowing CheckpointFile, name: String, sha: String, engine: Generation?) throws -> CacheEntry {
         let st = try file.status()
         // One read for the prologue and, when the text is short, the payload's first 8 bytes too: a
@@ -79,12 +79,9 @@ public struct CacheEntry: Sendable, Equatable {
             // The payload's kind and version: 8 bytes where the payload starts (from the first read, or one more).
             let payloadStart = UInt64(h.prologueSize) + UInt64(h.textBytes)
             if h.payloadBytes >= 8, payloadStart + 8 <= st.size {
-                if payloadStart + 8 <= UInt64(head.count) {
-                    tag = head[Int(payloadStart)..<Int(payloadStart) + 8].withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
-                } else {
-                    let b = try file.read(at: payloadStart, count: 8)
-                    tag = b.withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
-                }
+                let b = payloadStart + 8 <= UInt64(head.count) ? Array(head[Int(payloadStart)..<Int(payloadStart) + 8])
+                                                                : try file.read(at: payloadStart, count: 8)
+                tag = b.withUnsafeBytes { PayloadTag(decoding: $0, payloadBytes: h.payloadBytes) }
             }
             // What `stat` shows is enough to know the engine's index skips it. A torn header
             // (a touch in progress) never shortens these fields: they are the same before and after.
