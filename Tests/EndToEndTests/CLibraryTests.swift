@@ -17,22 +17,22 @@ import Glibc
         .deletingLastPathComponent().path
 
     /// The built library's tree (lib/, include/, lib/pkgconfig/): KVCFORMAT_DIR, else .build/libkvcformat.
-    static func libraryTree() throws -> String {
+    static func libraryTree() async throws -> String {
         let dir = ProcessInfo.processInfo.environment["KVCFORMAT_DIR"] ?? packageRoot + "/.build/libkvcformat"
         if !FileManager.default.fileExists(atPath: dir + "/lib/libkvcformat.so.0") {
-            let r = try Tool.runCapturing(packageRoot + "/scripts/build-libkvcformat", ["--debug", "--out", dir])
+            let r = try await Tool.runCapturing(packageRoot + "/scripts/build-libkvcformat", ["--debug", "--out", dir])
             guard r.status == 0 else { throw HarnessCommandFailed(command: "scripts/build-libkvcformat", stderr: r.stderr) }
         }
         return dir
     }
 
     /// Compiles one C file against the library with cc and pkg-config; returns the executable's path.
-    static func compile(_ source: String, into dir: String, flags: [String] = []) throws -> String {
-        let tree = try libraryTree()
-        let pc = try Tool.runCapturing("/usr/bin/env", ["PKG_CONFIG_PATH=\(tree)/lib/pkgconfig", "pkg-config", "--cflags", "--libs", "kvcformat"])
+    static func compile(_ source: String, into dir: String, flags: [String] = []) async throws -> String {
+        let tree = try await libraryTree()
+        let pc = try await Tool.runCapturing("/usr/bin/env", ["PKG_CONFIG_PATH=\(tree)/lib/pkgconfig", "pkg-config", "--cflags", "--libs", "kvcformat"])
         #expect(pc.status == 0, "pkg-config: \(pc.stderr)")
         let out = dir + "/" + URL(fileURLWithPath: source).deletingPathExtension().lastPathComponent
-        let cc = try Tool.runCapturing("/usr/bin/cc", ["-std=c11", "-D_DEFAULT_SOURCE", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
+        let cc = try await Tool.runCapturing("/usr/bin/cc", ["-std=c11", "-D_DEFAULT_SOURCE", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
                                                        "-pthread"] + flags + ["-o", out, packageRoot + "/" + source]
                                                        + pc.stdout.split(separator: " ").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
                                                            .filter { !$0.isEmpty })
@@ -41,9 +41,9 @@ import Glibc
     }
 
     /// Runs a program built against the library (LD_LIBRARY_PATH: the uninstalled tree).
-    static func runC(_ exe: String, _ args: [String]) throws -> Tool.Result {
-        let tree = try libraryTree()
-        return try Tool.runCapturing("/usr/bin/env", ["LD_LIBRARY_PATH=\(tree)/lib", "ASAN_OPTIONS=detect_leaks=1", exe] + args)
+    static func runC(_ exe: String, _ args: [String]) async throws -> Tool.Result {
+        let tree = try await libraryTree()
+        return try await Tool.runCapturing("/usr/bin/env", ["LD_LIBRARY_PATH=\(tree)/lib", "ASAN_OPTIONS=detect_leaks=1", exe] + args)
     }
 
     /// Every function kvc.h declares.
@@ -54,30 +54,30 @@ import Glibc
         return Set(re.matches(in: header, range: range).map { String(header[Range($0.range(at: 1), in: header)!]) })
     }
 
-    @Test func apiTest_everyCall_againstTheBuiltLibrary_underASanAndUBSan() throws {
+    @Test func apiTest_everyCall_againstTheBuiltLibrary_underASanAndUBSan() async throws {
         let root = TempDir()
-        let exe = try Self.compile("Tests/CLibrary/kvc_api_test.c", into: root.path,
+        let exe = try await Self.compile("Tests/CLibrary/kvc_api_test.c", into: root.path,
                                    flags: ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"])
         try FileManager.default.createDirectory(atPath: root.file("cache"), withIntermediateDirectories: true)
         let version = try #require(String(contentsOfFile: Self.packageRoot + "/Sources/KVCFormatC/Exports+Helpers.swift", encoding: .utf8)
             .split(separator: "\n").first { $0.hasPrefix("let libraryVersion") }?.split(separator: "\"").dropFirst().first)
-        let r = try Self.runC(exe, [root.file("cache"), String(version)])
+        let r = try await Self.runC(exe, [root.file("cache"), String(version)])
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         let checks = r.stdout.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         #expect(r.stdout.contains(", 0 failed") && checks >= 90, "\(r.stdout)")
         #expect(!r.stderr.contains("ERROR: AddressSanitizer") && !r.stderr.contains("runtime error"), "\(r.stderr)")
     }
 
-    @Test func library_hasItsSONAME_exportsExactlyKvcH_andNeedsNoSwiftRuntime() throws {
-        let lib = try Self.libraryTree() + "/lib/libkvcformat.so.0"
-        let dynamic = try Tool.runCapturing("/usr/bin/readelf", ["-d", lib]).stdout
+    @Test func library_hasItsSONAME_exportsExactlyKvcH_andNeedsNoSwiftRuntime() async throws {
+        let lib = try await Self.libraryTree() + "/lib/libkvcformat.so.0"
+        let dynamic = try await Tool.runCapturing("/usr/bin/readelf", ["-d", lib]).stdout
         #expect(dynamic.contains("Library soname: [libkvcformat.so.0]"), "\(dynamic)")
         let needed = Set(dynamic.split(separator: "\n").filter { $0.contains("(NEEDED)") }
             .compactMap { $0.split(separator: "[").last?.split(separator: "]").first.map(String.init) })
         let allowed: Set<String> = ["libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libisal.so.2", "ld-linux-x86-64.so.2"]
         #expect(needed.isSubset(of: allowed) && needed.contains("libc.so.6"), "NEEDED: \(needed.sorted())")
         // Global definitions in the dynamic symbol table, without their version suffix.
-        let nm = try Tool.runCapturing("/usr/bin/nm", ["-D", "--defined-only", lib]).stdout
+        let nm = try await Tool.runCapturing("/usr/bin/nm", ["-D", "--defined-only", lib]).stdout
         var symbols: Set<String> = []
         for line in nm.split(separator: "\n") {
             let f = line.split(separator: " ")
@@ -96,11 +96,11 @@ import Glibc
         let packaged = Set(symbolsFile.split(separator: "\n").dropFirst().compactMap { $0.split(separator: "@").first }
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("kvc_") })
         #expect(packaged == declared, "debian/libkvcformat0.symbols and kvc.h disagree")
-        let pc = try String(contentsOfFile: Self.libraryTree() + "/lib/pkgconfig/kvcformat.pc", encoding: .utf8)
+        let pc = try await String(contentsOfFile: Self.libraryTree() + "/lib/pkgconfig/kvcformat.pc", encoding: .utf8)
         #expect(pc.contains("Libs: -L${libdir} -lkvcformat") && pc.contains("Cflags: -I${includedir}"), "\(pc)")
     }
 
-    @Test func manPage_documentsEveryFunctionOfKvcH() throws {
+    @Test func manPage_documentsEveryFunctionOfKvcH() async throws {
         let page = try String(contentsOfFile: Self.packageRoot + "/man/kvc.h.3", encoding: .utf8)
             .replacingOccurrences(of: "\\-", with: "-")
         let synopsis = page.components(separatedBy: ".SH DESCRIPTION")[0]
@@ -125,16 +125,16 @@ import Glibc
         }
     }
 
-    @Test func cEngine_besideARealDaemon_keepsEveryFile_findsEveryCorruption_andRefusesDamageOnLoad() throws {
+    @Test func cEngine_besideARealDaemon_keepsEveryFile_findsEveryCorruption_andRefusesDamageOnLoad() async throws {
         let root = TempDir()
         let cache = root.file("cache")
-        let engine = try Self.compile("Examples/c-engine/kvc-engine-c.c", into: root.path)
+        let engine = try await Self.compile("Examples/c-engine/kvc-engine-c.c", into: root.path)
         // Phase 1: the C engine works (restore, touch, tool-map rewrites in place, store) while the
         // daemon scrubs flat out and verifies every arrival at once. No locks on either side.
-        var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
+        var d: DaemonProcess? = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0",
             "--removal-settle-seconds", "0.5"], cacheDir: cache)
-        let run = try Self.runC(engine, [cache, "run", "--steps", "80", "--seed", "5", "--payload-bytes", "131072",
+        let run = try await Self.runC(engine, [cache, "run", "--steps", "80", "--seed", "5", "--payload-bytes", "131072",
                                          "--conversations", "5", "--tool-rewrite-every", "2", "--v1-every", "3"])
         #expect(run.status == 0, "\(run.stderr)")
         let stored = Self.stored(run.stdout)
@@ -146,17 +146,17 @@ import Glibc
         let names = stored.map(\.name)
         #expect(Set(names).count == 80 && stored.filter { $0.version == 1 }.count >= 20)
         #expect(checkpoints(in: cache) == Set(names), "the engine's files are all there and nothing else")
-        try waitUntil("every file indexed", timeout: 30) { try d!.status().files == 80 }
+        try await waitUntil("every file indexed", timeout: 30) { try d!.status().files == 80 }
         for v in try d!.scrubNow(names) {
             #expect(v.verdict == "ok" && v.action == "kept", "\(v.file): \(v.verdict) \(v.action) \(v.problems)")
         }
         // v1 files get their checksums recorded on the daemon's first verification: wait for all of them.
-        try waitUntil("every v1 file recorded", timeout: 60) { try d!.status().checksums?.notYetRecorded == 0 }
+        try await waitUntil("every v1 file recorded", timeout: 60) { try d!.status().checksums?.notYetRecorded == 0 }
         var status = try d!.status()
         #expect(status.counters.corruptRemoved == 0 && status.counters.corruptFound == 0 && status.pendingRemovals == 0)
         #expect(status.checksums == StatusReport.Checksums(inFile: 80 - stored.filter { $0.version == 1 }.count,
                                                           recorded: stored.filter { $0.version == 1 }.count, notYetRecorded: 0))
-        _ = d!.stop()
+        _ = await d!.stop()
         d = nil
 
         // Phase 2: damage, with the daemon stopped, one file per region; then the C engine loads everything.
@@ -175,7 +175,7 @@ import Glibc
         // A v1 payload carries no checksum: no loader can see this one, only the daemon's record.
         let v1PayloadFlip = v1[2]
         flipByte(cache + "/" + v1PayloadFlip, at: 52 + (try textBytes(v1PayloadFlip)) + 70_000)
-        let load = try Self.runC(engine, [cache, "load"] + names)
+        let load = try await Self.runC(engine, [cache, "load"] + names)
         #expect(load.status == 1)
         let lines = load.stdout.split(separator: "\n").map(String.init)
         let refused = Set(lines.filter { $0.hasPrefix("refused ") }.map { String($0.split(separator: " ")[1]) })
@@ -187,7 +187,7 @@ import Glibc
         // Phase 3: the daemon again (its recorded checksums kept): it finds every damaged file and removes
         // only those, the v1 payload flip included, by the record it made in phase 1.
         let damaged = Set(refusable.keys).union([v1PayloadFlip])
-        let d2 = try DaemonProcess(root: root, extra: [
+        let d2 = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-new-file-delay", "0", "--removal-settle-seconds", "0.5",
             "--removal-brake", "50"], cacheDir: cache)
         let verdicts = try d2.scrubNow(names)
@@ -195,7 +195,7 @@ import Glibc
             let name = URL(fileURLWithPath: v.file).lastPathComponent
             #expect((v.verdict == "corrupt") == damaged.contains(name) || v.verdict == "missing", "\(name): \(v.verdict) \(v.problems)")
         }
-        try waitUntil("every damaged file removed", timeout: 60) {
+        try await waitUntil("every damaged file removed", timeout: 60) {
             damaged.allSatisfy { !FileManager.default.fileExists(atPath: cache + "/" + $0) }
         }
         status = try d2.status()

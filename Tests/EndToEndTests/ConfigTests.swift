@@ -10,12 +10,12 @@ import KVScrubDaemon
                        "socket_path", "socket_mode", "socket_group", "state_dir", "log_level", "admin_group", "metrics_listen",
                        "regret_window_hours", "engine_payload_abi", "removal_settle_seconds", "removal_brake"]
 
-    @Test func exampleConfig_parses_andEqualsTheDefaults() throws {
+    @Test func exampleConfig_parses_andEqualsTheDefaults() async throws {
         let c = try DaemonConfig.resolve(file: Self.repo + "/packaging/kvscrubd.conf", flags: [])
         #expect(c == DaemonConfig())
     }
 
-    @Test func everySetting_isDocumented_andInTheExample() throws {
+    @Test func everySetting_isDocumented_andInTheExample() async throws {
         let man = try ManPageTests.manText("kvscrubd.conf.5")
         let example = try String(contentsOfFile: Self.repo + "/packaging/kvscrubd.conf", encoding: .utf8)
         for k in Self.keys {
@@ -27,7 +27,7 @@ import KVScrubDaemon
         }
     }
 
-    @Test func restartOnlySettings_areTheOnesTheManPageSaysSo_andAReloadKeepsEachOldValue() throws {
+    @Test func restartOnlySettings_areTheOnesTheManPageSaysSo_andAReloadKeepsEachOldValue() async throws {
         // The keys kvscrubd.conf(5) marks "Restart to change.": each entry runs from its .TP to the next.
         let man = try String(contentsOfFile: Self.repo + "/man/kvscrubd.conf.5", encoding: .utf8)
         let marked = man.components(separatedBy: ".TP\n").dropFirst().compactMap { entry -> String? in
@@ -66,7 +66,7 @@ import KVScrubDaemon
         }
     }
 
-    @Test func metricsListen_acceptsLoopbackOnly_withAClearError() throws {
+    @Test func metricsListen_acceptsLoopbackOnly_withAClearError() async throws {
         for ok in ["127.0.0.1:9477", "[::1]:9477", "localhost:1"] {
             var c = DaemonConfig()
             #expect(throws: Never.self) { try c.apply([("metrics_listen", ok)], source: "test") }
@@ -77,7 +77,7 @@ import KVScrubDaemon
         }
     }
 
-    @Test func engineABIAndRemovalSettings_parse() throws {
+    @Test func engineABIAndRemovalSettings_parse() async throws {
         var c = DaemonConfig()
         try c.apply([("engine_payload_abi", "0"), ("engine_payload_version", "1"), ("removal_brake", "10,2%"),
                      ("removal_settle_seconds", "2.5")], source: "test")
@@ -88,7 +88,7 @@ import KVScrubDaemon
         #expect(throws: ConfigError.self) { try c.apply([("engine_payload_version", "two")], source: "test") }
     }
 
-    @Test func flagsOverrideTheFile_andErrorsNameTheKey() throws {
+    @Test func flagsOverrideTheFile_andErrorsNameTheKey() async throws {
         let dir = NSTemporaryDirectory() + "cfg-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -14,9 +14,9 @@ import Glibc
         let name: String
         init(_ name: String) throws {
             self.name = name
-            _ = try Tool.runCapturing("/usr/sbin/useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            _ = Tool.runBlocking("/usr/sbin/useradd", ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
         }
-        deinit { _ = try? Tool.runCapturing("/usr/sbin/userdel", [name]) }
+        deinit { _ = Tool.runBlocking("/usr/sbin/userdel", [name]) }
     }
 
     static func rssKiB(_ pid: Int32) -> Int {
@@ -26,10 +26,10 @@ import Glibc
     }
 
     /// A daemon over 400 checkpoints, every one indexed: each `entries` reply is about 200 KB.
-    static func daemonWith400Files() throws -> DaemonProcess {
+    static func daemonWith400Files() async throws -> DaemonProcess {
         let (root, _, _) = try OperateTests.cacheWith(400, payload: 64 << 10)
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"])
-        try waitUntil("the files indexed", timeout: 30) { try d.status().files == 400 }
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"])
+        try await waitUntil("the files indexed", timeout: 30) { try d.status().files == 400 }
         return d
     }
 
@@ -82,11 +82,11 @@ import Glibc
         return Flood(helper: helper, input: input, report: String(decoding: line, as: UTF8.self))
     }
 
-    @Test func oneUserHoldingConnections_cannotKeepOthersOut() throws {
+    @Test func oneUserHoldingConnections_cannotKeepOthersOut() async throws {
         let flood = try TestUser("kvs-e2e-flood"), other = try TestUser("kvs-e2e-other")
         let root = TempDir()
         chmod(root.path, 0o755)
-        let d = try DaemonProcess(root: root, extra: ["--socket-mode", "0666"])
+        let d = try await DaemonProcess(root: root, extra: ["--socket-mode", "0666"])
         // As the flooding user: open 256 connections (the whole cap), ping on each, report, and hold them until stdin closes.
         let flooding = try Self.flood(d.socket, refusal: "too many connections from uid", asUser: flood.name)
         defer { flooding.release() }
@@ -94,18 +94,18 @@ import Glibc
         let limits = ConnectionLimits()
         #expect(report.hasPrefix("admitted=\(limits.perUID) refused=\(256 - limits.perUID)"), "\(report)")
         // While the flood holds its connections: another user, and root, get in at once.
-        let asOther = try Tool.runCapturing("/usr/bin/setpriv", ["--reuid", other.name, "--regid", other.name, "--init-groups",
+        let asOther = try await Tool.runCapturing("/usr/bin/setpriv", ["--reuid", other.name, "--regid", other.name, "--init-groups",
                                                                  Tool.binDir + "/kvscrubd", "status", "--socket", d.socket])
         #expect(asOther.status == 0 && asOther.stdout.contains("state:"), "\(asOther.stderr)")
         #expect(try d.request("status").ok)
-        d.stop()
+        await d.stop()
     }
 
     /// A runaway root script opening every connection it can holds at most half of them: root's
     /// other processes (an operator's `kvscrubd status`) still get in at once.
-    @Test func oneRootProcessHoldingConnections_cannotKeepRootsOtherProcessesOut() throws {
+    @Test func oneRootProcessHoldingConnections_cannotKeepRootsOtherProcessesOut() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root)
+        let d = try await DaemonProcess(root: root)
         let flooding = try Self.flood(d.socket, refusal: "per process", asUser: nil)
         defer { flooding.release() }
         let report = flooding.report
@@ -113,13 +113,13 @@ import Glibc
         #expect(report.hasPrefix("admitted=\(limits.perProcess) refused=\(256 - limits.perProcess)"), "\(report)")
         // While it holds them: 120 fresh requests from other root processes, every one answered.
         var answered = 0
-        for _ in 0..<120 where (try? Tool.run("kvscrubd", ["status", "--json", "--socket", d.socket]))?.status == 0 { answered += 1 }
+        for _ in 0..<120 where (try? await Tool.run("kvscrubd", ["status", "--json", "--socket", d.socket]))?.status == 0 { answered += 1 }
         #expect(answered == 120)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonAFewReplies() throws {
-        let d = try Self.daemonWith400Files()
+    @Test func aClientThatPipelinesAndNeverReads_costsTheDaemonAFewReplies() async throws {
+        let d = try await Self.daemonWith400Files()
         let pid = d.process.processIdentifier
         _ = try d.request("entries")
         let before = Self.rssKiB(pid)
@@ -145,13 +145,13 @@ import Glibc
         #expect(requests > 1000, "only \(requests) requests went out")
         #expect(after - before < 8 * 1024, "RSS grew \((after - before) / 1024) MiB for \(requests) unread requests")
         print("pipelined \(requests) entries requests never read: RSS \(before / 1024) -> \(after / 1024) MiB")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func aBurstOfPipelinedRequests_isAnsweredInFull_oneAtATime() throws {
+    @Test func aBurstOfPipelinedRequests_isAnsweredInFull_oneAtATime() async throws {
         // 20,000 requests in one write, replies read as they come: every one answered, in order,
         // and answering them one after another (the channel writable all along) does not recurse.
-        let d = try DaemonProcess(root: TempDir())
+        let d = try await DaemonProcess(root: TempDir())
         let c = try RawClient(path: d.socket)
         let n = 20_000
         let replies = Mutexed([String]())
@@ -186,18 +186,18 @@ import Glibc
         let got = replies.get()
         #expect(got.count == n && got.allSatisfy { $0 == "{\"ok\":true}" }, "\(got.count) replies")
         #expect(try d.request("status").ok)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func aSlowReader_getsEveryReply_inOrder() throws {
+    @Test func aSlowReader_getsEveryReply_inOrder() async throws {
         // Flow control must not cost a slow client anything: replies wait in the socket, in request order.
-        let d = try Self.daemonWith400Files()
+        let d = try await Self.daemonWith400Files()
         let c = try RawClient(path: d.socket)
         c.send("{\"cmd\":\"entries\"}\n{\"cmd\":\"entries\"}\n{\"cmd\":\"ping\"}\n")
-        sleep(2) // the client is slow on purpose; nothing here waits for the daemon
+        try await Task.sleep(for: .seconds(2)) // the client is slow on purpose; nothing here waits for the daemon
         let first = c.readLine(), second = c.readLine(), third = c.readLine()
         #expect(first.hasPrefix("{\"engine_abi\"") || first.contains("\"entries\""), "\(first.prefix(80))")
         #expect(second.contains("\"entries\"") && third == "{\"ok\":true}", "\(third)")
-        d.stop()
+        await d.stop()
     }
 }

@@ -34,13 +34,13 @@ import Glibc
     }
 
     @Test(arguments: CacheDirectory.RemovalStep.allCases.map(\.rawValue) + ["state-written", "state-committed"])
-    func sigkillAtEachStep_losesNothingGood_andTheRestartFinishesTheJob(step: String) throws {
+    func sigkillAtEachStep_losesNothingGood_andTheRestartFinishesTheJob(step: String) async throws {
         let root = TempDir()
         let cache = root.file("cache")
         let (good, corrupt) = try Self.populate(cache)
-        let crashed = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
+        let crashed = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
                                         environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_KILL_AT": step], waitForSocket: false)
-        try waitUntil("the daemon kills itself at \(step)", timeout: 30) { !crashed.process.isRunning }
+        try await waitUntil("the daemon kills itself at \(step)", timeout: 30) { !crashed.process.isRunning }
         #expect(crashed.process.terminationReason == .uncaughtSignal && crashed.process.terminationStatus == SIGKILL)
         // What the crash left behind, step by step.
         let underName = FileManager.default.fileExists(atPath: cache + "/" + corrupt)
@@ -53,13 +53,13 @@ import Glibc
         for g in good { #expect(FileManager.default.fileExists(atPath: g), "\(step): good file gone: \(g)") }
 
         // A plain restart settles everything: leftovers verified again, the corrupt file removed.
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("the corrupt file removed and no private name left", timeout: 30) {
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try await waitUntil("the corrupt file removed and no private name left", timeout: 30) {
             !FileManager.default.fileExists(atPath: cache + "/" + corrupt) && Self.takenAway(cache).isEmpty
         }
-        try waitUntil("nothing pending", timeout: 30) { (try d.status().pendingRemovals ?? 0) == 0 }
+        try await waitUntil("nothing pending", timeout: 30) { (try d.status().pendingRemovals ?? 0) == 0 }
         let s = try d.status()
-        _ = d.stop()
+        _ = await d.stop()
         for g in good {
             #expect(FileManager.default.fileExists(atPath: g), "\(step): good file gone after the restart: \(g)")
             #expect(try Verifier().verify(path: g).verdict == .ok)
@@ -69,7 +69,7 @@ import Glibc
         // The state database is whole (SQLite's own check), holds the counters, and was never moved aside.
         let saved = try #require(Self.savedState(root.file("state")))
         #expect(saved.counters.corruptRemoved == s.counters.corruptRemoved)
-        let integrity = try Tool.runCapturing("/usr/bin/sqlite3", [root.file("state") + "/state.sqlite", "PRAGMA integrity_check"])
+        let integrity = try await Tool.runCapturing("/usr/bin/sqlite3", [root.file("state") + "/state.sqlite", "PRAGMA integrity_check"])
         #expect(integrity.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(integrity.stderr)")
         let stateFiles = (try? FileManager.default.contentsOfDirectory(atPath: root.file("state"))) ?? []
         #expect(!stateFiles.contains { $0.contains(".damaged.") }, "\(stateFiles)")
@@ -79,17 +79,17 @@ import Glibc
     /// verdict on what it left is the engine's own on load, and a removal
     /// happens only under the removal rule.
     @Test(arguments: [("v1", "truncated"), ("v1", "trailerWritten"), ("v2", "truncated"), ("v2", "trailerWritten")])
-    func engineKilledMidToolMapRewrite_daemonAgreesWithTheEngine(format: String, step: String) throws {
+    func engineKilledMidToolMapRewrite_daemonAgreesWithTheEngine(format: String, step: String) async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let textFile = root.file("text")
         try Data(("The prompt of an engine that will crash, " + format + " " + step).utf8).write(to: URL(fileURLWithPath: textFile))
-        let stored = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", format, "--text-file", textFile,
+        let stored = try await Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", format, "--text-file", textFile,
                                                      "--payload-bytes", "\(40 << 10)", "--tool-map", "2"])
         #expect(stored.status == 0)
         let path = stored.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let killed = try Tool.run("kvc-engine-sim", ["toolmap", "--entries", "3", "--kill-at", step, path])
+        let killed = try await Tool.run("kvc-engine-sim", ["toolmap", "--entries", "3", "--kill-at", step, path])
         #expect(killed.status == SIGKILL, "the simulator must die at \(step)")
         // The engine's view, on a copy (PR #146's engine unlinks a v2 file it refuses).
         let copy = root.file("copy")
@@ -97,36 +97,36 @@ import Glibc
         try FileManager.default.copyItem(atPath: path, toPath: copy + "/" + (path as NSString).lastPathComponent)
         let prompt = root.file("prompt")
         try (String(contentsOfFile: textFile, encoding: .utf8) + " and more").write(toFile: prompt, atomically: true, encoding: .utf8)
-        let load = try Tool.run("kvc-engine-sim", ["load", "--dir", copy, "--format", format, "--prompt-file", prompt, "--no-touch"])
+        let load = try await Tool.run("kvc-engine-sim", ["load", "--dir", copy, "--format", format, "--prompt-file", prompt, "--no-touch"])
         let engineRefuses = load.status != 0
         // The daemon's view.
-        let verify = try Tool.run("kvscrubd", ["verify", "--json", path])
+        let verify = try await Tool.run("kvscrubd", ["verify", "--json", path])
         let verdict = (((verify.json as? [String: Any])?["files"] as? [[String: Any]])?.first?["verdict"] as? String) ?? "?"
         #expect(engineRefuses == (verdict == "corrupt"), "engine refuses: \(engineRefuses), daemon: \(verdict) (\(load.stderr))")
         // v2 leftovers fail a CRC; v1 has no CRC to miss, and a missing or half-written map is one the
         // engine reads leniently (revision 3): a warning, and the checkpoint restores.
         #expect(verdict == (format == "v1" ? "ok" : "corrupt"))
         // Under the daemon: removed once settled if and only if corrupt.
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         if verdict == "corrupt" {
             // The file goes before the line that logs it is written: wait for both.
-            try waitUntil("the leftover removed and its removal logged", timeout: 30) {
+            try await waitUntil("the leftover removed and its removal logged", timeout: 30) {
                 !FileManager.default.fileExists(atPath: path) && !d.events("corrupt-removed").isEmpty
             }
             #expect(d.events("corrupt-removed").count == 1)
         } else {
-            try waitUntil("the first pass over", timeout: 30) { try d.status().scrub.lastPass != nil }
+            try await waitUntil("the first pass over", timeout: 30) { try d.status().scrub.lastPass != nil }
             #expect(FileManager.default.fileExists(atPath: path))
         }
-        _ = d.stop()
+        _ = await d.stop()
     }
 
-    @Test func stateFileSystemFull_isReported_keepsServing_andRecovers() throws {
+    @Test func stateFileSystemFull_isReported_keepsServing_andRecovers() async throws {
         let root = TempDir()
         let state = root.file("state")
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-        #expect(try Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", state]) == 0)
-        defer { _ = try? Tool.runSystem("/bin/umount", ["-l", state]) }
+        #expect(try await Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", state]) == 0)
+        defer { _ = Tool.runBlocking("/bin/umount", ["-l", state]) }
         // Fill it: ENOSPC for real.
         let filler = state + "/filler"
         let fd = open(filler, O_WRONLY | O_CREAT, 0o600)
@@ -136,8 +136,8 @@ import Glibc
         close(fd)
         let cache = root.file("cache")
         let (good, _) = try Self.populate(cache)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("the failure reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("state") } }
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try await waitUntil("the failure reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("state") } }
         let errors = try d.status().lastErrors
         #expect(errors.contains { $0.contains("database or disk is full") || $0.contains("No space left") }, "\(errors)")
         #expect(try d.request("scrub-pause").ok, "the daemon keeps answering")
@@ -145,13 +145,13 @@ import Glibc
         #expect(try d.status().counters.corruptFound <= 1)
         // Space again: the saves held back go through (retried every 5 s), the pause with them.
         unlink(filler)
-        try waitUntil("the state database written", timeout: 30) { Self.savedState(state)?.scrub.paused == true }
+        try await waitUntil("the state database written", timeout: 30) { Self.savedState(state)?.scrub.paused == true }
         #expect(try d.request("scrub-resume").ok)
-        try waitUntil("the resume written", timeout: 30) { Self.savedState(state).map { $0.scrub.paused != true } ?? false }
+        try await waitUntil("the resume written", timeout: 30) { Self.savedState(state).map { $0.scrub.paused != true } ?? false }
         #expect(d.events("state-save-recovered").count == 1)
         // Reported once, not at every attempt (retries every 5 s, a save at every change).
         #expect(d.events("state-save-failed").count + d.events("state-db-unavailable").count <= 2, "\(d.log.suffix(3000))")
-        _ = d.stop()
+        _ = await d.stop()
         let files = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
         #expect(!files.contains { $0.contains(".damaged.") }, "a full disk is not damage: \(files)")
     }
@@ -159,54 +159,54 @@ import Glibc
     /// The state fuzz target's one finding: an empty state.json (Foundation leaked its read buffer on it).
     /// An old state file that cannot be read is set aside (state.json.unreadable), never migrated.
     @Test(arguments: ["", "{\"version\":1", "\u{0}garbage"])
-    func unreadableStateFile_isReported_andTheDaemonStartsFresh(content: String) throws {
+    func unreadableStateFile_isReported_andTheDaemonStartsFresh(content: String) async throws {
         let root = TempDir()
         let cache = root.file("cache")
         _ = try Self.populate(cache)
         try FileManager.default.createDirectory(atPath: root.file("state"), withIntermediateDirectories: true)
         try Data(content.utf8).write(to: URL(fileURLWithPath: root.file("state") + "/state.json"))
         #expect(throws: (any Error).self) { try StateStore(directory: root.file("state")).load() }
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         #expect(d.log.contains("state file unreadable"))
-        try waitUntil("the state database written", timeout: 20) { Self.savedState(root.file("state")) != nil }
-        _ = d.stop()
+        try await waitUntil("the state database written", timeout: 20) { Self.savedState(root.file("state")) != nil }
+        _ = await d.stop()
         #expect(FileManager.default.fileExists(atPath: root.file("state") + "/state.json.unreadable"))
         #expect(!FileManager.default.fileExists(atPath: root.file("state") + "/state.json"))
     }
 
-    @Test func stateWriteEIO_injected_isReported_andTheNextSaveWorks() throws {
+    @Test func stateWriteEIO_injected_isReported_andTheNextSaveWorks() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         _ = try Self.populate(cache)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
                                   environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_STATE_EIO": "1"])
-        try waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
+        try await waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
         // status shows when, readably, and asks a person to look.
-        let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket]).stdout
+        let text = try await Tool.run("kvscrubd", ["status", "--socket", d.socket]).stdout
         #expect(text.contains("action:    errors in the last hour"), "\(text)")
         let errorsLine = text.split(separator: "\n").first { $0.hasPrefix("errors:") } ?? ""
         #expect(errorsLine.contains(" ago (") && errorsLine.contains(" UTC): "), "\(errorsLine)")
         #expect(errorsLine.range(of: #"\b1[0-9]{9}\b"#, options: .regularExpression) == nil, "a raw Unix time: \(errorsLine)")
         #expect(try d.request("scrub-pause").ok)
-        try waitUntil("the next save written", timeout: 20) { Self.savedState(root.file("state"))?.scrub.paused == true }
-        _ = d.stop()
+        try await waitUntil("the next save written", timeout: 20) { Self.savedState(root.file("state"))?.scrub.paused == true }
+        _ = await d.stop()
     }
 
-    @Test func readOnlyCache_keepsServing_removesNothing_andRecoversWhenWritable() throws {
+    @Test func readOnlyCache_keepsServing_removesNothing_andRecoversWhenWritable() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        #expect(try Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=32m", "tmpfs", cache]) == 0)
-        defer { _ = try? Tool.runSystem("/bin/umount", ["-l", cache]) }
+        #expect(try await Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=32m", "tmpfs", cache]) == 0)
+        defer { _ = Tool.runBlocking("/bin/umount", ["-l", cache]) }
         let (good, corrupt) = try Self.populate(cache)
-        #expect(try Tool.runSystem("/bin/mount", ["-o", "remount,ro", cache]) == 0)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try waitUntil("the failed removal reported", timeout: 30) { try d.status().lastErrors.contains { $0.contains("remove corrupt") } }
+        #expect(try await Tool.runSystem("/bin/mount", ["-o", "remount,ro", cache]) == 0)
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        try await waitUntil("the failed removal reported", timeout: 30) { try d.status().lastErrors.contains { $0.contains("remove corrupt") } }
         #expect(try d.request("status").ok)
         #expect(FileManager.default.fileExists(atPath: cache + "/" + corrupt))
         for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
         #expect(Self.takenAway(cache).isEmpty)
-        #expect(try Tool.runSystem("/bin/mount", ["-o", "remount,rw", cache]) == 0)
+        #expect(try await Tool.runSystem("/bin/mount", ["-o", "remount,rw", cache]) == 0)
         var c = ControlClient(path: d.socket)
         c.timeout = 60
         // Once writable, the daemon's own pass may get there first; either way it is removed, once, by the rule.
@@ -217,6 +217,6 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: cache + "/" + corrupt))
         #expect(try d.status().counters.corruptRemoved == 1)
         for g in good { #expect(FileManager.default.fileExists(atPath: g)) }
-        _ = d.stop()
+        _ = await d.stop()
     }
 }

@@ -29,8 +29,8 @@ enum DS4Engine {
         case failed(String)
     }
 
-    /// Compiled once per test run.
-    static let build: Build = {
+    /// Compiled once per test run, by the first test that asks (the others await the same task).
+    static let build = Task<Build, Never> {
         guard let src = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/ds4_kvstore.c") }) else {
             return .noSource("ds4's source was not found at \(candidates.joined(separator: " or ")) (set KVSCRUBD_DS4_SOURCE)")
         }
@@ -41,15 +41,15 @@ enum DS4Engine {
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                     "-I", src, "-I", harnessSource, "-o", exe,
                     src + "/ds4_kvstore.c", harnessSource + "/standin_model.c", harnessSource + "/ds4_harness.c", "-lm"]
-        guard let r = try? Tool.runCapturing("/usr/bin/cc", args) else { return .failed("cannot run cc") }
+        guard let r = try? await Tool.runCapturing("/usr/bin/cc", args) else { return .failed("cannot run cc") }
         guard r.status == 0 else { return .failed("cc failed:\n\(r.stderr)") }
         return .built(exe)
-    }()
+    }
 
     /// The harness, or nil after saying loudly why the test did not run (a failure under CI, which
     /// always has the source beside the clone).
-    static func harness() -> String? {
-        switch build {
+    static func harness() async -> String? {
+        switch await build.value {
         case .built(let exe): return exe
         case .failed(let why):
             Issue.record("the ds4 harness did not build: \(why)")
@@ -65,8 +65,8 @@ enum DS4Engine {
 
     /// Runs a harness command; returns its output lines and the JSON object on its last line.
     @discardableResult
-    static func run(_ exe: String, _ args: [String]) throws -> (lines: [String], summary: [String: Int]) {
-        let r = try Tool.runCapturing("/usr/bin/env", ["ASAN_OPTIONS=detect_leaks=0", exe] + args)
+    static func run(_ exe: String, _ args: [String]) async throws -> (lines: [String], summary: [String: Int]) {
+        let r = try await Tool.runCapturing("/usr/bin/env", ["ASAN_OPTIONS=detect_leaks=0", exe] + args)
         let lines = r.stdout.split(separator: "\n").map(String.init)
         #expect(r.status == 0, "ds4-harness \(args.joined(separator: " ")) exited \(r.status): \(r.stderr)")
         return (lines, integers(lines.last ?? ""))

@@ -14,10 +14,13 @@ final class DaemonProcess {
     let socket: String
     let logPath: String
     let process = Process()
+    /// When the process exited, as Foundation's own thread saw it: a test's
+    /// await may resume later when the runner's pool is busy.
+    let exitedAt = Mutexed<ContinuousClock.Instant?>(nil)
 
     /// `logLevel`: the --log-level flag (nil: none, so a config file's log_level applies).
     init(root: TempDir, extra: [String] = [], cacheDir: String? = nil, environment: [String: String] = [:],
-         waitForSocket: Bool = true, logLevel: String? = "debug") throws {
+         waitForSocket: Bool = true, logLevel: String? = "debug") async throws {
         self.root = root
         cache = cacheDir ?? root.file("cache")
         stateDir = root.file("state")
@@ -32,9 +35,11 @@ final class DaemonProcess {
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let exitedAt = self.exitedAt
+        process.terminationHandler = { _ in exitedAt.set(ContinuousClock.now) }
         try process.run()
         guard waitForSocket else { return }
-        try waitUntil("the daemon answers on its socket", timeout: 20) { (try? self.request("ping"))?.ok == true }
+        try await waitUntil("the daemon answers on its socket", timeout: 20) { (try? self.request("ping"))?.ok == true }
     }
 
     deinit {
@@ -72,12 +77,12 @@ final class DaemonProcess {
 
     /// SIGTERM, and how long the daemon took to exit.
     @discardableResult
-    func stop() -> (status: Int32, seconds: Double) {
-        let c = ContinuousClock()
-        let t0 = c.now
+    func stop() async -> (status: Int32, seconds: Double) {
+        let t0 = ContinuousClock.now
         kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
-        let d = c.now - t0
+        await process.exited()
+        while exitedAt.get() == nil { try? await Task.sleep(for: .milliseconds(10)) } // the handler runs just after
+        let d = exitedAt.get()! - t0
         return (process.terminationStatus, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
 
@@ -96,13 +101,25 @@ struct HarnessCommandFailed: Error, CustomStringConvertible {
     var description: String { "\(command) failed: \(stderr)" }
 }
 
-func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if try condition() { return }
-        usleep(50_000)
+/// Polls `condition` every 50 ms until it holds, or throws `Timeout`.
+/// Async: a test waiting on a daemon gives its thread back to the test
+/// runner's pool, which on 2 cores has 2 threads; a blocking wait held one
+/// for the whole wait and kept every other test from running.
+func waitUntil(_ what: String, timeout: Double, _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(50))
     }
+    if try await condition() { return }
     throw Timeout(what: what)
+}
+
+extension Process {
+    /// Waits for the process to exit without holding a thread (`waitUntilExit` blocks one).
+    func exited() async {
+        while isRunning { try? await Task.sleep(for: .milliseconds(10)) }
+    }
 }
 
 func checkpoints(in dir: String) -> Set<String> {

@@ -60,38 +60,38 @@ enum Damage {
 }
 
 @Suite(.serialized) struct DaemonTests {
-    @Test func status_andEntries_describeTheIndexedDirectory() throws {
+    @Test func status_andEntries_describeTheIndexedDirectory() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for i in 0..<5 { _ = try Damage.store(cache, version: UInt8(i % 2 + 1), seed: UInt64(i)) }
         try Data("not a checkpoint".utf8).write(to: URL(fileURLWithPath: cache + "/notes.txt"))
-        let d = try DaemonProcess(root: root, extra: ["--scrub-interval-hours", "24"])
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-interval-hours", "24"])
         let s = try d.status()
         #expect(s.files == 5)
         #expect(s.state == "running")
         #expect(s.bytes == checkpoints(in: cache).reduce(0) { $0 + UInt64((try! FileManager.default.attributesOfItem(atPath: cache + "/" + $1)[.size] as! NSNumber).intValue) })
-        let human = try Tool.run("kvscrubd", ["status", "--socket", d.socket])
+        let human = try await Tool.run("kvscrubd", ["status", "--socket", d.socket])
         #expect(human.status == 0)
         for label in ["state:", "files:", "scrub:", "last pass:", "corrupt:", "evicted:", "errors:"] {
             #expect(human.stdout.contains(label), "\(label)")
         }
-        let json = try Tool.run("kvscrubd", ["status", "--json", "--socket", d.socket])
+        let json = try await Tool.run("kvscrubd", ["status", "--json", "--socket", d.socket])
         #expect((json.json as? [String: Any])?["files"] as? Int == 5)
-        let entries = try Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
+        let entries = try await Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
         let list = try #require((entries.json as? [String: Any])?["entries"] as? [[String: Any]])
         #expect(list.count == 5)
         let scores = list.map { $0["score"] as! Double }
         #expect(scores == scores.sorted())
         #expect(list.map { $0["rank"] as! Int } == Array(1...5))
-        let stopped = d.stop()
+        let stopped = await d.stop()
         #expect(stopped.status == 0)
         #expect(stopped.seconds < 2)
         #expect(!FileManager.default.fileExists(atPath: d.socket))
     }
 
     @Test(arguments: [UInt8(1), 2])
-    func scrub_removesEveryCorruptFile_andNoGoodOne(version: UInt8) throws {
+    func scrub_removesEveryCorruptFile_andNoGoodOne(version: UInt8) async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -104,9 +104,12 @@ enum Damage {
             Damage.edit(p) { $0[$0.count - 200] ^= 0xFF }
             good.insert(String(p.split(separator: "/").last!))
         }
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "0"])
-        try waitUntil("all corrupt files removed", timeout: 30) { checkpoints(in: cache) == good }
-        #expect(checkpoints(in: cache) == good)
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "0"])
+        // Gone from the directory, then logged and counted: the unlink comes first.
+        try await waitUntil("all corrupt files removed, logged and counted", timeout: 30) {
+            let counted = try d.status().counters.corruptRemoved
+            return checkpoints(in: cache) == good && d.events("corrupt-removed").count == bad.count && counted == UInt64(bad.count)
+        }
         let removed = d.events("corrupt-removed")
         #expect(Set(removed.compactMap { $0["file"] }) == Set(bad.keys))
         for e in removed {
@@ -118,37 +121,37 @@ enum Damage {
         let s = try d.status()
         #expect(s.counters.corruptRemoved == UInt64(bad.count))
         #expect(s.files == good.count)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func dryRun_findsCorruption_butRemovesNothing() throws {
+    @Test func dryRun_findsCorruption_butRemovesNothing() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let bad = try Damage.corruptSet(cache, version: 2, seedBase: 10)
-        let d = try DaemonProcess(root: root, extra: ["--dry-run", "--budget-mb", "0"])
-        try waitUntil("a finished pass", timeout: 30) { try d.status().scrub.lastPass != nil }
+        let d = try await DaemonProcess(root: root, extra: ["--dry-run", "--budget-mb", "0"])
+        try await waitUntil("a finished pass", timeout: 30) { try d.status().scrub.lastPass != nil }
         #expect(checkpoints(in: cache).count == bad.count)
         #expect(d.events("would-remove").count == bad.count)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func quarantine_movesCorruptFilesOut() throws {
+    @Test func quarantine_movesCorruptFilesOut() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let bad = try Damage.corruptSet(cache, version: 2, seedBase: 20)
         let q = root.file("quarantine")
-        let d = try DaemonProcess(root: root, extra: ["--quarantine", q])
-        try waitUntil("the cache emptied", timeout: 30) { checkpoints(in: cache).isEmpty }
+        let d = try await DaemonProcess(root: root, extra: ["--quarantine", q])
+        try await waitUntil("the cache emptied", timeout: 30) { checkpoints(in: cache).isEmpty }
         #expect(checkpoints(in: q) == Set(bad.keys))
-        d.stop()
+        await d.stop()
     }
 
-    @Test func newCorruptFile_isFoundSoonAfterItArrives_withoutWaitingForAPass() throws {
+    @Test func newCorruptFile_isFoundSoonAfterItArrives_withoutWaitingForAPass() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root, extra: ["--scrub-new-file-delay", "0.2"])
-        try waitUntil("the first (empty) pass", timeout: 10) { try d.status().scrub.lastPass != nil }
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-new-file-delay", "0.2"])
+        try await waitUntil("the first (empty) pass", timeout: 10) { try d.status().scrub.lastPass != nil }
         // Damage it in a side directory, then rename it in, as a store would arrive.
         let side = root.file("side")
         try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
@@ -158,20 +161,20 @@ enum Damage {
         let good = try Damage.store(side, version: 2, seed: 2)
         try FileManager.default.moveItem(atPath: p, toPath: d.cache + "/" + name)
         try FileManager.default.moveItem(atPath: good, toPath: d.cache + "/" + String(good.split(separator: "/").last!))
-        try waitUntil("the corrupt arrival removed", timeout: 10) { !FileManager.default.fileExists(atPath: d.cache + "/" + name) }
+        try await waitUntil("the corrupt arrival removed", timeout: 10) { !FileManager.default.fileExists(atPath: d.cache + "/" + name) }
         #expect(checkpoints(in: d.cache).count == 1)
         #expect(try d.status().scrub.lastPass?.files == 0) // found by the arrival check, not by a pass
-        d.stop()
+        await d.stop()
     }
 
-    @Test func budget_isKeptOnArrival_andTheNewcomerIsNotTheVictim() throws {
+    @Test func budget_isKeptOnArrival_andTheNewcomerIsNotTheVictim() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1"])
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1"])
         var stored: [String] = []
         for i in 0..<8 {
             stored.append(String(try Damage.store(d.cache, version: 2, seed: UInt64(i), payload: 200 << 10).split(separator: "/").last!))
             let newest = stored.last!
-            try waitUntil("the budget kept", timeout: 10) {
+            try await waitUntil("the budget kept", timeout: 10) {
                 let s = try d.status()
                 return s.bytes <= 1 << 20 && s.files == checkpoints(in: d.cache).count
             }
@@ -180,10 +183,10 @@ enum Damage {
         let s = try d.status()
         #expect(s.counters.evictedBudget > 0)
         #expect(d.events("evicted").allSatisfy { $0["cause"] == "budget" })
-        d.stop()
+        await d.stop()
     }
 
-    @Test func incompatibleFiles_areEvictedFirst_neverRemovedAsCorrupt() throws {
+    @Test func incompatibleFiles_areEvictedFirst_neverRemovedAsCorrupt() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -192,95 +195,95 @@ enum Damage {
         let old = try Damage.store(cache, version: 2, seed: 1, payload: 300 << 10, payloadVersion: 2,
                                    createdAt: UInt64(Date().timeIntervalSince1970) - 3600)
         for i in 2..<5 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 300 << 10) }
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1"])
-        try waitUntil("under budget", timeout: 10) { try d.status().bytes <= 1 << 20 }
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1"])
+        try await waitUntil("under budget", timeout: 10) { try d.status().bytes <= 1 << 20 }
         #expect(!FileManager.default.fileExists(atPath: old))
         #expect(d.events("evicted").first?["cause"] == "incompatible")
         #expect(d.events("corrupt-removed").isEmpty)
         #expect(checkpoints(in: cache).count == 3)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func unremovableVictim_isSkipped_andEvictionGoesOn() throws {
+    @Test func unremovableVictim_isSkipped_andEvictionGoesOn() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         // The lowest score (fewest tokens per byte): made immutable, so unlink fails with EPERM even for root.
         let stuck = try Damage.store(cache, version: 2, seed: 1, payload: 600 << 10)
         for i in 2..<5 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 300 << 10) }
-        #expect(try Tool.runSystem("/usr/bin/chattr", ["+i", stuck]) == 0)
-        defer { _ = try? Tool.runSystem("/usr/bin/chattr", ["-i", stuck]) }
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1"])
-        try waitUntil("eviction past the stuck file", timeout: 10) { d.events("evicted").count >= 1 }
+        #expect(try await Tool.runSystem("/usr/bin/chattr", ["+i", stuck]) == 0)
+        defer { _ = Tool.runBlocking("/usr/bin/chattr", ["-i", stuck]) }
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1"])
+        try await waitUntil("eviction past the stuck file", timeout: 10) { d.events("evicted").count >= 1 }
         #expect(FileManager.default.fileExists(atPath: stuck))
         #expect(d.events("evict-failed").first?["file"] == String(stuck.split(separator: "/").last!))
         #expect(try d.status().counters.errors >= 1)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func sigterm_duringAScrub_exitsWithin2s_andARestartResumesThePass() throws {
+    @Test func sigterm_duringAScrub_exitsWithin2s_andARestartResumesThePass() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for i in 0..<12 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 1 << 20) }
         // 2 MB/s over ~12 MiB: a pass takes about 6 s.
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])
-        try waitUntil("a few files scrubbed", timeout: 20) { try d.status().scrub.filesDone >= 3 }
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])
+        try await waitUntil("a few files scrubbed", timeout: 20) { try d.status().scrub.filesDone >= 3 }
         let before = try d.status()
         #expect(before.scrub.active)
-        let stop = d.stop()
+        let stop = await d.stop()
         #expect(stop.status == 0)
         #expect(stop.seconds < 2)
         let saved = try #require(try StateDatabase.readOnly(directory: d.stateDir).core())
         #expect(saved.scrub.passStartedAt == before.scrub.passStartedAt)
         #expect(saved.scrub.filesDone >= before.scrub.filesDone)
-        let again = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])
+        let again = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])
         let resumed = try again.status()
         #expect(resumed.scrub.passStartedAt == before.scrub.passStartedAt, "the same pass goes on")
         #expect(resumed.scrub.filesDone >= saved.scrub.filesDone)
-        try waitUntil("the resumed pass finished", timeout: 30) { try again.status().scrub.lastPass != nil }
+        try await waitUntil("the resumed pass finished", timeout: 30) { try again.status().scrub.lastPass != nil }
         let last = try #require(try again.status().scrub.lastPass)
         #expect(last.files == 12, "each file once across the restart, not the whole pass again")
         // Idle again: the rate is of reading now, so it drops to 0 (status and the metric).
-        try waitUntil("the scrub rate back to 0", timeout: 10) { try again.status().scrub.rateBytesPerSecond == 0 }
+        try await waitUntil("the scrub rate back to 0", timeout: 10) { try again.status().scrub.rateBytesPerSecond == 0 }
         #expect((again.metricsText ?? "").contains("kvscrubd_scrub_rate_bytes_per_second 0"))
-        again.stop()
+        await again.stop()
     }
 
-    @Test func scrubRate_staysNearTheLimit() throws {
+    @Test func scrubRate_staysNearTheLimit() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for i in 0..<4 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 5 << 20) }
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8"])
-        try waitUntil("the pass finished", timeout: 30) { try d.status().scrub.lastPass != nil }
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8"])
+        try await waitUntil("the pass finished", timeout: 30) { try d.status().scrub.lastPass != nil }
         let p = try #require(try d.status().scrub.lastPass)
         let rate = Double(p.bytes) / (p.endedAt - p.startedAt) / 1e6
         #expect(rate <= 8 * 1.1, "rate \(rate) MB/s")
         #expect(rate >= 8 * 0.8, "rate \(rate) MB/s")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func directoryRemovedAndRecreated_isSurvived() throws {
+    @Test func directoryRemovedAndRecreated_isSurvived() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root)
+        let d = try await DaemonProcess(root: root)
         _ = try Damage.store(d.cache, version: 2, seed: 1)
-        try waitUntil("indexed", timeout: 10) { try d.status().files == 1 }
+        try await waitUntil("indexed", timeout: 10) { try d.status().files == 1 }
         try FileManager.default.removeItem(atPath: d.cache)
-        try waitUntil("noticed", timeout: 10) { try d.status().state.contains("waiting") }
+        try await waitUntil("noticed", timeout: 10) { try d.status().state.contains("waiting") }
         try FileManager.default.createDirectory(atPath: d.cache, withIntermediateDirectories: true)
         _ = try Damage.store(d.cache, version: 2, seed: 2)
         _ = try Damage.store(d.cache, version: 1, seed: 3)
-        try waitUntil("watching the new directory", timeout: 10) { try d.status().state == "running" && d.status().files == 2 }
+        try await waitUntil("watching the new directory", timeout: 10) { try d.status().state == "running" && d.status().files == 2 }
         _ = try Damage.store(d.cache, version: 2, seed: 4)
-        try waitUntil("a new arrival seen", timeout: 10) { try d.status().files == 3 }
+        try await waitUntil("a new arrival seen", timeout: 10) { try d.status().files == 3 }
         #expect(d.process.isRunning)
-        d.stop()
+        await d.stop()
     }
 
-    @Test func inotifyOverflow_triggersARescan() throws {
+    @Test func inotifyOverflow_triggersARescan() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root)
+        let d = try await DaemonProcess(root: root)
         d.signal(SIGSTOP)
         // More events than the kernel queues (16384 by default) while the daemon cannot read.
         for i in 0..<17_000 {
@@ -289,65 +292,65 @@ enum Damage {
         }
         let arrived = try Damage.store(d.cache, version: 2, seed: 9)
         d.signal(SIGCONT)
-        try waitUntil("a rescan", timeout: 20) { try d.status().counters.rescans >= 1 }
-        try waitUntil("the checkpoint indexed", timeout: 10) { try d.status().files == 1 }
+        try await waitUntil("a rescan", timeout: 20) { try d.status().counters.rescans >= 1 }
+        try await waitUntil("the checkpoint indexed", timeout: 10) { try d.status().files == 1 }
         #expect(FileManager.default.fileExists(atPath: arrived))
-        d.stop()
+        await d.stop()
     }
 
-    @Test func sighup_reloadsTheConfig_andABadFileKeepsTheOldSettings() throws {
+    @Test func sighup_reloadsTheConfig_andABadFileKeepsTheOldSettings() async throws {
         let root = TempDir()
         let conf = root.file("kvscrubd.conf")
         try "budget_mb: 100\nscrub_rate_mb_per_s: 20\n".write(toFile: conf, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(root: root, extra: ["--config", conf])
+        let d = try await DaemonProcess(root: root, extra: ["--config", conf])
         #expect(try d.status().budgetBytes == 100 << 20)
         try "budget_mb: 200\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try waitUntil("reloaded", timeout: 10) { try d.status().budgetBytes == 200 << 20 }
+        try await waitUntil("reloaded", timeout: 10) { try d.status().budgetBytes == 200 << 20 }
         try "budget_mb: lots\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try waitUntil("the failure reported", timeout: 10) { !d.events("reload-failed").isEmpty }
+        try await waitUntil("the failure reported", timeout: 10) { !d.events("reload-failed").isEmpty }
         #expect(try d.status().budgetBytes == 200 << 20)
         try "budget_mb: 300\nno_such_setting: 1\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try waitUntil("the second failure reported", timeout: 10) { d.events("reload-failed").count == 2 }
+        try await waitUntil("the second failure reported", timeout: 10) { d.events("reload-failed").count == 2 }
         #expect(d.log.contains("no_such_setting: unknown setting"))
         #expect(try d.status().budgetBytes == 200 << 20)
         #expect(d.process.isRunning)
-        d.stop()
+        await d.stop()
     }
 
     /// log_level is reloadable: a debug event hidden at notice shows after a reload to debug.
-    @Test func reload_appliesANewLogLevel() throws {
+    @Test func reload_appliesANewLogLevel() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         let conf = root.file("kvscrubd.conf")
         try "log_level: notice\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(root: root, extra: ["--config", conf], cacheDir: cache, logLevel: nil)
+        let d = try await DaemonProcess(root: root, extra: ["--config", conf], cacheDir: cache, logLevel: nil)
         _ = try Damage.store(cache, version: 1, seed: 41)
-        try waitUntil("the first v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 1 }
+        try await waitUntil("the first v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 1 }
         #expect(d.events("checksum-recorded").isEmpty, "a debug event at log_level notice")
         #expect(!d.log.contains(" info "), "no info line at notice")
         try "log_level: debug\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
         #expect(try d.request("reload").ok)
         _ = try Damage.store(cache, version: 1, seed: 42)
-        try waitUntil("the second v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 2 }
-        try waitUntil("its debug event logged", timeout: 10) { d.events("checksum-recorded").count == 1 }
-        d.stop()
+        try await waitUntil("the second v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 2 }
+        try await waitUntil("its debug event logged", timeout: 10) { d.events("checksum-recorded").count == 1 }
+        await d.stop()
     }
 
-    @Test func badConfigAtStart_isAClearErrorAndExit2() throws {
+    @Test func badConfigAtStart_isAClearErrorAndExit2() async throws {
         let root = TempDir()
         let conf = root.file("bad.conf")
         try "budget_mb: -5\n".write(toFile: conf, atomically: true, encoding: .utf8)
-        let r = try Tool.run("kvscrubd", ["run", "--config", conf, "--cache-dir", root.file("c"), "--socket", root.file("s"), "--state-dir", root.file("st")])
+        let r = try await Tool.run("kvscrubd", ["run", "--config", conf, "--cache-dir", root.file("c"), "--socket", root.file("s"), "--state-dir", root.file("st")])
         #expect(r.status == 2)
         #expect(r.stderr.contains("budget_mb"))
     }
 
-    @Test func controlSocket_answersErrors_andAStalledClientBlocksNoOne() throws {
+    @Test func controlSocket_answersErrors_andAStalledClientBlocksNoOne() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root)
+        let d = try await DaemonProcess(root: root)
         // A client that connects, sends half a line and stalls.
         let stalled = try RawClient(path: d.socket)
         stalled.send("{\"cmd\":")
@@ -365,7 +368,7 @@ enum Damage {
         big.send(String(repeating: "x", count: 100_000))
         #expect(big.readLine().contains("longer than"))
         #expect(try d.request("ping").ok)
-        d.stop()
+        await d.stop()
     }
 }
 
@@ -411,28 +414,28 @@ final class RawClient {
 /// #21: a second look that is pending when the daemon stops is not forgotten until the next
 /// pass: the pending names are saved, and a restarted daemon looks at them again at once.
 @Suite struct PendingSecondLookTests {
-    @Test func aPendingSecondLook_survivesARestart_andTheFileIsRemovedWithoutWaitingForAPass() throws {
+    @Test func aPendingSecondLook_survivesARestart_andTheFileIsRemovedWithoutWaitingForAPass() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let good = try Damage.store(cache, version: 2, seed: 1)
-        var d: DaemonProcess? = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-new-file-delay", "0",
+        var d: DaemonProcess? = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-new-file-delay", "0",
                                                                        "--removal-settle-seconds", "3600"], cacheDir: cache)
         let bad = try Damage.store(cache, version: 2, seed: 2)
         Damage.edit(bad) { $0[$0.count / 2] ^= 0x10 }
-        try waitUntil("the damaged arrival found and queued for its second look", timeout: 20) { try d!.status().pendingRemovals == 1 }
-        try waitUntil("no pass running", timeout: 20) { try !d!.status().scrub.active }
+        try await waitUntil("the damaged arrival found and queued for its second look", timeout: 20) { try d!.status().pendingRemovals == 1 }
+        try await waitUntil("no pass running", timeout: 20) { try !d!.status().scrub.active }
         let passes = try d!.status().counters.passesCompleted
-        _ = d!.stop()
+        _ = await d!.stop()
         d = nil
         // Restarted with a short settle time and no pass due for a day: only the saved pending name brings it back.
-        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--removal-settle-seconds", "1"], cacheDir: cache)
-        try waitUntil("the file removed after the restart", timeout: 30) { !FileManager.default.fileExists(atPath: bad) }
+        d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--removal-settle-seconds", "1"], cacheDir: cache)
+        try await waitUntil("the file removed after the restart", timeout: 30) { !FileManager.default.fileExists(atPath: bad) }
         let s = try d!.status()
         #expect(s.counters.corruptRemoved == 1)
         #expect(!s.scrub.active && s.counters.passesCompleted == passes, "a pass, not the saved second look, found it")
         #expect(FileManager.default.fileExists(atPath: good))
         #expect(d!.events("corrupt-removed").first?["file"] == (bad as NSString).lastPathComponent)
-        _ = d!.stop()
+        _ = await d!.stop()
     }
 }

@@ -16,36 +16,36 @@ import Glibc
 
     /// The engine's pre-store rule, applied by the daemon on arrival: a
     /// continued waypoint the newcomer extends drops to 5% of its score.
-    @Test func arrival_supersedesTheContinuedWaypointItExtends() throws {
+    @Test func arrival_supersedesTheContinuedWaypointItExtends() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1", "--evict-interval", "3600"])
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1", "--evict-interval", "3600"])
         let base = "<|System|>shared system prompt<|User|>first question<|Assistant|>first answer"
         // A: the waypoint, dense (many tokens per byte). B: unrelated, a third as dense: without the
         // supersede rule B would go first; with it A scores 0.05x and goes instead.
         let a = try Self.store(d.cache, text: base, reason: .continued, tokens: 30_000, payload: 400 << 10)
         let b = try Self.store(d.cache, text: "<|System|>another conversation entirely", reason: .continued, tokens: 10_000, payload: 400 << 10)
-        try waitUntil("both indexed", timeout: 10) { try d.status().files == 2 }
+        try await waitUntil("both indexed", timeout: 10) { try d.status().files == 2 }
         let c = try Self.store(d.cache, text: base + "<|User|>second question", reason: .continued, tokens: 30_000, payload: 400 << 10)
         // Wait for the eviction itself: "two files, under budget" is also true before c is even seen.
-        try waitUntil("an eviction, under budget", timeout: 10) {
+        try await waitUntil("an eviction, under budget", timeout: 10) {
             let s = try d.status()
             return s.counters.evictedBudget == 1 && s.bytes <= 1 << 20 && s.files == 2
         }
         #expect(!FileManager.default.fileExists(atPath: a), "the superseded waypoint goes")
         #expect(FileManager.default.fileExists(atPath: b))
         #expect(FileManager.default.fileExists(atPath: c), "the newcomer is never its own victim")
-        d.stop()
+        await d.stop()
     }
 
     /// cachefilesd-style culling on a real (small) file system: below the start
     /// threshold the daemon culls until the stop threshold is free, and between
     /// the two it leaves the cache alone.
-    @Test func freeSpace_cullsBelowStart_untilStop_withHysteresis() throws {
+    @Test func freeSpace_cullsBelowStart_untilStop_withHysteresis() async throws {
         let root = TempDir()
         let mnt = root.file("fs")
         try FileManager.default.createDirectory(atPath: mnt, withIntermediateDirectories: true)
-        #expect(try Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt]) == 0)
-        defer { _ = try? Tool.runSystem("/bin/umount", ["-l", mnt]) }
+        #expect(try await Tool.runSystem("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt]) == 0)
+        defer { _ = Tool.runBlocking("/bin/umount", ["-l", mnt]) }
         let cache = mnt + "/cache"
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         func freePercent() -> Double {
@@ -61,9 +61,9 @@ import Glibc
             _ = try Self.store(cache, text: "fill \(i)", reason: .cold, tokens: 100, payload: 1 << 20)
             i += 1
         }
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--free-space-start-percent", "30",
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--free-space-start-percent", "30",
                                                       "--free-space-stop-percent", "50", "--evict-interval", "1"], cacheDir: cache)
-        do { try waitUntil("culled to the stop threshold", timeout: 30) { freePercent() >= 50 } } catch {
+        do { try await waitUntil("culled to the stop threshold", timeout: 30) { freePercent() >= 50 } } catch {
             Issue.record("\(error); free \(freePercent())%; daemon log:\n\(d.log.suffix(4000))")
             throw error
         }
@@ -75,14 +75,14 @@ import Glibc
             _ = try Self.store(cache, text: "more \(i)", reason: .cold, tokens: 100, payload: 1 << 20)
             i += 1
         }
-        sleep(3)
+        try await Task.sleep(for: .seconds(3)) // three evict ticks (1 s) between the thresholds: none may cull
         #expect(d.events("evicted").count == culled, "hysteresis: no culling between the thresholds")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func scrubThread_runsInTheIdleIOClass_theThreadsAtLowCPUPriority_andTheSocketIs0660() throws {
+    @Test func scrubThread_runsInTheIdleIOClass_theThreadsAtLowCPUPriority_andTheSocketIs0660() async throws {
         let root = TempDir()
-        let d = try DaemonProcess(root: root)
+        let d = try await DaemonProcess(root: root)
         var st = stat()
         #expect(lstat(d.socket, &st) == 0)
         #expect(st.st_mode & 0o777 == 0o660)
@@ -102,7 +102,7 @@ import Glibc
         }
         #expect(try nice("kvscrubd-scrub") == 10)
         #expect(try nice("kvscrubd-watch") == 0)
-        d.stop()
+        await d.stop()
     }
 }
 

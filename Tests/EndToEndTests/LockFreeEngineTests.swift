@@ -21,14 +21,16 @@ import Glibc
     static var seconds: Double { Double(ProcessInfo.processInfo.environment["KVSCRUBD_CHURN_SECONDS"] ?? "") ?? 25 }
 
     /// Stores `count` good checkpoints as PR #146's engine writes them (v1 and v2 alternately).
-    static func storeGood(_ dir: String, count: Int, seedBase: UInt64, payload: Int = 128 << 10) throws -> [String] {
-        try (0..<count).map { i in
-            let r = try Tool.run("kvc-engine-sim", ["store", "--dir", dir, "--format", i % 2 == 0 ? "v2" : "v1", "--generation", "pr146",
+    static func storeGood(_ dir: String, count: Int, seedBase: UInt64, payload: Int = 128 << 10) async throws -> [String] {
+        var paths: [String] = []
+        for i in 0..<count {
+            let r = try await Tool.run("kvc-engine-sim", ["store", "--dir", dir, "--format", i % 2 == 0 ? "v2" : "v1", "--generation", "pr146",
                                                     "--seed", "\(seedBase + UInt64(i))", "--text-bytes", "3000",
                                                     "--payload-bytes", "\(payload)", "--tool-map", "2"])
             #expect(r.status == 0, "\(r.stderr)")
-            return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            paths.append(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         }
+        return paths
     }
 
     static func startChurn(_ files: [String], seconds: Double, log: String) throws -> Process {
@@ -46,15 +48,15 @@ import Glibc
         ((try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: log)))) as? [String: Any]) ?? [:]
     }
 
-    @Test func lockFreeRewrites_withTheDaemonScrubbingFlatOut_removeNoGoodFile() throws {
+    @Test func lockFreeRewrites_withTheDaemonScrubbingFlatOut_removeNoGoodFile() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let files = try Self.storeGood(cache, count: 12, seedBase: 100)
-        let d = try DaemonProcess(root: root, extra: [
+        let files = try await Self.storeGood(cache, count: 12, seedBase: 100)
+        let d = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0"], cacheDir: cache)
         // The six v1 files get recorded checksums before the churn: every later verification compares them.
-        try waitUntil("the v1 files recorded", timeout: 30) { try d.status().checksums?.recorded == 6 }
+        try await waitUntil("the v1 files recorded", timeout: 30) { try d.status().checksums?.recorded == 6 }
         // The v1 files listed twice: two thirds of the rewrites land on them.
         let v1Files = files.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
         let churn = try Self.startChurn(files + v1Files, seconds: Self.seconds, log: root.file("churn.json"))
@@ -70,11 +72,11 @@ import Glibc
             scrubNows += 1
             _ = try? d.request("scrub-start")
         }
-        churn.waitUntilExit()
+        await churn.exited()
         // The files settle once the churn stops; every pending second look must then read ok.
-        try waitUntil("no removal pending", timeout: 60) { (try d.status().pendingRemovals ?? 0) == 0 }
+        try await waitUntil("no removal pending", timeout: 60) { (try d.status().pendingRemovals ?? 0) == 0 }
         let final = try d.status()
-        _ = d.stop()
+        _ = await d.stop()
         let summary = Self.churnSummary(root.file("churn.json"))
         let rewrites = (summary["touches"] as? Int ?? 0) + (summary["toolmaps"] as? Int ?? 0)
         #expect(rewrites >= Int(2000 * Self.seconds / 25), "in-place rewrites: \(rewrites)")
@@ -95,16 +97,16 @@ import Glibc
         print("lock-free churn, \(Self.seconds) s: \(rewrites) in-place rewrites (\(summary["touches"] ?? 0) touches, \(summary["toolmaps"] ?? 0) tool maps, " +
               "\(v1Rewrites) of them on recorded v1 files), " +
               "\(scrubNows) scrub-now rounds, \(seen) half-done states seen and put off, \(final.counters.corruptRemoved) removed")
-        let verify = try Tool.run("kvscrubd", ["verify", "--json", cache])
+        let verify = try await Tool.run("kvscrubd", ["verify", "--json", cache])
         #expect(((verify.json as? [String: Any])?["summary"] as? [String: Int])?["ok"] == 12, "\(verify.stdout.prefix(1500))")
     }
 
-    @Test func damageInEveryRegion_underChurn_isRemoved_onlyAfterTheSettleTime() throws {
+    @Test func damageInEveryRegion_underChurn_isRemoved_onlyAfterTheSettleTime() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        let churned = try Self.storeGood(cache, count: 8, seedBase: 200)
-        let d = try DaemonProcess(root: root, extra: [
+        let churned = try await Self.storeGood(cache, count: 8, seedBase: 200)
+        let d = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0",
             "--removal-brake", "50"], cacheDir: cache)
         let churn = try Self.startChurn(churned, seconds: 30, log: root.file("churn.json"))
@@ -121,15 +123,15 @@ import Glibc
             changedAt[name] = Double(max(st.modifiedAtNanos, st.changedAtNanos)) / 1e9
         }
         var removedAt: [String: Double] = [:]
-        try waitUntil("every damaged file removed", timeout: 90) {
+        try await waitUntil("every damaged file removed", timeout: 90) {
             let now = Date().timeIntervalSince1970
             for name in damaged.keys where removedAt[name] == nil && !FileManager.default.fileExists(atPath: cache + "/" + name) {
                 removedAt[name] = now
             }
             return removedAt.count == damaged.count
         }
-        churn.waitUntilExit()
-        _ = d.stop()
+        await churn.exited()
+        _ = await d.stop()
         let settle = 5.0 // the default removal_settle_seconds
         let delays = damaged.keys.map { removedAt[$0]! - changedAt[$0]! }.sorted()
         for name in damaged.keys {
@@ -165,7 +167,7 @@ import Glibc
     /// Revision 1's layout with byte 20 = 0 reads as PR #146's with a header CRC that fails: proven
     /// damage by the contract, 30 files at once. The brake stops removals past 5 and, by default,
     /// keeps every further file where it is (removal_brake_action: keep).
-    @Test func thirtyFilesInAForeignLayout_theBrakeStopsRemovals_andKeepsThemInPlace() throws {
+    @Test func thirtyFilesInAForeignLayout_theBrakeStopsRemovals_andKeepsThemInPlace() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -176,9 +178,9 @@ import Glibc
             names.append(String(p.split(separator: "/").last!))
         }
         #expect(try Verifier(engine: .pr146).verify(path: cache + "/" + names[0]).verdict == .corrupt, "the foreign layout reads as damage")
-        var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
+        var d: DaemonProcess? = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.5"], cacheDir: cache)
-        try waitUntil("all 30 judged", timeout: 60) {
+        try await waitUntil("all 30 judged", timeout: 60) {
             let s = try d!.status()
             return s.counters.corruptFound == 30 && (s.pendingRemovals ?? 0) == 0
         }
@@ -195,28 +197,28 @@ import Glibc
         #expect(d!.events("removal-brake-engaged").count == 1)
         #expect(d!.events("removal-brake-engaged").first?["action"] == "keep")
         #expect(d!.events("corrupt-kept").count == inCache.count)
-        let text = try Tool.run("kvscrubd", ["status", "--socket", d!.socket])
+        let text = try await Tool.run("kvscrubd", ["status", "--socket", d!.socket])
         #expect(text.stdout.hasPrefix("REMOVAL BRAKE ENGAGED"), "\(text.stdout)")
         #expect(text.stdout.contains("action:") && text.stdout.contains("kept where they are"), "\(text.stdout)")
         let metrics = try d!.request("metrics").metrics ?? ""
         #expect(metrics.contains("kvscrubd_removal_brake_engaged 1"))
         // The brake survives a restart; only an operator lifts it.
-        _ = d!.stop()
+        _ = await d!.stop()
         d = nil
-        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"], cacheDir: cache)
+        d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"], cacheDir: cache)
         #expect(try d!.status().brake?.engaged == true)
-        let brake = try Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket])
+        let brake = try await Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket])
         #expect(brake.status == 1 && brake.stdout.contains("REMOVAL BRAKE ENGAGED"))
-        let release = try Tool.run("kvscrubd", ["brake", "release", "--socket", d!.socket])
+        let release = try await Tool.run("kvscrubd", ["brake", "release", "--socket", d!.socket])
         #expect(release.status == 0, "\(release.stderr)")
         #expect(release.stdout.contains("released"))
         #expect(try d!.status().brake?.engaged == false)
-        #expect(try Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket]).status == 0)
+        #expect(try await Tool.run("kvscrubd", ["brake", "status", "--socket", d!.socket]).status == 0)
     }
 
     /// An operator's choice: removal_brake_action quarantine moves the files past the brake out of
     /// the cache, and `brake release --restore` puts them back where their names are free.
-    @Test func brakeActionQuarantine_movesFilesOut_andReleaseRestorePutsThemBack() throws {
+    @Test func brakeActionQuarantine_movesFilesOut_andReleaseRestorePutsThemBack() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -226,10 +228,10 @@ import Glibc
             Self.revision1Layout(p)
             names.append(String(p.split(separator: "/").last!))
         }
-        var d: DaemonProcess? = try DaemonProcess(root: root, extra: [
+        var d: DaemonProcess? = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--removal-settle-seconds", "0.5", "--removal-brake", "2",
             "--removal-brake-action", "quarantine"], cacheDir: cache)
-        try waitUntil("all 8 judged", timeout: 60) {
+        try await waitUntil("all 8 judged", timeout: 60) {
             let s = try d!.status()
             return s.counters.corruptFound == 8 && (s.pendingRemovals ?? 0) == 0
         }
@@ -238,13 +240,13 @@ import Glibc
         #expect(held.count == 6 && checkpoints(in: cache).isEmpty, "quarantined \(held.count)")
         #expect(try d!.status().brake?.action == "quarantine")
         // The operator found the cause; a dry run keeps whatever the next looks say while the files are back.
-        _ = d!.stop()
+        _ = await d!.stop()
         d = nil
-        d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--dry-run"], cacheDir: cache)
+        d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--dry-run"], cacheDir: cache)
         // One file's name taken meanwhile: the engine stored that text again.
         let taken = held.sorted()[0]
         try Data("newer".utf8).write(to: URL(fileURLWithPath: cache + "/" + taken))
-        let restore = try Tool.run("kvscrubd", ["brake", "release", "--restore", "--json", "--socket", d!.socket])
+        let restore = try await Tool.run("kvscrubd", ["brake", "release", "--restore", "--json", "--socket", d!.socket])
         #expect(restore.status == 0, "\(restore.stderr)")
         let outcome = (restore.json as? [String: Any])?["outcome"] as? [String: Any]
         #expect((outcome?["restored"] as? [String])?.count == 5, "\(restore.stdout)")
@@ -256,33 +258,33 @@ import Glibc
         #expect(d!.events("quarantine-restored").count == 5)
     }
 
-    @Test func aPR146Directory_isAllOk_andTheABIFollowsTheEngine() throws {
+    @Test func aPR146Directory_isAllOk_andTheABIFollowsTheEngine() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        _ = try Self.storeGood(cache, count: 6, seedBase: 700, payload: 32 << 10)
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0",
+        _ = try await Self.storeGood(cache, count: 6, seedBase: 700, payload: 32 << 10)
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0",
                                                                        "--scrub-new-file-delay", "0"], cacheDir: cache)
         var s = try d.status()
         #expect(s.engineAbi?.abi == 0 && s.engineAbi?.source == "newest checkpoint")
         #expect(s.incompatibleFiles == 0)
-        try waitUntil("the first pass verified every file", timeout: 30) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the first pass verified every file", timeout: 30) { try d.status().scrub.lastPass != nil }
         let entries = try d.request("entries").entries ?? []
         #expect(entries.count == 6 && entries.allSatisfy { $0.unusable == nil && $0.verdict == "ok" }, "\(entries.map { ($0.name, $0.verdict, $0.unusable) })")
         // A shared-kvstore engine takes over the directory: its first store says ABI 2.
-        let r = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "9",
+        let r = try await Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "9",
                                                 "--payload-bytes", "\(32 << 10)"])
         #expect(r.status == 0)
-        try waitUntil("the latest arrival sets the ABI", timeout: 10) { try d.status().engineAbi?.abi == 2 }
+        try await waitUntil("the latest arrival sets the ABI", timeout: 10) { try d.status().engineAbi?.abi == 2 }
         s = try d.status()
         #expect(s.engineAbi?.source == "latest arrival")
         #expect(s.incompatibleFiles == 6)
         let metrics = try d.request("metrics").metrics ?? ""
         #expect(metrics.contains("kvscrubd_engine_payload_abi 2"))
         #expect(metrics.contains("kvscrubd_engine_payload_abi_source{source=\"latest arrival\"} 1"))
-        let text = try Tool.run("kvscrubd", ["status", "--socket", d.socket])
+        let text = try await Tool.run("kvscrubd", ["status", "--socket", d.socket])
         #expect(text.stdout.contains("v1 · ABI 2 · payload v2 (ds4 from e8e8779), latest arrival"), "\(text.stdout)")
-        let listed = try Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
+        let listed = try await Tool.run("kvscrubd", ["entries", "--json", "--socket", d.socket])
         let j = listed.json as? [String: Any]
         let g = (j?["engine_abi"] as? [String: Any])?["generation"] as? [String: Any]
         #expect(g?["payload_abi"] as? Int == 2 && g?["payload_version"] as? Int == 2, "\(listed.stdout.prefix(500))")
@@ -290,7 +292,7 @@ import Glibc
         #expect(d.events("corrupt-removed").isEmpty && checkpoints(in: cache).count == 7)
     }
 
-    @Test func upperCaseNames_shortFiles_oversizedNewcomers_andLeftoverPrivateNames() throws {
+    @Test func upperCaseNames_shortFiles_oversizedNewcomers_andLeftoverPrivateNames() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -313,7 +315,7 @@ import Glibc
         let badName = String(bad.split(separator: "/").last!)
         try FileManager.default.moveItem(atPath: bad, toPath: cache + "/" + CheckpointName.takenAwayName(for: badName, inode: 2))
 
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "1", "--scrub-rate-mbps", "0", "--evict-interval", "3600"], cacheDir: cache)
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1", "--scrub-rate-mbps", "0", "--evict-interval", "3600"], cacheDir: cache)
         // Start-up settled the leftovers: the good one is back under its name, the corrupt one gone.
         #expect(FileManager.default.fileExists(atPath: good))
         #expect(!FileManager.default.fileExists(atPath: cache + "/" + goodTaken))
@@ -328,10 +330,10 @@ import Glibc
 
         // A newcomer larger than the whole 1 MiB budget evicts nothing else.
         let before = checkpoints(in: cache)
-        let big = try Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "5",
+        let big = try await Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "5",
                                                   "--payload-bytes", "\(3 << 20)"])
         #expect(big.status == 0)
-        try waitUntil("the daemon saw the newcomer", timeout: 10) { !d.events("oversized-arrival").isEmpty }
+        try await waitUntil("the daemon saw the newcomer", timeout: 10) { !d.events("oversized-arrival").isEmpty }
         let evictResponse = try d.request("evict-now")
         #expect(evictResponse.ok)
         // Without the oversized file the rest (about 0.75 MiB) is under budget: nothing else goes.

@@ -17,8 +17,8 @@ import Testing
         return Set(regex.matches(in: help, range: NSRange(location: 0, length: ns.length)).map { ns.substring(with: $0.range) })
     }
 
-    static func subcommands(of parent: [String] = []) throws -> [String] {
-        let help = try Tool.run("kvscrubd", parent + ["--help"]).stdout
+    static func subcommands(of parent: [String] = []) async throws -> [String] {
+        let help = try await Tool.run("kvscrubd", parent + ["--help"]).stdout
         guard let r = help.range(of: "SUBCOMMANDS:") else { return [] }
         return help[r.upperBound...].split(separator: "\n").compactMap { line in
             let t = line.trimmingCharacters(in: .whitespaces)
@@ -27,20 +27,20 @@ import Testing
         }.filter { $0 != "help" && !$0.hasPrefix("See") }
     }
 
-    @Test func everyFlagInHelp_isInTheManPage() throws {
+    @Test func everyFlagInHelp_isInTheManPage() async throws {
         let man = try Self.manText("kvscrubd.8")
-        let subs = try Self.subcommands()
+        let subs = try await Self.subcommands()
         #expect(subs.contains("verify") && subs.contains("evict"))
         for sub in subs {
-            let help = try Tool.run("kvscrubd", [sub, "--help"])
+            let help = try await Tool.run("kvscrubd", [sub, "--help"])
             #expect(help.status == 0)
             #expect(man.contains("kvscrubd \(sub)") || man.contains(".SS \(sub)"), "subcommand \(sub) missing from kvscrubd(8) (subcommands: \(subs))")
             for flag in Self.flags(in: help.stdout) {
                 #expect(man.contains(flag), "\(sub) \(flag) is in --help but not in kvscrubd(8)")
             }
             // Commands with their own subcommands (scrub start, ...): each documented, each flag too.
-            for inner in try Self.subcommands(of: [sub]) {
-                let h = try Tool.run("kvscrubd", [sub, inner, "--help"])
+            for inner in try await Self.subcommands(of: [sub]) {
+                let h = try await Tool.run("kvscrubd", [sub, inner, "--help"])
                 #expect(h.status == 0)
                 #expect(man.contains(".B \(inner)") || man.contains(".BI \(inner)"), "\(sub) \(inner) missing from kvscrubd(8)")
                 for flag in Self.flags(in: h.stdout) {
@@ -59,15 +59,15 @@ import Testing
         }).subtracting(["--help", "--version"])
     }
 
-    @Test func synopsis_listsEveryOptionOfEveryCommand() throws {
+    @Test func synopsis_listsEveryOptionOfEveryCommand() async throws {
         let man = try Self.manText("kvscrubd.8")
         let synopsis = try #require(man.range(of: ".SH SYNOPSIS").flatMap { a in man.range(of: ".SH DESCRIPTION").map { man[a.upperBound..<$0.lowerBound] } })
         var checked = 0
-        for sub in try Self.subcommands() {
+        for sub in try await Self.subcommands() {
             var commands = [[sub]]
-            commands += try Self.subcommands(of: [sub]).map { [sub, $0] }
+            await commands += try Self.subcommands(of: [sub]).map { [sub, $0] }
             for command in commands {
-                for option in Self.options(in: try Tool.run("kvscrubd", command + ["--help"]).stdout) {
+                for option in Self.options(in: try await Tool.run("kvscrubd", command + ["--help"]).stdout) {
                     #expect(synopsis.contains(option), "\(command.joined(separator: " ")) \(option) is not in kvscrubd(8)'s SYNOPSIS")
                     checked += 1
                 }
@@ -77,7 +77,7 @@ import Testing
     }
 
     @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5", "kvc.h.3"])
-    func mandocLint_isClean(page: String) throws {
+    func mandocLint_isClean(page: String) async throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mandoc")
         p.arguments = ["-T", "lint", "-W", "warning", Self.repo + "/man/" + page]
@@ -86,7 +86,7 @@ import Testing
         p.standardError = out
         try p.run()
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
+        await p.exited()
         #expect(p.terminationStatus == 0, "\(text)")
         #expect(text.isEmpty, "\(text)")
     }
@@ -95,8 +95,8 @@ import Testing
     /// than the terminal, no mdoc macro left over in a man(7) page (they print as words), no
     /// words run together by an alternating-font macro (`.BR "scrub now" ), and at`).
     @Test(arguments: ["kvscrubd.8", "kvc.5", "kvscrubd.conf.5", "kvc.h.3"])
-    func rendered_fitsEightyColumns_withoutLeftoverMacros_orRunTogetherWords(page: String) throws {
-        let r = try Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/mandoc -T utf8 -O width=80 '\(Self.repo)/man/\(page)' | col -bx"])
+    func rendered_fitsEightyColumns_withoutLeftoverMacros_orRunTogetherWords(page: String) async throws {
+        let r = try await Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/mandoc -T utf8 -O width=80 '\(Self.repo)/man/\(page)' | col -bx"])
         #expect(r.status == 0, "\(r.stderr)")
         let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(lines.count > 30)
@@ -110,7 +110,7 @@ import Testing
         }
     }
 
-    @Test func formatDoc_andManPage_agreeOnTheLayoutOffsets() throws {
+    @Test func formatDoc_andManPage_agreeOnTheLayoutOffsets() async throws {
         let doc = try String(contentsOfFile: Self.repo + "/docs/FORMAT.md", encoding: .utf8)
         let man = try Self.manText("kvc.5")
         // PR #146's v2: header_crc at 48, the data CRCs, text_bytes at 64 (v1 keeps text_bytes at 48).

@@ -19,18 +19,18 @@ import KVScrubDaemon
     }
 
     /// Waits until the start-up pass is over, so `scrub start` is not refused.
-    static func waitForFirstPass(_ d: DaemonProcess) throws {
-        try waitUntil("the first pass to end", timeout: 60) { try d.status().scrub.lastPass != nil && !d.status().scrub.active }
+    static func waitForFirstPass(_ d: DaemonProcess) async throws {
+        try await waitUntil("the first pass to end", timeout: 60) { try d.status().scrub.lastPass != nil && !d.status().scrub.active }
     }
 
-    @Test func scrubStartWait_followsThePass_andExits1WhenItFoundCorruption() throws {
+    @Test func scrubStartWait_followsThePass_andExits1WhenItFoundCorruption() async throws {
         // --dry-run keeps the corrupt file, so every pass finds it again.
         let (root, cache, bad) = try Self.cache(6, payload: 2 << 20, corrupt: true)
-        let d = try DaemonProcess(root: root, extra: ["--dry-run", "--scrub-rate-mbps", "8", "--budget-mb", "0"])
+        let d = try await DaemonProcess(root: root, extra: ["--dry-run", "--scrub-rate-mbps", "8", "--budget-mb", "0"])
         let sock = ["--socket", d.socket]
-        try Self.waitForFirstPass(d)
+        try await Self.waitForFirstPass(d)
 
-        let r = try Tool.run("kvscrubd", ["scrub", "start", "--wait"] + sock)
+        let r = try await Tool.run("kvscrubd", ["scrub", "start", "--wait"] + sock)
         #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
         let lines = r.stdout.split(separator: "\n").map(String.init)
         #expect(lines.first?.hasPrefix("scrub pass started over 7 files") == true, "\(r.stdout)")
@@ -43,58 +43,58 @@ import KVScrubDaemon
         #expect(FileManager.default.fileExists(atPath: cache + "/" + bad!), "dry run removed a file")
 
         // Nothing running: returns at once, 0, and names the last pass.
-        let idle = try Tool.run("kvscrubd", ["scrub", "wait"] + sock)
+        let idle = try await Tool.run("kvscrubd", ["scrub", "wait"] + sock)
         #expect(idle.status == 0 && idle.stdout.hasPrefix("no scrub pass is running; the last one completed in "), "\(idle.stdout)")
 
         // --json: one object when it ends, nothing else on stdout.
-        let j = try Tool.run("kvscrubd", ["scrub", "start", "--wait", "--json"] + sock)
+        let j = try await Tool.run("kvscrubd", ["scrub", "start", "--wait", "--json"] + sock)
         #expect(j.status == 1)
         let o = j.json as? [String: Any] ?? [:]
         let pass = o["pass"] as? [String: Any] ?? [:]
         #expect(o["ok"] as? Bool == false && o["outcome"] as? String == "completed", "\(j.stdout)")
         #expect(pass["corrupt_found"] as? Int == 1 && pass["files"] as? Int == 7 && pass["removed"] as? Int == 0, "\(j.stdout)")
-        _ = d.stop()
+        _ = await d.stop()
     }
 
     /// A pass ends before the second look at what it found (the file must first be left alone for
     /// the settle time): --wait waits for that look, exits 1 when it confirms the damage, and says so.
-    @Test func scrubStartWait_waitsForTheSecondLooks_ofWhatThePassFound_andExits1WhenConfirmed() throws {
+    @Test func scrubStartWait_waitsForTheSecondLooks_ofWhatThePassFound_andExits1WhenConfirmed() async throws {
         let (root, cache, _) = try Self.cache(6, payload: 256 << 10, corrupt: false)
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "0", "--budget-mb", "0", "--scrub-new-file-delay", "3600",
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "0", "--budget-mb", "0", "--scrub-new-file-delay", "3600",
                                                       "--removal-settle-seconds", "3"])
         let sock = ["--socket", d.socket]
-        try Self.waitForFirstPass(d)
+        try await Self.waitForFirstPass(d)
         // Damaged in place while the daemon runs: its arrival check is an hour away, so the pass finds it.
         let victim = try #require(checkpoints(in: cache).sorted().first)
         Damage.edit(cache + "/" + victim) { $0[$0.count / 2] ^= 0x10 } // inside the payload
-        let r = try Tool.run("kvscrubd", ["scrub", "start", "--wait"] + sock)
+        let r = try await Tool.run("kvscrubd", ["scrub", "start", "--wait"] + sock)
         #expect(r.status == 1, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("waiting for the second look at 1 file it found corrupt"), "\(r.stdout)")
         #expect(r.stdout.contains(", 1 found corrupt, 1 confirmed, 1 removed, 0 kept"), "\(r.stdout)")
         #expect(!FileManager.default.fileExists(atPath: cache + "/" + victim))
         let last = try #require(try d.status().scrub.lastPass)
         #expect(last.suspected == 1 && last.corruptFound == 1 && last.removed == 1 && last.pendingSecondLooks == 0)
-        _ = d.stop()
+        _ = await d.stop()
     }
 
-    @Test func scrubWait_onATerminal_rewritesOneLine_andExits0OnACleanPass() throws {
+    @Test func scrubWait_onATerminal_rewritesOneLine_andExits0OnACleanPass() async throws {
         let (root, _, _) = try Self.cache(6, payload: 2 << 20, corrupt: false)
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8", "--budget-mb", "0"])
-        try Self.waitForFirstPass(d)
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8", "--budget-mb", "0"])
+        try await Self.waitForFirstPass(d)
         // script(1) gives the command a real pseudo-terminal; -e passes its exit status on.
         let command = "\(Tool.binDir)/kvscrubd scrub start --wait --socket \(d.socket)"
-        let r = try Tool.runCapturing("/usr/bin/script", ["-qec", command, "/dev/null"])
+        let r = try await Tool.runCapturing("/usr/bin/script", ["-qec", command, "/dev/null"])
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains("\r\u{1B}[Kscrub "), "no progress line rewritten in place: \(r.stdout.debugDescription)")
         #expect(r.stdout.contains("scrub pass completed in ") && r.stdout.contains(", 0 found corrupt, 0 confirmed, 0 removed, 0 kept"), "\(r.stdout)")
-        _ = d.stop()
+        _ = await d.stop()
     }
 
-    @Test func scrubWait_exits3_whenThePassIsCancelled() throws {
+    @Test func scrubWait_exits3_whenThePassIsCancelled() async throws {
         let (root, _, _) = try Self.cache(6, payload: 2 << 20, corrupt: false)
         // 2 MB/s over ~12.6 MB: about 6 s, time enough to cancel it.
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2", "--budget-mb", "0"])
-        try waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2", "--budget-mb", "0"])
+        try await waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
         let waiter = Process()
         waiter.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvscrubd")
         waiter.arguments = ["scrub", "wait", "--socket", d.socket]
@@ -110,100 +110,100 @@ import KVScrubDaemon
             seen += chunk
         }
         #expect(String(decoding: seen, as: UTF8.self).hasPrefix("scrub "), "\(String(decoding: seen, as: UTF8.self))")
-        #expect(try Tool.run("kvscrubd", ["scrub", "cancel", "--socket", d.socket]).status == 0)
+        #expect(try await Tool.run("kvscrubd", ["scrub", "cancel", "--socket", d.socket]).status == 0)
         seen += handle.readDataToEndOfFile()
-        waiter.waitUntilExit()
+        await waiter.exited()
         #expect(waiter.terminationStatus == 3)
         #expect(String(decoding: seen, as: UTF8.self).contains("the scrub pass was cancelled before it ended"))
-        _ = d.stop()
+        _ = await d.stop()
     }
 
-    @Test func changingCommands_answerStructuredJSON_andErrorsAreJSONToo() throws {
+    @Test func changingCommands_answerStructuredJSON_andErrorsAreJSONToo() async throws {
         let (root, _, _) = try Self.cache(4, payload: 256 << 10, corrupt: false)
-        let d = try DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "1", "--budget-mb", "0"])
+        let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "1", "--budget-mb", "0"])
         let sock = ["--socket", d.socket, "--json"]
-        try waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
+        try await waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
 
-        let pause = try Tool.run("kvscrubd", ["scrub", "pause"] + sock)
+        let pause = try await Tool.run("kvscrubd", ["scrub", "pause"] + sock)
         let p = pause.json as? [String: Any] ?? [:]
         let ps = (p["outcome"] as? [String: Any])?["scrub"] as? [String: Any] ?? [:]
         #expect(pause.status == 0 && p["ok"] as? Bool == true && ps["paused"] as? Bool == true && ps["files_total"] as? Int == 4, "\(pause.stdout)")
 
-        let cancel = try Tool.run("kvscrubd", ["scrub", "cancel"] + sock)
+        let cancel = try await Tool.run("kvscrubd", ["scrub", "cancel"] + sock)
         let cs = ((cancel.json as? [String: Any])?["outcome"] as? [String: Any])?["scrub"] as? [String: Any] ?? [:]
         #expect(cancel.status == 0 && cs["active"] as? Bool == false && cs["last_cancelled_at"] is Double, "\(cancel.stdout)")
 
         // A refusal: exit 1, the reason on stderr, and a JSON object on stdout.
-        let again = try Tool.run("kvscrubd", ["scrub", "cancel"] + sock)
+        let again = try await Tool.run("kvscrubd", ["scrub", "cancel"] + sock)
         let a = again.json as? [String: Any] ?? [:]
         #expect(again.status == 1 && a["ok"] as? Bool == false && a["exit_status"] as? Int == 1, "\(again.stdout)")
         #expect((a["error"] as? String)?.contains("no scrub pass is running") == true && again.stderr.contains("no scrub pass is running"))
 
-        let evict = try Tool.run("kvscrubd", ["evict-now"] + sock)
+        let evict = try await Tool.run("kvscrubd", ["evict-now"] + sock)
         let e = ((evict.json as? [String: Any])?["outcome"] as? [String: Any])?["eviction"] as? [String: Any] ?? [:]
         #expect(evict.status == 0 && e["evicted_files"] as? Int == 0 && e["files"] as? Int == 4 && (e["bytes"] as? Int ?? 0) > 4 * (256 << 10)
                 && e["budget_bytes"] as? Int == 0, "\(evict.stdout)")
 
-        let brake = try Tool.run("kvscrubd", ["brake", "release"] + sock)
+        let brake = try await Tool.run("kvscrubd", ["brake", "release"] + sock)
         let b = ((brake.json as? [String: Any])?["outcome"] as? [String: Any])?["brake"] as? [String: Any] ?? [:]
         #expect(brake.status == 0 && b["engaged"] as? Bool == false, "\(brake.stdout)")
 
-        _ = d.stop()
+        _ = await d.stop()
         // No daemon: exit 2, and still JSON on stdout.
-        let gone = try Tool.run("kvscrubd", ["status"] + sock)
+        let gone = try await Tool.run("kvscrubd", ["status"] + sock)
         let g = gone.json as? [String: Any] ?? [:]
         #expect(gone.status == 2 && g["ok"] as? Bool == false && g["exit_status"] as? Int == 2 && (g["error"] as? String)?.isEmpty == false, "\(gone.stdout)")
     }
 
-    @Test func reload_json_namesTheSettingsKeptUntilRestart() throws {
+    @Test func reload_json_namesTheSettingsKeptUntilRestart() async throws {
         let (root, cache, _) = try Self.cache(1, payload: 64 << 10, corrupt: false)
         let conf = root.file("k.conf")
         // cache_dir, the socket and the state directory come from flags (which win); socket_mode from the file.
         try "budget_mb: 0\nsocket_mode: 0660\n".write(toFile: conf, atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(root: root, extra: ["--config", conf])
+        let d = try await DaemonProcess(root: root, extra: ["--config", conf])
         try "budget_mb: 5\nsocket_mode: 0600\n".write(toFile: conf, atomically: true, encoding: .utf8)
-        let r = try Tool.run("kvscrubd", ["reload", "--json", "--socket", d.socket])
+        let r = try await Tool.run("kvscrubd", ["reload", "--json", "--socket", d.socket])
         let reload = ((r.json as? [String: Any])?["outcome"] as? [String: Any])?["reload"] as? [String: Any] ?? [:]
         #expect(r.status == 0 && reload["kept_until_restart"] as? [String] == ["socket_mode"], "\(r.stdout)")
         #expect((r.json as? [String: Any])?["message"] as? String == "configuration reloaded; socket_mode change only on restart (kept as they were)")
         _ = cache
         #expect(try d.status().budgetBytes == 5 << 20)
-        _ = d.stop()
+        _ = await d.stop()
     }
 
-    @Test func verifyQuiet_printsOnlyTheProblems_andProgressGoesToATerminalOnly() throws {
+    @Test func verifyQuiet_printsOnlyTheProblems_andProgressGoesToATerminalOnly() async throws {
         let (root, cache, bad) = try Self.cache(5, payload: 64 << 10, corrupt: true)
         defer { withExtendedLifetime(root) {} }
-        let quiet = try Tool.run("kvscrubd", ["verify", "--quiet", cache])
+        let quiet = try await Tool.run("kvscrubd", ["verify", "--quiet", cache])
         #expect(quiet.status == 1)
         let lines = quiet.stdout.split(separator: "\n")
         #expect(lines.first?.hasPrefix("corrupt") == true && lines.first?.hasSuffix(bad!) == true, "\(quiet.stdout)")
         #expect(!quiet.stdout.contains("ok ") && !quiet.stdout.contains("engine payload ABI") && !quiet.stdout.contains("files:"), "\(quiet.stdout)")
         #expect(quiet.stderr.isEmpty, "progress on a pipe: \(quiet.stderr.debugDescription)")
 
-        let clean = try Tool.run("kvscrubd", ["verify", "-q", cache + "/" + (try OperateTests.fill(cache, count: 1, payload: 64 << 10, seedBase: 50))[0]])
+        let clean = try await Tool.run("kvscrubd", ["verify", "-q", cache + "/" + (try OperateTests.fill(cache, count: 1, payload: 64 << 10, seedBase: 50))[0]])
         #expect(clean.status == 0 && clean.stdout.isEmpty, "\(clean.stdout)")
 
         // On a terminal (script(1)): a progress line on stderr, rewritten in place.
-        let tty = try Tool.runCapturing("/usr/bin/script", ["-qec", "\(Tool.binDir)/kvscrubd verify \(cache)", "/dev/null"])
+        let tty = try await Tool.runCapturing("/usr/bin/script", ["-qec", "\(Tool.binDir)/kvscrubd verify \(cache)", "/dev/null"])
         #expect(tty.status == 1)
         #expect(tty.stdout.contains("\r\u{1B}[Kverifying 1 of 7 files"), "\(tty.stdout.debugDescription)")
     }
 
-    @Test func evictions_logAtInfo_withANoticeSummary() throws {
+    @Test func evictions_logAtInfo_withANoticeSummary() async throws {
         let (root, _, _) = try Self.cache(8, payload: 512 << 10, corrupt: false)
         // About 4.2 MB of checkpoints against a 2 MiB budget: several evictions at once.
-        let d = try DaemonProcess(root: root, extra: ["--budget-mb", "2", "--scrub-rate-mbps", "0"],
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "2", "--scrub-rate-mbps", "0"],
                                   environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS": "1"])
-        try waitUntil("the budget kept", timeout: 20) { try d.status().bytes <= 2 << 20 }
+        try await waitUntil("the budget kept", timeout: 20) { try d.status().bytes <= 2 << 20 }
         let evicted = d.events("evicted")
         #expect(evicted.count >= 3)
         let evictedLines = d.log.split(separator: "\n").filter { $0.contains("event=evicted ") }
         #expect(evictedLines.allSatisfy { $0.contains("info") && !$0.contains("notice") }, "\(evictedLines.first ?? "")")
-        try waitUntil("the summary", timeout: 20) { !d.events("eviction-summary").isEmpty }
+        try await waitUntil("the summary", timeout: 20) { !d.events("eviction-summary").isEmpty }
         let summaryLine = d.log.split(separator: "\n").first { $0.contains("event=eviction-summary ") } ?? ""
         #expect(summaryLine.contains("notice") && summaryLine.contains("evicted \(evicted.count) files ("), "\(summaryLine)")
         #expect(d.events("eviction-summary").first?["files_budget"] == "\(evicted.count)")
-        _ = d.stop()
+        _ = await d.stop()
     }
 }

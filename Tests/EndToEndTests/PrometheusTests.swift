@@ -28,15 +28,15 @@ import Glibc
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    static func promtool(_ args: [String], stdin: String? = nil) throws -> Tool.Result {
-        guard let stdin else { return try Tool.runCapturing("/usr/bin/promtool", args) }
+    static func promtool(_ args: [String], stdin: String? = nil) async throws -> Tool.Result {
+        guard let stdin else { return try await Tool.runCapturing("/usr/bin/promtool", args) }
         let file = NSTemporaryDirectory() + "promtool-in-\(getpid())-\(UUID().uuidString)"
         try stdin.write(toFile: file, atomically: true, encoding: .utf8)
         defer { unlink(file) }
-        return try Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/promtool \(args.joined(separator: " ")) < '\(file)'"])
+        return try await Tool.runCapturing("/bin/sh", ["-c", "/usr/bin/promtool \(args.joined(separator: " ")) < '\(file)'"])
     }
 
-    @Test func liveMetrics_passPromtool_withHelpOnEveryFamily_andBuildInfo() throws {
+    @Test func liveMetrics_passPromtool_withHelpOnEveryFamily_andBuildInfo() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
@@ -44,12 +44,12 @@ import Glibc
         let bad = try Damage.store(cache, version: 2, seed: 6)
         Damage.edit(bad) { $0[$0.count / 2] ^= 1 }
         let port = Self.freePort()
-        let d = try DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(port)", "--scrub-rate-mbps", "0",
+        let d = try await DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(port)", "--scrub-rate-mbps", "0",
                                                       "--removal-settle-seconds", "0.2", "--scrub-new-file-delay", "0"], cacheDir: cache)
-        try waitUntil("the corrupt file removed", timeout: 20) { try d.status().counters.corruptRemoved == 1 }
+        try await waitUntil("the corrupt file removed", timeout: 20) { try d.status().counters.corruptRemoved == 1 }
         let http = try OperateTests.httpGet(port: port, path: "/metrics")
         #expect(http.status == 200)
-        let check = try Self.promtool(["check", "metrics"], stdin: http.body)
+        let check = try await Self.promtool(["check", "metrics"], stdin: http.body)
         #expect(check.status == 0 && check.stdout.isEmpty && check.stderr.isEmpty, "\(check.stdout)\(check.stderr)")
         // Every family has HELP and TYPE; build_info carries the version.
         let families = Set(http.body.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] })
@@ -57,26 +57,26 @@ import Glibc
         #expect(families == helped && families.count >= 25, "\(families.symmetricDifference(helped))")
         #expect(http.body.contains("kvscrubd_build_info{version=\"\(DaemonVersion.string)\"} 1"))
         #expect(!families.contains { !$0.hasSuffix("_total") && http.body.contains("# TYPE \($0) counter") })
-        d.stop()
+        await d.stop()
     }
 
-    @Test func shippedAlertRules_passPromtoolCheck_andTheirUnitTests() throws {
-        let check = try Self.promtool(["check", "rules", Self.rules])
+    @Test func shippedAlertRules_passPromtoolCheck_andTheirUnitTests() async throws {
+        let check = try await Self.promtool(["check", "rules", Self.rules])
         #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
         #expect(check.stdout.contains("SUCCESS: 7 rules found"), "\(check.stdout)")
-        let test = try Self.promtool(["test", "rules", Self.ruleTests])
+        let test = try await Self.promtool(["test", "rules", Self.ruleTests])
         #expect(test.status == 0 && test.stdout.contains("SUCCESS"), "\(test.stdout)\(test.stderr)")
     }
 
     /// Debian's Prometheus scrapes the daemon every second with the shipped rules; a corrupt
     /// checkpoint found by the daemon makes KVScrubdCorruptCheckpointFound fire.
-    @Test func aRealPrometheus_scrapesTheDaemon_andTheCorruptFileAlertFires() throws {
+    @Test func aRealPrometheus_scrapesTheDaemon_andTheCorruptFileAlertFires() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let good = try Damage.store(cache, version: 2, seed: 7)
         let metricsPort = Self.freePort()
-        let d = try DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(metricsPort)", "--scrub-rate-mbps", "0",
+        let d = try await DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(metricsPort)", "--scrub-rate-mbps", "0",
                                                       "--removal-settle-seconds", "0.2", "--scrub-new-file-delay", "0"], cacheDir: cache)
         let promPort = Self.freePort()
         let config = root.file("prometheus.yml")
@@ -101,7 +101,7 @@ import Glibc
         defer { prom.terminate(); prom.waitUntilExit() }
         func api(_ path: String) -> String { (try? OperateTests.httpGet(port: promPort, path: path).body) ?? "" }
         // Scraped at least once with the counter at 0, so the rise is seen as an increase.
-        try waitUntil("Prometheus scrapes the daemon", timeout: 60) {
+        try await waitUntil("Prometheus scrapes the daemon", timeout: 60) {
             api("/api/v1/query?query=kvscrubd_corrupt_found_total%7Bregion%3D%22payload%22%7D").contains("\"value\":[")
         }
         #expect(api("/api/v1/query?query=up%7Bjob%3D%22kvscrubd%22%7D").contains("\"1\"]"))
@@ -113,8 +113,8 @@ import Glibc
         let made = try Damage.store(side, version: 2, seed: 8)
         Damage.edit(made) { $0[$0.count / 2] ^= 1 }
         #expect(rename(made, cache + "/" + (made as NSString).lastPathComponent) == 0)
-        try waitUntil("the daemon removes it", timeout: 60) { try d.status().counters.corruptRemoved == 1 }
-        try waitUntil("the alert fires", timeout: 60) {
+        try await waitUntil("the daemon removes it", timeout: 60) { try d.status().counters.corruptRemoved == 1 }
+        try await waitUntil("the alert fires", timeout: 60) {
             let alerts = api("/api/v1/alerts")
             return alerts.contains("\"alertname\":\"KVScrubdCorruptCheckpointFound\"") && alerts.contains("\"state\":\"firing\"")
         }
@@ -122,6 +122,6 @@ import Glibc
         #expect(alerts.contains("\"region\":\"payload\""), "\(alerts)")
         #expect(!alerts.contains("KVScrubdDown"))
         #expect(FileManager.default.fileExists(atPath: good))
-        d.stop()
+        await d.stop()
     }
 }

@@ -14,10 +14,10 @@ import Glibc
 @Suite(.serialized) struct SoakTests {
     static var seconds: Double { Double(ProcessInfo.processInfo.environment["KVSCRUBD_SOAK_SECONDS"] ?? "") ?? 45 }
 
-    @Test func daemonAndEngines_underInjectedCorruption_neverLoseAGoodFile() throws {
+    @Test func daemonAndEngines_underInjectedCorruption_neverLoseAGoodFile() async throws {
         let root = TempDir()
         let budgetMB = 24
-        let d = try DaemonProcess(root: root, extra: [
+        let d = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "\(budgetMB)", "--scrub-interval-hours", "0.003", "--scrub-rate-mbps", "0",
             "--scrub-new-file-delay", "0.5", "--evict-interval", "2"])
         var engines: [Process] = []
@@ -44,7 +44,7 @@ import Glibc
         let regions = ["header", "text", "payload", "trailer", "size"]
         var k = 0
         while Date().timeIntervalSince(start) < Self.seconds {
-            usleep(250_000)
+            try await Task.sleep(for: .milliseconds(250))
             // Budget: total bytes over budget only briefly (one evaluation).
             let total = directoryBytes(d.cache)
             if total > UInt64(budgetMB) << 20 {
@@ -60,7 +60,7 @@ import Glibc
             let region = regions[(k / 6) % regions.count]
             if inject(region, into: d.cache + "/" + victim) { injected[victim] = region }
         }
-        for p in engines { p.waitUntilExit() }
+        for p in engines { await p.exited() }
         // Let the daemon finish: a pass comes every ~11 s.
         // A damaged file is removed, or healed by the engine itself (a tool-map
         // rewrite replaces a damaged trailer, and a store renames a fresh file
@@ -75,7 +75,7 @@ import Glibc
             }
         }
         do {
-            try waitUntil("every injected file removed or healed", timeout: 40) { stillCorrupt().isEmpty }
+            try await waitUntil("every injected file removed or healed", timeout: 40) { stillCorrupt().isEmpty }
         } catch {
             Issue.record("still corrupt: \(stillCorrupt().map { "\($0) (\(injected[$0]!))" })")
         }
@@ -83,7 +83,7 @@ import Glibc
         // Stop the daemon first: the log and the directory are then read in one final
         // state (a timer eviction between reading the log and listing the files would
         // otherwise look like a file vanishing without a logged removal).
-        let s = d.stop()
+        let s = await d.stop()
         #expect(s.status == 0)
         let removedCorrupt = Set(d.events("corrupt-removed").compactMap { $0["file"] })
         // PR #146's engine unlinks a v2 file that fails a load: damage it found first is gone by its hand.
@@ -111,7 +111,7 @@ import Glibc
             #expect((j?["errors"] as? [Any])?.isEmpty == true, "\(f): \(String(describing: j?["errors"]))")
             #expect((j?["stores"] as? Int ?? 0) > 20)
         }
-        let final = try Tool.run("kvscrubd", ["verify", "--json", d.cache])
+        let final = try await Tool.run("kvscrubd", ["verify", "--json", d.cache])
         #expect(((final.json as? [String: Any])?["summary"] as? [String: Int])?["corrupt"] == 0, "\(final.stdout.prefix(2000))")
     }
 

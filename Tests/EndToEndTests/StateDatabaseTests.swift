@@ -30,19 +30,19 @@ import Glibc
 
     /// A daemon over `populate`'s files, once all three v1 files are recorded, in memory and in the database.
     static func startRecorded(_ root: TempDir, environment: [String: String] = [:])
-        throws -> (d: DaemonProcess, cache: String, state: String, v1: [String], v2: String) {
+        async throws -> (d: DaemonProcess, cache: String, state: String, v1: [String], v2: String) {
         let cache = root.file("cache")
         let state = root.file("state")
         let (v1, v2) = try populate(cache)
-        let d = try DaemonProcess(root: root, extra: fast, cacheDir: cache, environment: environment)
-        try waitUntil("every v1 file recorded", timeout: 30) { try d.status().checksums?.recorded == 3 }
-        try waitUntil("the records in the database", timeout: 20) { recordCount(state) == 3 }
+        let d = try await DaemonProcess(root: root, extra: fast, cacheDir: cache, environment: environment)
+        try await waitUntil("every v1 file recorded", timeout: 30) { try d.status().checksums?.recorded == 3 }
+        try await waitUntil("the records in the database", timeout: 20) { recordCount(state) == 3 }
         return (d, cache, state, v1, v2)
     }
 
-    @Test func v1PayloadFlippedAfterRecording_isFound_removedUnderTheRule_andInTheHistory() throws {
+    @Test func v1PayloadFlippedAfterRecording_isFound_removedUnderTheRule_andInTheHistory() async throws {
         let root = TempDir()
-        let (d, cache, state, v1, v2) = try Self.startRecorded(root)
+        let (d, cache, state, v1, v2) = try await Self.startRecorded(root)
         let k = try #require(try d.status().checksums)
         #expect(k == StatusReport.Checksums(inFile: 1, recorded: 3, notYetRecorded: 0))
         let entries = try d.request("entries").entries ?? []
@@ -54,10 +54,10 @@ import Glibc
         let h = try CacheEntry.read(path: victim).header!
         let at = h.prologueSize + Int(h.textBytes) + Int(h.payloadBytes) / 2
         Damage.edit(victim) { $0[at] ^= 0x04 }
-        let plain = try Tool.run("kvscrubd", ["verify", "--json", victim])
+        let plain = try await Tool.run("kvscrubd", ["verify", "--json", victim])
         #expect(plain.status == 0, "without the record, structure alone passes it")
         // Offline, with the daemon's records (read-only, while it runs).
-        let offline = try Tool.run("kvscrubd", ["verify", "--recorded", "--state-dir", state, "--json", cache])
+        let offline = try await Tool.run("kvscrubd", ["verify", "--recorded", "--state-dir", state, "--json", cache])
         #expect(offline.status == 1, "\(offline.stdout)")
         let files = ((offline.json as? [String: Any])?["files"] as? [[String: Any]]) ?? []
         let names = files.map { ((($0["path"] as? String) ?? "") as NSString).lastPathComponent }
@@ -69,7 +69,7 @@ import Glibc
 
         // The daemon's next pass finds it, and the removal rule removes it.
         #expect(try d.request("scrub-start").ok)
-        try waitUntil("the damaged v1 file removed and logged", timeout: 30) {
+        try await waitUntil("the damaged v1 file removed and logged", timeout: 30) {
             !FileManager.default.fileExists(atPath: victim) && !d.events("corrupt-removed").isEmpty
         }
         let removed = try #require(d.events("corrupt-removed").first)
@@ -79,7 +79,7 @@ import Glibc
         #expect(FileManager.default.fileExists(atPath: v2))
 
         // The history says what, when and why; status -v lists it.
-        let hist = try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--json"])
+        let hist = try await Tool.run("kvscrubd", ["history", "--socket", d.socket, "--json"])
         #expect(hist.status == 0, "\(hist.stderr)")
         let events = ((hist.json as? [String: Any])?["events"] as? [[String: Any]]) ?? []
         #expect(events.count == 1, "\(hist.stdout)")
@@ -88,25 +88,25 @@ import Glibc
         let detail = (events.first?["detail"] as? String) ?? ""
         #expect(detail.contains("differs from the checksum recorded on"), "\(detail)")
         #expect(events.first?["expected_crc"] != nil && events.first?["actual_crc"] != nil)
-        #expect(try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "budget", "--json"]).stdout.contains("\"events\":[]"))
-        let text = try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--since", "1h"])
+        #expect(try await Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "budget", "--json"]).stdout.contains("\"events\":[]"))
+        let text = try await Tool.run("kvscrubd", ["history", "--socket", d.socket, "--since", "1h"])
         #expect(text.stdout.contains(name) && text.stdout.contains("removed"), "\(text.stdout)")
-        let bad = try Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "sunspots"])
+        let bad = try await Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "sunspots"])
         #expect(bad.status != 0 && bad.stderr.contains("--cause"))
-        let verbose = try Tool.run("kvscrubd", ["status", "--socket", d.socket, "-v"])
+        let verbose = try await Tool.run("kvscrubd", ["status", "--socket", d.socket, "-v"])
         #expect(verbose.stdout.contains("last corrupt files removed or quarantined") && verbose.stdout.contains(name), "\(verbose.stdout)")
         #expect(verbose.stdout.contains("2 v1 with a recorded checksum"), "\(verbose.stdout)")
         // The removed file's record goes with it.
-        try waitUntil("the record dropped", timeout: 20) { Self.recordCount(state) == 2 }
+        try await waitUntil("the record dropped", timeout: 20) { Self.recordCount(state) == 2 }
         let metrics = try d.request("metrics").metrics ?? ""
         #expect(metrics.contains("kvscrubd_checksum_protected_files{source=\"recorded\"} 2"), "\(metrics)")
-        _ = d.stop()
+        _ = await d.stop()
         #expect(try Self.db(state)?.historyCount() == 1)
     }
 
-    @Test func aReplacedV1File_getsANewRecord_andIsNeverJudgedByTheOldOne() throws {
+    @Test func aReplacedV1File_getsANewRecord_andIsNeverJudgedByTheOldOne() async throws {
         let root = TempDir()
-        let (d, cache, state, v1, _) = try Self.startRecorded(root)
+        let (d, cache, state, v1, _) = try await Self.startRecorded(root)
         let name = (v1[0] as NSString).lastPathComponent
         let old = try #require(try Self.db(state)?.records()[name])
         // The engine stores the same text again with another payload: a new inode renamed over the name.
@@ -115,21 +115,21 @@ import Glibc
             in: cache, text: text, payload: SyntheticPayload(byteCount: 50 << 10, tokens: 100, ctxSize: 4096, seed: 9999),
             metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 100, createdAt: UInt64(Date().timeIntervalSince1970) + 5),
             toolMap: nil)
-        try waitUntil("the new file recorded", timeout: 30) {
+        try await waitUntil("the new file recorded", timeout: 30) {
             guard let r = try Self.db(state)?.records()[name] else { return false }
             return r.key != old.key
         }
         #expect(try Self.db(state)?.records()[name]?.payloadCRC != old.payloadCRC)
         #expect(try d.request("scrub-start").ok)
-        try waitUntil("a pass over", timeout: 30) { try d.status().scrub.lastPass.map { $0.files >= 4 } ?? false }
+        try await waitUntil("a pass over", timeout: 30) { try d.status().scrub.lastPass.map { $0.files >= 4 } ?? false }
         let s = try d.status()
         #expect(s.counters.corruptFound == 0)
         #expect(s.checksums?.recorded == 3)
-        _ = d.stop()
+        _ = await d.stop()
         for f in v1 { #expect(FileManager.default.fileExists(atPath: f)) }
     }
 
-    @Test func stateJSON_isMigratedOnce_andLeftAsMigrated() throws {
+    @Test func stateJSON_isMigratedOnce_andLeftAsMigrated() async throws {
         let root = TempDir()
         let cache = root.file("cache")
         let state = root.file("state")
@@ -143,22 +143,22 @@ import Glibc
         let record = StateStore.Record(scrub: DaemonState.ScrubProgress(), counters: counters,
                                        recentEvictions: [evicted: .init(at: Date().timeIntervalSince1970 - 60, bytes: 4096)])
         try StateStore(directory: state).save(record)
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         let s = try d.status()
         #expect(s.counters.corruptFound == 7 && s.counters.corruptRemoved == 5 && s.counters.evictedBudget == 11)
         #expect(s.counters.passesCompleted >= 3)
         #expect(d.events("state-migrated").count == 1)
         #expect(!FileManager.default.fileExists(atPath: state + "/state.json"))
         #expect(FileManager.default.fileExists(atPath: state + "/state.json.migrated"))
-        _ = d.stop()
+        _ = await d.stop()
         // The regret window came along.
-        let evictions = try Tool.runCapturing("/usr/bin/sqlite3", [state + "/state.sqlite", "SELECT name FROM recent_eviction"])
+        let evictions = try await Tool.runCapturing("/usr/bin/sqlite3", [state + "/state.sqlite", "SELECT name FROM recent_eviction"])
         #expect(evictions.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == evicted, "\(evictions)")
         // A second start reads the database, and migrates nothing.
-        let again = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let again = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         #expect(try again.status().counters.corruptFound == 7)
         #expect(again.events("state-migrated").isEmpty)
-        _ = again.stop()
+        _ = await again.stop()
         let core = try #require(try Self.db(state)?.core())
         #expect(core.counters.evictedBudget == 11)
     }
@@ -166,10 +166,10 @@ import Glibc
     /// The database damaged between two runs: moved aside, reported, a new one
     /// started; the records are taken again and no file is lost.
     @Test(arguments: ["truncated", "garbage", "deleted"])
-    func aDamagedDatabaseAtStartUp_isMovedAside_andTheRecordsAreTakenAgain(damage: String) throws {
+    func aDamagedDatabaseAtStartUp_isMovedAside_andTheRecordsAreTakenAgain(damage: String) async throws {
         let root = TempDir()
-        let (first, cache, state, v1, v2) = try Self.startRecorded(root)
-        _ = first.stop()
+        let (first, cache, state, v1, v2) = try await Self.startRecorded(root)
+        _ = await first.stop()
         let path = state + "/state.sqlite"
         switch damage {
         case "truncated":
@@ -181,33 +181,33 @@ import Glibc
         default:
             for s in ["", "-wal", "-shm"] { unlink(path + s) }
         }
-        let d = try DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
+        let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
         #expect(try d.request("status").ok)
         if damage != "deleted" {
             #expect(d.events("state-db-damaged").count == 1, "\(d.log.suffix(2000))")
             let aside = ((try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []).filter { $0.hasPrefix("state.sqlite.damaged.") }
             #expect(!aside.isEmpty)
         }
-        try waitUntil("the v1 files recorded again", timeout: 30) { try d.status().checksums?.recorded == 3 }
-        try waitUntil("the new database holds them", timeout: 20) { Self.recordCount(state) == 3 }
+        try await waitUntil("the v1 files recorded again", timeout: 30) { try d.status().checksums?.recorded == 3 }
+        try await waitUntil("the new database holds them", timeout: 20) { Self.recordCount(state) == 3 }
         let s = try d.status()
         #expect(s.counters.corruptFound == 0)
-        _ = d.stop()
+        _ = await d.stop()
         for f in v1 + [v2] { #expect(FileManager.default.fileExists(atPath: f)) }
     }
 
     /// Deleted under the running daemon: the next save notices (the inode is gone) and
     /// writes a new database from memory, records and all.
-    @Test func theDatabaseDeletedWhileRunning_isWrittenAgainFromMemory() throws {
+    @Test func theDatabaseDeletedWhileRunning_isWrittenAgainFromMemory() async throws {
         let root = TempDir()
-        let (d, _, state, v1, _) = try Self.startRecorded(root)
+        let (d, _, state, v1, _) = try await Self.startRecorded(root)
         for s in ["", "-wal", "-shm"] { unlink(state + "/state.sqlite" + s) }
         #expect(try d.request("scrub-pause").ok)
-        try waitUntil("a new database with the pause and the records", timeout: 20) {
+        try await waitUntil("a new database with the pause and the records", timeout: 20) {
             (try? Self.db(state)?.core()?.scrub.paused) == true && Self.recordCount(state) == 3
         }
         #expect(try d.status().lastErrors.contains { $0.contains("deleted or replaced") })
-        _ = d.stop()
+        _ = await d.stop()
         for f in v1 { #expect(FileManager.default.fileExists(atPath: f)) }
     }
 }
@@ -215,10 +215,10 @@ import Glibc
 extension StateDatabaseTests {
     /// Overwritten with garbage in place under the running daemon (same inodes): the next
     /// write meets it, the file is moved aside, and a new one is written from memory.
-    @Test func garbageWrittenOverTheDatabaseWhileRunning_isReplacedFromMemory() throws {
+    @Test func garbageWrittenOverTheDatabaseWhileRunning_isReplacedFromMemory() async throws {
         let root = TempDir()
         // The daemon checks its database (PRAGMA quick_check) every minute; here every second.
-        let (d, _, state, v1, v2) = try Self.startRecorded(root, environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_DB_CHECK_SECONDS": "1"])
+        let (d, _, state, v1, v2) = try await Self.startRecorded(root, environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_DB_CHECK_SECONDS": "1"])
         let path = state + "/state.sqlite"
         // The database and its write-ahead log, in place (the shared-memory index, which SQLite
         // maps, is left alone: truncating a mapped file kills any process with SIGBUS).
@@ -234,12 +234,12 @@ extension StateDatabaseTests {
         #expect(try d.request("scrub-pause").ok)
         #expect(try d.request("scrub-resume").ok)
         #expect(try d.request("scrub-start").ok)
-        try waitUntil("a sound database with the records again", timeout: 30) { Self.recordCount(state) == 3 }
+        try await waitUntil("a sound database with the records again", timeout: 30) { Self.recordCount(state) == 3 }
         #expect(try d.request("status").ok)
         #expect(d.events("state-db-damaged").count == 1, "\(d.log.suffix(3000))")
         #expect(try d.status().lastErrors.contains { $0.contains("state database damaged, moved to") })
-        _ = d.stop()
-        let integrity = try Tool.runCapturing("/usr/bin/sqlite3", [path, "PRAGMA integrity_check"])
+        _ = await d.stop()
+        let integrity = try await Tool.runCapturing("/usr/bin/sqlite3", [path, "PRAGMA integrity_check"])
         #expect(integrity.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "ok", "\(integrity)")
         for f in v1 + [v2] { #expect(FileManager.default.fileExists(atPath: f)) }
     }

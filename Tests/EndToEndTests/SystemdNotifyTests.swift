@@ -56,7 +56,7 @@ final class NotifySocket {
         return p
     }
 
-    @Test func lifecycle_readyStatusReloadingStopping() throws {
+    @Test func lifecycle_readyStatusReloadingStopping() async throws {
         let root = TempDir()
         let n = try NotifySocket(path: root.file("notify"))
         let d = try startDaemon(root, env: ["NOTIFY_SOCKET": n.path])
@@ -72,11 +72,11 @@ final class NotifySocket {
         kill(d.processIdentifier, SIGTERM)
         let stop = n.receive(timeout: 10) { $0.contains("STOPPING=1") }
         #expect(stop.contains { $0.contains("STOPPING=1") })
-        d.waitUntilExit()
+        await d.exited()
         #expect(d.terminationStatus == 0)
     }
 
-    @Test func watchdog_isFedFromTheMaintenanceLoop_andStopsWhenItHangs() throws {
+    @Test func watchdog_isFedFromTheMaintenanceLoop_andStopsWhenItHangs() async throws {
         let root = TempDir()
         let n = try NotifySocket(path: root.file("notify"))
         let d = try startDaemon(root, env: ["NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "400000", "KVSCRUBD_TEST_FAULTS": "1"])
@@ -92,7 +92,7 @@ final class NotifySocket {
 
     /// A cache directory gone for longer than the watchdog's timeout is a wait, not a hang:
     /// the watchdog is still fed and STATUS= says what the daemon waits for.
-    @Test func watchdog_isFedWhileTheCacheDirectoryIsMissing() throws {
+    @Test func watchdog_isFedWhileTheCacheDirectoryIsMissing() async throws {
         let root = TempDir()
         let n = try NotifySocket(path: root.file("notify"))
         let d = try startDaemon(root, env: ["NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "400000"])
@@ -110,11 +110,11 @@ final class NotifySocket {
         let back = n.receive(timeout: 10) { $0.contains("STATUS=") && !$0.contains("waiting") }
         #expect(back.contains { $0.contains("STATUS=") && !$0.contains("waiting") }, "\(back.suffix(3))")
         kill(d.processIdentifier, SIGTERM)
-        d.waitUntilExit()
+        await d.exited()
         #expect(d.terminationStatus == 0)
     }
 
-    @Test func noNotifySocket_noNotifications_andNothingBreaks() {
+    @Test func noNotifySocket_noNotifications_andNothingBreaks() async {
         // Outside systemd every call is a no-op.
         let n = SystemdNotifier()
         if ProcessInfo.processInfo.environment["NOTIFY_SOCKET"] == nil {
@@ -124,7 +124,7 @@ final class NotifySocket {
         }
     }
 
-    @Test func journalFields_areStructured_andNamedAsJournaldRequires() {
+    @Test func journalFields_areStructured_andNamedAsJournaldRequires() async {
         let f = JournalLogHandler.fields(level: .warning, message: "corrupt file removed",
                                          metadata: ["event": "corrupt-removed", "file": "ab.kv", "region": "payload",
                                                     "expected_crc": "0x00000001", "actual_crc": "0x00000002", "bytes": "123"],

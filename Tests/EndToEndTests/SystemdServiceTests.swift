@@ -15,8 +15,8 @@ final class SystemdNamespace {
     let pid: String
     let work: String
 
-    init() throws {
-        let r = try Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-start", [])
+    init() async throws {
+        let r = try await Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-start", [])
         guard r.status == 0, let pid = r.stdout.split(separator: "\n").last.map(String.init), Int(pid) != nil else {
             throw HarnessCommandFailed(command: "scripts/systemd-ns-start", stderr: r.stderr)
         }
@@ -24,18 +24,18 @@ final class SystemdNamespace {
         work = try String(contentsOfFile: "/tmp/sdns-\(pid).work", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    deinit { _ = try? Tool.runCapturing(ManPageTests.repo + "/scripts/systemd-ns-stop", [pid]) }
+    deinit { _ = Tool.runBlocking(ManPageTests.repo + "/scripts/systemd-ns-stop", [pid]) }
 
     var units: String { work + "/units" }
 
     /// Runs a command inside the namespace.
     @discardableResult
-    func run(_ args: [String]) throws -> Tool.Result {
-        try Tool.runCapturing("/usr/bin/nsenter", ["-t", pid, "-a"] + args)
+    func run(_ args: [String]) async throws -> Tool.Result {
+        try await Tool.runCapturing("/usr/bin/nsenter", ["-t", pid, "-a"] + args)
     }
 
-    func show(_ unit: String, _ property: String) throws -> String {
-        try run(["systemctl", "show", "-p", property, "--value", unit]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    func show(_ unit: String, _ property: String) async throws -> String {
+        try await run(["systemctl", "show", "-p", property, "--value", unit]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// The host path of a file inside the namespace.
@@ -49,19 +49,19 @@ final class PackageUsers {
     private let hadUser: Bool
     private let hadGroup: Bool
 
-    init() throws {
+    init() async throws {
         hadUser = getpwnam("kvscrubd") != nil
         hadGroup = getgrnam("ds4-kv") != nil
-        let r = try Tool.runCapturing("/usr/bin/systemd-sysusers", [ManPageTests.repo + "/packaging/sysusers.d/kvscrubd.conf"])
+        let r = try await Tool.runCapturing("/usr/bin/systemd-sysusers", [ManPageTests.repo + "/packaging/sysusers.d/kvscrubd.conf"])
         guard r.status == 0 else { throw HarnessCommandFailed(command: "systemd-sysusers", stderr: r.stderr) }
     }
 
     deinit {
         if !hadUser {
-            _ = try? Tool.runCapturing("/usr/sbin/userdel", ["kvscrubd"])
-            _ = try? Tool.runCapturing("/usr/sbin/groupdel", ["kvscrubd"])
+            _ = Tool.runBlocking("/usr/sbin/userdel", ["kvscrubd"])
+            _ = Tool.runBlocking("/usr/sbin/groupdel", ["kvscrubd"])
         }
-        if !hadGroup { _ = try? Tool.runCapturing("/usr/sbin/groupdel", ["ds4-kv"]) }
+        if !hadGroup { _ = Tool.runBlocking("/usr/sbin/groupdel", ["ds4-kv"]) }
     }
 }
 
@@ -75,12 +75,12 @@ final class ServiceFixture {
     let cache: String
 
     /// `extraArgs`: more options for `kvscrubd run` in the unit's ExecStart.
-    init(watchdogSec: Int = 30, extraArgs: [String] = []) throws {
-        ns = try SystemdNamespace()
-        users = try PackageUsers()
+    init(watchdogSec: Int = 30, extraArgs: [String] = []) async throws {
+        ns = try await SystemdNamespace()
+        users = try await PackageUsers()
         stage = "/opt/kvscrubd-test/" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: stage, withIntermediateDirectories: true)
-        cache = try Self.install(ns, stage: stage, watchdogSec: watchdogSec, extraArgs: extraArgs).cache
+        cache = try await Self.install(ns, stage: stage, watchdogSec: watchdogSec, extraArgs: extraArgs).cache
     }
 
     deinit {
@@ -89,13 +89,13 @@ final class ServiceFixture {
     }
 
     /// Copies the built binary and the packaged units in, with a drop-in saying where the binary and the cache are.
-    private static func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int, extraArgs: [String]) throws -> (cache: String, bin: String) {
+    private static func install(_ ns: SystemdNamespace, stage: String, watchdogSec: Int, extraArgs: [String]) async throws -> (cache: String, bin: String) {
         let bin = stage + "/kvscrubd"
         try FileManager.default.copyItem(atPath: Tool.binDir + "/kvscrubd", toPath: bin)
         let cache = stage + "/cache"
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        _ = try Tool.runCapturing("/bin/chown", ["root:ds4-kv", cache])
-        _ = try Tool.runCapturing("/bin/chmod", ["2770", cache])
+        _ = try await Tool.runCapturing("/bin/chown", ["root:ds4-kv", cache])
+        _ = try await Tool.runCapturing("/bin/chmod", ["2770", cache])
         for u in ["kvscrubd.service", "kvscrubd.socket"] {
             try FileManager.default.copyItem(atPath: ManPageTests.repo + "/packaging/systemd/" + u, toPath: ns.units + "/" + u)
         }
@@ -111,29 +111,29 @@ final class ServiceFixture {
         WatchdogSec=\(watchdogSec)s
         RestartSec=1s
         """.write(toFile: dropIn + "/test.conf", atomically: true, encoding: .utf8)
-        try ns.run(["systemctl", "daemon-reload"])
+        try await ns.run(["systemctl", "daemon-reload"])
         return (cache, bin)
     }
 }
 
 @Suite(.serialized) struct SystemdServiceTests {
-    @Test func socketActivation_notify_journal_reload_stop() throws {
-        let f = try ServiceFixture()
+    @Test func socketActivation_notify_journal_reload_stop() async throws {
+        let f = try await ServiceFixture()
         defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
         let (ns, stage, cache) = (f.ns, f.stage, f.cache)
-        #expect(try ns.run(["systemctl", "start", "kvscrubd.socket"]).status == 0)
-        #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
+        await #expect(try ns.run(["systemctl", "start", "kvscrubd.socket"]).status == 0)
+        await #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
         // A client connects: the service starts on demand and answers on the passed socket.
         let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
-        try waitUntil("the socket", timeout: 10) { FileManager.default.fileExists(atPath: sock) }
+        try await waitUntil("the socket", timeout: 10) { FileManager.default.fileExists(atPath: sock) }
         var st = stat()
         #expect(lstat(sock, &st) == 0 && st.st_mode & 0o777 == 0o660)
-        let status = try Tool.run("kvscrubd", ["status", "--json", "--socket", sock])
-        let journal = try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager"]).stdout
+        let status = try await Tool.run("kvscrubd", ["status", "--json", "--socket", sock])
+        let journal = try await ns.run(["journalctl", "-u", "kvscrubd", "--no-pager"]).stdout
         #expect(status.status == 0, "\(status.stderr) \(journal)")
-        #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
-        try waitUntil("StatusText", timeout: 10) { try ns.show("kvscrubd.service", "StatusText").contains("files, ") }
-        #expect(try ns.show("kvscrubd.service", "StatusText").contains("corrupt"))
+        await #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
+        try await waitUntil("StatusText", timeout: 10) { try await ns.show("kvscrubd.service", "StatusText").contains("files, ") }
+        await #expect(try ns.show("kvscrubd.service", "StatusText").contains("corrupt"))
 
         // A corrupt checkpoint arrives: removed, with structured journal fields.
         let side = stage + "/side"
@@ -146,11 +146,11 @@ final class ServiceFixture {
         let name = String(p.split(separator: "/").last!)
         try Data(b).write(to: URL(fileURLWithPath: side + "/x"))
         rename(side + "/x", cache + "/" + name)
-        try waitUntil("the corrupt file removed", timeout: 15) { !FileManager.default.fileExists(atPath: cache + "/" + name) }
+        try await waitUntil("the corrupt file removed", timeout: 15) { !FileManager.default.fileExists(atPath: cache + "/" + name) }
         let id = DaemonEvent.Kind.corruptRemoved.messageID!
         var records: [[String: Any]] = []
-        try waitUntil("the journal record", timeout: 10) {
-            records = try ns.run(["journalctl", "-u", "kvscrubd", "-o", "json", "MESSAGE_ID=\(id)", "--no-pager"]).stdout
+        try await waitUntil("the journal record", timeout: 10) {
+            records = try await ns.run(["journalctl", "-u", "kvscrubd", "-o", "json", "MESSAGE_ID=\(id)", "--no-pager"]).stdout
                 .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
             return !records.isEmpty
         }
@@ -162,7 +162,7 @@ final class ServiceFixture {
         #expect(r["PRIORITY"] as? String == "4")
         #expect(r["SYSLOG_IDENTIFIER"] as? String == "kvscrubd")
         // The same search an operator types.
-        let byRegion = try ns.run(["journalctl", "-u", "kvscrubd", "KVSCRUB_REGION=payload", "--no-pager", "-q"]).stdout
+        let byRegion = try await ns.run(["journalctl", "-u", "kvscrubd", "KVSCRUB_REGION=payload", "--no-pager", "-q"]).stdout
         #expect(byRegion.contains("corrupt file removed"))
         // `journalctl -x` explains it from the packaged catalog. The catalog goes in through a bind
         // mount inside the namespace (the host's /usr/lib/systemd/catalog is left alone), and the
@@ -173,86 +173,86 @@ final class ServiceFixture {
             try? FileManager.default.copyItem(atPath: "/usr/lib/systemd/catalog/" + f, toPath: catalogDir + "/" + f)
         }
         try FileManager.default.copyItem(atPath: ManPageTests.repo + "/packaging/kvscrubd.catalog", toPath: catalogDir + "/kvscrubd.catalog")
-        #expect(try ns.run(["mount", "--bind", catalogDir, "/usr/lib/systemd/catalog"]).status == 0)
-        #expect(try ns.run(["journalctl", "--update-catalog"]).status == 0)
-        let explained = try ns.run(["journalctl", "-x", "-u", "kvscrubd", "MESSAGE_ID=\(id)", "--no-pager", "-q"]).stdout
+        await #expect(try ns.run(["mount", "--bind", catalogDir, "/usr/lib/systemd/catalog"]).status == 0)
+        await #expect(try ns.run(["journalctl", "--update-catalog"]).status == 0)
+        let explained = try await ns.run(["journalctl", "-x", "-u", "kvscrubd", "MESSAGE_ID=\(id)", "--no-pager", "-q"]).stdout
         #expect(explained.contains("Subject: Corrupt KV checkpoint removed: \(name)"), "\(explained)")
         #expect(explained.contains("No good") || explained.contains("no good"), "\(explained)")
 
         // Reload: RELOADING=1 then READY=1; the service stays up.
-        #expect(try ns.run(["systemctl", "reload", "kvscrubd"]).status == 0)
-        try waitUntil("the reload logged", timeout: 10) {
-            try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.contains("configuration reloaded")
+        await #expect(try ns.run(["systemctl", "reload", "kvscrubd"]).status == 0)
+        try await waitUntil("the reload logged", timeout: 10) {
+            try await ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.contains("configuration reloaded")
         }
-        #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
+        await #expect(try ns.show("kvscrubd.service", "ActiveState") == "active")
 
         // Stop: clean, and SIGTERM handled (not killed).
-        #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
-        #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
-        #expect(try ns.show("kvscrubd.service", "Result") == "success")
+        await #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
+        await #expect(try ns.show("kvscrubd.service", "ActiveState") == "inactive")
+        await #expect(try ns.show("kvscrubd.service", "Result") == "success")
     }
 
-    @Test func watchdog_killsAndRestarts_aHungMaintenanceLoop() throws {
-        let f = try ServiceFixture(watchdogSec: 2)
+    @Test func watchdog_killsAndRestarts_aHungMaintenanceLoop() async throws {
+        let f = try await ServiceFixture(watchdogSec: 2)
         defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
         let ns = f.ns
-        #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
+        await #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
         let sock = ns.hostPath("/run/kvscrubd/kvscrubd.sock")
-        try waitUntil("active", timeout: 10) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
-        let mainPID = try ns.show("kvscrubd.service", "MainPID")
-        sleep(3) // alive past one watchdog period: the loop feeds it
-        #expect(try ns.show("kvscrubd.service", "NRestarts") == "0")
+        try await waitUntil("active", timeout: 10) { try await ns.show("kvscrubd.service", "ActiveState") == "active" }
+        let mainPID = try await ns.show("kvscrubd.service", "MainPID")
+        try await Task.sleep(for: .seconds(3)) // alive past one watchdog period: the loop feeds it
+        await #expect(try ns.show("kvscrubd.service", "NRestarts") == "0")
         #expect(try KVScrubDaemonClient.send(sock, "test-hang-maintenance"))
-        try waitUntil("a watchdog restart", timeout: 20) { try ns.show("kvscrubd.service", "NRestarts") != "0" }
-        let log = try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout
+        try await waitUntil("a watchdog restart", timeout: 20) { try await ns.show("kvscrubd.service", "NRestarts") != "0" }
+        let log = try await ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout
         #expect(log.contains("Watchdog timeout"), "\(log.suffix(2000))")
-        try waitUntil("active again", timeout: 15) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
-        #expect(try ns.show("kvscrubd.service", "MainPID") != mainPID)
-        try ns.run(["systemctl", "stop", "kvscrubd.service"])
+        try await waitUntil("active again", timeout: 15) { try await ns.show("kvscrubd.service", "ActiveState") == "active" }
+        await #expect(try ns.show("kvscrubd.service", "MainPID") != mainPID)
+        try await ns.run(["systemctl", "stop", "kvscrubd.service"])
     }
 
     /// The packaged unit's sandbox (IPAddressDeny=any, IPAddressAllow=localhost, inet sockets
     /// allowed) lets the loopback metrics listener be scraped from the host.
-    @Test func metricsListener_isReachableUnderThePackagedUnit() throws {
+    @Test func metricsListener_isReachableUnderThePackagedUnit() async throws {
         let port = PrometheusTests.freePort()
-        let f = try ServiceFixture(extraArgs: ["--metrics-listen", "127.0.0.1:\(port)"])
+        let f = try await ServiceFixture(extraArgs: ["--metrics-listen", "127.0.0.1:\(port)"])
         defer { withExtendedLifetime(f) {} } // ARC may end a local's life at its last use
         let ns = f.ns
-        #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
-        try waitUntil("active", timeout: 10) { try ns.show("kvscrubd.service", "ActiveState") == "active" }
+        await #expect(try ns.run(["systemctl", "start", "kvscrubd.service"]).status == 0)
+        try await waitUntil("active", timeout: 10) { try await ns.show("kvscrubd.service", "ActiveState") == "active" }
         var body = ""
         do {
-            try waitUntil("/metrics answers", timeout: 15) {
+            try await waitUntil("/metrics answers", timeout: 15) {
                 body = (try? OperateTests.httpGet(port: port, path: "/metrics"))?.body ?? ""
                 return body.contains("kvscrubd_build_info")
             }
         } catch {
-            Issue.record("\(error): \(try ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.suffix(2000))")
+            Issue.record("\(error): \(try await ns.run(["journalctl", "-u", "kvscrubd", "--no-pager", "-q"]).stdout.suffix(2000))")
         }
         #expect(body.contains("# HELP kvscrubd_files "))
-        #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
+        await #expect(try ns.run(["systemctl", "stop", "kvscrubd.service"]).status == 0)
     }
 
     /// The shipped drop-in for the engine's unit parses cleanly on a stand-in engine unit
     /// (systemd-analyze reads drop-ins from SYSTEMD_UNIT_PATH; a misspelled key proves it does).
-    @Test func engineDropIn_verifiesOnAnEngineUnit() throws {
+    @Test func engineDropIn_verifiesOnAnEngineUnit() async throws {
         let dir = NSTemporaryDirectory() + "engine-unit-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir + "/ds4.service.d", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try "[Unit]\nDescription=engine\n[Service]\nExecStart=/bin/true\n".write(toFile: dir + "/ds4.service", atomically: true, encoding: .utf8)
         let dropIn = try String(contentsOfFile: ManPageTests.repo + "/packaging/examples/ds4-engine.kvscrubd.conf", encoding: .utf8)
         #expect(dropIn.contains("SupplementaryGroups=ds4-kv") && dropIn.contains("UMask=0007") && dropIn.contains("ReadWritePaths=/var/cache/ds4/kv"))
-        func verify(_ text: String) throws -> Tool.Result {
+        func verify(_ text: String) async throws -> Tool.Result {
             try text.write(toFile: dir + "/ds4.service.d/kvscrubd.conf", atomically: true, encoding: .utf8)
-            return try Tool.runCapturing("/usr/bin/env", ["SYSTEMD_UNIT_PATH=\(dir):", "/usr/bin/systemd-analyze", "verify", dir + "/ds4.service"])
+            return try await Tool.runCapturing("/usr/bin/env", ["SYSTEMD_UNIT_PATH=\(dir):", "/usr/bin/systemd-analyze", "verify", dir + "/ds4.service"])
         }
-        let good = try verify(dropIn)
+        let good = try await verify(dropIn)
         #expect(good.status == 0 && good.stderr.isEmpty && good.stdout.isEmpty, "\(good.stderr)")
-        let typo = try verify(dropIn.replacingOccurrences(of: "UMask=", with: "UMsk="))
+        let typo = try await verify(dropIn.replacingOccurrences(of: "UMask=", with: "UMsk="))
         #expect(typo.stderr.contains("Unknown key"), "the drop-in was not read: \(typo.stderr)")
     }
 
-    @Test func catalog_explainsEveryMessageID() throws {
+    @Test func catalog_explainsEveryMessageID() async throws {
         let catalog = try String(contentsOfFile: ManPageTests.repo + "/packaging/kvscrubd.catalog", encoding: .utf8)
         for event in DaemonEvent.Kind.allCases {
             guard let id = event.messageID else { continue }
@@ -260,8 +260,8 @@ final class ServiceFixture {
         }
     }
 
-    @Test func serviceUnit_isHardened_scoringAtMost2() throws {
-        let r = try Tool.runCapturing("/usr/bin/systemd-analyze", ["security", "--offline=yes", ManPageTests.repo + "/packaging/systemd/kvscrubd.service"])
+    @Test func serviceUnit_isHardened_scoringAtMost2() async throws {
+        let r = try await Tool.runCapturing("/usr/bin/systemd-analyze", ["security", "--offline=yes", ManPageTests.repo + "/packaging/systemd/kvscrubd.service"])
         let line = try #require((r.stdout + r.stderr).split(separator: "\n").first { $0.contains("Overall exposure level") })
         let score = Double(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces).split(separator: " ").first!) ?? 99
         #expect(score <= 2.0, "\(line)")

@@ -16,12 +16,13 @@ enum Tool {
     }
 
     /// Runs one of the built executables.
-    static func run(_ name: String, _ args: [String]) throws -> Result {
-        try runCapturing(binDir + "/" + name, args)
+    static func run(_ name: String, _ args: [String]) async throws -> Result {
+        try await runCapturing(binDir + "/" + name, args)
     }
 
-    /// Runs any program by path, stdin from /dev/null.
-    static func runCapturing(_ path: String, _ args: [String]) throws -> Result {
+    /// Runs any program by path, stdin from /dev/null. Waits without holding a
+    /// thread of the test runner's pool (see `waitUntil`).
+    static func runCapturing(_ path: String, _ args: [String]) async throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
@@ -37,8 +38,8 @@ enum Tool {
         DispatchQueue.global().async { o.set(out.fileHandleForReading.readDataToEndOfFile()); group.leave() }
         group.enter()
         DispatchQueue.global().async { e.set(err.fileHandleForReading.readDataToEndOfFile()); group.leave() }
-        p.waitUntilExit()
-        group.wait()
+        await p.exited()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in group.notify(queue: .global()) { c.resume() } }
         return Result(status: p.terminationStatus, stdout: String(decoding: o.get(), as: UTF8.self),
                       stderr: String(decoding: e.get(), as: UTF8.self))
     }
@@ -72,13 +73,27 @@ func flipByte(_ path: String, at offset: Int) {
 }
 
 extension Tool {
+    /// `runCapturing` for where a test cannot wait asynchronously: an `init`, a `deinit`, a `defer`.
+    /// Only for commands that end at once (useradd, userdel, umount -l): it holds a thread of the test
+    /// runner's pool while it waits.
+    static func runBlocking(_ path: String, _ args: [String]) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
     /// Runs a system command; returns its exit status.
-    static func runSystem(_ path: String, _ args: [String]) throws -> Int32 {
+    static func runSystem(_ path: String, _ args: [String]) async throws -> Int32 {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
         try p.run()
-        p.waitUntilExit()
+        await p.exited()
         return p.terminationStatus
     }
 }
