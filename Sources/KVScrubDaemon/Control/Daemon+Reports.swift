@@ -39,7 +39,7 @@ extension Daemon {
             // ETA: scrubbing time still needed, at the rate of the pass so far with paused time
             // left out (or the measured rate, or the limit); a pause does not make it grow.
             var eta: Double? = nil
-            let now = Date().timeIntervalSince1970
+            let now = state.clock.now()
             if let started = s.scrub.passStartedAt {
                 let remaining = s.passBytesLeft
                 let active = max(0, now - started - s.pausedSecondsInPass(now: now))
@@ -50,7 +50,7 @@ extension Daemon {
             let lastStart = max(s.scrub.lastPass?.startedAt ?? 0, s.scrub.lastCancelledAt ?? 0)
             let nextPass = s.scrub.passStartedAt == nil ? (lastStart > 0 ? lastStart : s.startedAt) + c.scrubIntervalHours * 3600 : nil
             return StatusReport(
-                state: s.phase.rawValue, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: Date().timeIntervalSince1970 - s.startedAt,
+                state: s.phase.rawValue, pid: getpid(), version: DaemonVersion.string, uptimeSeconds: s.clock.now() - s.startedAt,
                 cacheDir: c.cacheDir, files: filesTotal, bytes: bytesTotal, budgetBytes: c.budgetBytes, freeBytes: s.freeBytes,
                 filesystemBytes: s.fsBytes, dryRun: c.dryRun, incompatibleFiles: s.census.incompatible,
                 // Between passes nothing is done of the next one (the last pass has its own summary).
@@ -88,7 +88,7 @@ extension Daemon {
     }
 
     func entries() -> [EntryReport] {
-        let now = UInt64(Date().timeIntervalSince1970)
+        let now = UInt64(state.clock.now())
         let (all, verdicts, superseded, recorded) = state.with { s in
             (Array(s.index.values), s.verdicts, s.supersededBy, Set(s.index.keys.filter { s.isRecorded($0) == true }))
         }

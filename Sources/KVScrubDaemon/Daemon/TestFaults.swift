@@ -21,22 +21,17 @@ import Glibc
 ///   ENOSPC and read-only file systems are produced for real by the tests.
 /// - `KVSCRUBD_TEST_DB_CHECK_SECONDS=S`: the state database checks itself every
 ///   S seconds instead of every minute, so a test need not wait a minute.
-/// - `KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS=S`: the notice-level eviction summary
-///   covers S seconds instead of ten minutes.
 public final class TestFaults: Sendable {
     public let enabled: Bool
     let killAt: String?
     /// `KVSCRUBD_TEST_DB_CHECK_SECONDS`: how often the state database checks itself (default 60 s).
     let databaseCheckSeconds: Double?
-    /// `KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS`: the span of one eviction summary (default 600 s).
-    let evictionSummarySeconds: Double?
     private let stateEIO: Mutex<Int>
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
         killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
         databaseCheckSeconds = enabled ? Double(environment["KVSCRUBD_TEST_DB_CHECK_SECONDS"] ?? "") : nil
-        evictionSummarySeconds = enabled ? Double(environment["KVSCRUBD_TEST_EVICTION_SUMMARY_SECONDS"] ?? "") : nil
         stateEIO = Mutex(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
     }
 

@@ -44,7 +44,7 @@ extension Daemon {
     /// Temporary files an engine left behind (`orphan_temp_minutes`): see `OrphanSweep`.
     func sweepOrphans(_ dir: CacheDirectory) {
         guard let minutes = state.config.orphanTempMinutes else { return }
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         let due = state.with { s -> Bool in
             guard now >= s.nextOrphanSweep else { return false }
             s.nextOrphanSweep = now + OrphanSweep.interval(minutes: minutes)
@@ -121,7 +121,7 @@ extension Daemon {
                             }
                             events.record { s in
                                 s.insert(entry)
-                                guard before == nil, let regret = s.noteArrival(name, bytes: entry.fileSize, now: Date().timeIntervalSince1970) else {
+                                guard before == nil, let regret = s.noteArrival(name, bytes: entry.fileSize, now: s.clock.now()) else {
                                     return nil
                                 }
                                 return DaemonEvent(.regret, .notice, "an evicted checkpoint was written again (regret)", [
@@ -148,7 +148,7 @@ extension Daemon {
                         guard let gone = s.remove(name), unlinked else { return nil }
                         return DaemonEvent(.engineDeleted, .info, "the engine deleted a checkpoint",
                                            ["file": "\(name)", "bytes": "\(gone.fileSize)"],
-                                           counts: .engineDeleted(bytes: gone.fileSize, at: Date().timeIntervalSince1970))
+                                           counts: .engineDeleted(bytes: gone.fileSize, at: s.clock.now()))
                     }
                 case .overflow:
                     events.record(DaemonEvent(.rescan, .warning, "inotify queue overflowed; rescanning"))

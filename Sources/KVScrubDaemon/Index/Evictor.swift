@@ -48,16 +48,18 @@ public final class Evictor: Sendable {
         self.logger = logger
         self.events = EventRecorder(state: state, logger: logger)
         self.history = history
-        summary = Mutex(EvictionSummary(interval: summarySeconds, now: Date().timeIntervalSince1970))
+        summary = Mutex(EvictionSummary(interval: summarySeconds, now: state.clock.now()))
     }
 
     /// Seconds until the eviction summary is due (the maintenance loop wakes for it); nil: nothing to summarize.
-    func summaryDueIn(now: Double = Date().timeIntervalSince1970) -> Double? {
-        summary.withLock { $0.dueIn(now: now) }
+    func summaryDueIn() -> Double? {
+        let now = state.clock.now()
+        return summary.withLock { $0.dueIn(now: now) }
     }
 
     /// Logs the summary of the evictions of the last window when it is over (the maintenance loop asks).
-    func summarizeIfDue(now: Double = Date().timeIntervalSince1970) {
+    func summarizeIfDue() {
+        let now = state.clock.now()
         guard let event = summary.withLock({ $0.due(now: now) }) else { return }
         events.record(event)
     }
@@ -65,7 +67,8 @@ public final class Evictor: Sendable {
     public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible, superseded }
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
-    public func evaluate(directory: CacheDirectory, arrived: String? = nil, now: UInt64 = UInt64(Date().timeIntervalSince1970)) {
+    public func evaluate(directory: CacheDirectory, arrived: String? = nil) {
+        let now = UInt64(state.clock.now())
         // What an arrival costs must not grow with the index: the whole index is copied only when
         // something has to be evicted (over budget), and the arrival's text is read only when there
         // are continued waypoints it may supersede, or an eviction plan to weigh it in.
@@ -172,7 +175,8 @@ public final class Evictor: Sendable {
     /// Reclaims the files of superseded generations (`superseded_grace_hours`), oldest first:
     /// never an unknown layout, never a ds4-agent session. Returns how many files went.
     @discardableResult
-    public func reclaimSuperseded(directory: CacheDirectory, now: Double = Date().timeIntervalSince1970) -> Int {
+    public func reclaimSuperseded(directory: CacheDirectory) -> Int {
+        let now = state.clock.now()
         let (config, victims) = state.with { s in
             // Only a file the engine in force cannot use can be of a superseded generation: while there is
             // none (the census keeps the count), the index is not walked at all.

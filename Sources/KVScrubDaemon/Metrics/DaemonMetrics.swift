@@ -128,7 +128,7 @@ public final class DaemonMetrics: Sendable {
             var startedAt: Double = 0
             var interval: Double = 0
         }
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         // Under the state lock only what is read in constant time: the census is kept up to date by the
         // state itself, not counted here (issue #21: 28 ms a scrape at 100,000 files during a pass).
         let snap = state.with { s -> Snapshot in

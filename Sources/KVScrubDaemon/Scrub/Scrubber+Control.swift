@@ -55,7 +55,7 @@ extension Scrubber {
 
     /// Starts a pass now; returns what to say and the pass's start time, which names it.
     public func startNow() throws(ControlRefusal) -> (message: String, startedAt: Double) {
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         let running = state.with { s -> (Int, Int)? in
             guard s.scrub.passStartedAt != nil else { return nil }
             return (s.scrub.filesDone, s.passFilesTotal)
@@ -71,7 +71,7 @@ extension Scrubber {
     }
 
     public func pause() -> String {
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         let already = state.with { s -> Bool in
             if s.scrub.paused == true { return true }
             s.scrub.paused = true
@@ -84,7 +84,7 @@ extension Scrubber {
     }
 
     public func resume() -> String {
-        let was = resumeIfPaused(now: Date().timeIntervalSince1970)
+        let was = resumeIfPaused(now: state.clock.now())
         persist(force: true)
         wake()
         if was { events.record(DaemonEvent(.scrubResumed, .notice, "scrubbing resumed")) }
@@ -103,7 +103,7 @@ extension Scrubber {
 
     /// Ends the pass in progress without completing it; the next one is due an interval from now.
     public func cancel() throws(ControlRefusal) -> String {
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         let done = state.with { s -> Int? in
             guard s.scrub.passStartedAt != nil else { return nil }
             let d = s.scrub.filesDone
@@ -153,7 +153,7 @@ extension Scrubber {
             do {
                 let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
                 let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded))
-                let now = Date().timeIntervalSince1970
+                let now = state.clock.now()
                 recordIfNew(report, now: now)
                 state.with {
                     $0.setVerdict(name, report.verdict)

@@ -77,14 +77,14 @@ extension Scrubber {
             let outcome = try secondLook(name, first: first, in: dir, observer: observer)
             if case .notSettled(let wait) = outcome {
                 firstVerdicts.withLock { $0[name] = first }
-                state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + wait }
+                state.with { $0.pendingRemoval[name] = state.clock.now() + wait }
                 return "pending: the file changed less than the settle time ago"
             }
             return settle(outcome, first: first)
         } catch is ScrubThrottle.ScrubStopped {
             // Stopped, paused or cancelled mid-read: the second look is due again, nothing was decided.
             firstVerdicts.withLock { $0[name] = first }
-            state.with { $0.pendingRemoval[name] = Date().timeIntervalSince1970 + 1 }
+            state.with { $0.pendingRemoval[name] = state.clock.now() + 1 }
             return "pending: interrupted"
         } catch {
             return cannotRemove(first, error)
@@ -130,8 +130,8 @@ extension Scrubber {
         let verifier = Verifier(engine: abi, recorded: recorded, observer: observer)
         let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
-                                       now: { Date().timeIntervalSince1970 }, onStep: { faults.reached($0.rawValue) }) { report in
-            let admitted = state.with { $0.brake.admitRemoval(now: Date().timeIntervalSince1970, limit: config.removalBrake) }
+                                       now: { [state] in state.clock.now() }, onStep: { faults.reached($0.rawValue) }) { report in
+            let admitted = state.with { $0.brake.admitRemoval(now: state.clock.now(), limit: config.removalBrake) }
             if !admitted { brakeEngagedIfNew(report) }
             if !admitted && config.removalBrakeAction == .keep {
                 return .keepInPlace(why: "held back by the removal brake; 'kvscrubd brake release' lets it be removed")
@@ -195,7 +195,7 @@ extension Scrubber {
             if case .quarantined(_, let to) = outcome { done = .quarantined; destination = to }
             if case .keptInPlace = outcome { done = .keptInPlace }
             let problem = r.corruptProblems.first
-            database.enqueue([.history(HistoryEvent(at: Date().timeIntervalSince1970, action: done, file: name, bytes: r.fileSize,
+            database.enqueue([.history(HistoryEvent(at: state.clock.now(), action: done, file: name, bytes: r.fileSize,
                                                     cause: "corrupt", region: problem?.region.rawValue, detail: problem?.detail,
                                                     expectedCrc: problem?.expectedCRC, actualCrc: problem?.actualCRC,
                                                     destination: destination))])

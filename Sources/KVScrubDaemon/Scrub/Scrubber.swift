@@ -59,59 +59,73 @@ public final class Scrubber: Sendable {
 
     /// A checkpoint arrived or changed content: verify it soon.
     public func fileArrived(_ name: String) {
-        let due = Date().timeIntervalSince1970 + state.config.scrubNewFileDelaySeconds
+        let due = state.clock.now() + state.config.scrubNewFileDelaySeconds
         newFiles.withLock { $0.schedule(name, at: due) }
         wake()
     }
 
     public func wake() { wakeup.signal() }
 
+    /// What one `step` did.
+    public enum Step: Equatable, Sendable {
+        /// Verified a file, took a second look, or started or finished a pass: step again at once.
+        case worked
+        /// Nothing is due: sleep at most this many seconds, or until woken (`wake`).
+        case idle(seconds: Double)
+    }
+
     /// The scrub thread's body; returns once `stopping` is set.
     public func run() {
         let rc = kvs_ioprio_set_idle_self()
         if rc != 0 { logger.warning("cannot enter the idle I/O class; scrubbing at normal priority", metadata: ["errno": "\(-rc)"]) }
         while !stopping.isSet {
-            let now = Date().timeIntervalSince1970
-            let dir = directory.withLock { $0 }
-            guard let dir else { _ = wakeup.wait(timeout: .now() + 1); continue }
-            // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
-            if state.with({ $0.scrub.paused == true }) {
-                state.with { $0.scrubRate = 0 } // a rate is of reading now, not of the last read
-                _ = wakeup.wait(timeout: .now() + 3600)
-                continue
-            }
-            if let name = nextDuePendingRemoval(now: now) {
-                _ = confirmRemoval(name, in: dir, observer: throttle)
-                continue
-            }
-            if let name = nextDueNewFile(now: now) {
-                scrub(name, in: dir, partOfPass: false)
-                continue
-            }
-            let (passActive, lastStart) = state.with {
-                ($0.scrub.passStartedAt != nil, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
-            }
-            if passActive {
-                if let next = state.with({ s in s.nextInPass() }) {
-                    scrub(next, in: dir, partOfPass: true)
-                } else {
-                    finishPass(now: now)
-                }
-                continue
-            }
-            let interval = state.config.scrubIntervalHours * 3600
-            let nextStart = lastStart + interval
-            if now >= nextStart {
-                startPass(now: now)
-                continue
-            }
-            let nextNew = newFiles.withLock { $0.earliest() }
-            let nextRemoval = state.with { $0.pendingRemoval.values.min() }
-            let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
-            state.with { $0.scrubRate = 0 } // idle: nothing is being read
-            _ = wakeup.wait(timeout: .now() + max(0.01, min(until, 3600)))
+            if case .idle(let seconds) = step() { _ = wakeup.wait(timeout: .now() + seconds) }
         }
         persist(force: true)
+    }
+
+    /// Does the one thing due first at the clock's time, in this order: a second look, a new
+    /// file's check, the pass's next file (or its end), the start of a pass. When nothing is due,
+    /// says how long until something is. The scrub thread loops over it; a test steps it with a
+    /// clock of its own.
+    public func step() -> Step {
+        let now = state.clock.now()
+        guard let dir = directory.withLock({ $0 }) else { return .idle(seconds: 1) }
+        // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
+        if state.with({ $0.scrub.paused == true }) {
+            state.with { $0.scrubRate = 0 } // a rate is of reading now, not of the last read
+            return .idle(seconds: 3600)
+        }
+        if let name = nextDuePendingRemoval(now: now) {
+            _ = confirmRemoval(name, in: dir, observer: throttle)
+            return .worked
+        }
+        if let name = nextDueNewFile(now: now) {
+            scrub(name, in: dir, partOfPass: false)
+            return .worked
+        }
+        let (passActive, lastStart) = state.with {
+            ($0.scrub.passStartedAt != nil, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
+        }
+        if passActive {
+            if let next = state.with({ s in s.nextInPass() }) {
+                scrub(next, in: dir, partOfPass: true)
+            } else {
+                finishPass(now: now)
+            }
+            return .worked
+        }
+        let interval = state.config.scrubIntervalHours * 3600
+        let nextStart = lastStart + interval
+        if now >= nextStart {
+            startPass(now: now)
+            return .worked
+        }
+        let nextNew = newFiles.withLock { $0.earliest() }
+        let nextRemoval = state.with { $0.pendingRemoval.values.min() }
+        let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
+        state.with { $0.scrubRate = 0 } // idle: nothing is being read
+        return .idle(seconds: max(0.01, min(until, 3600)))
     }
 
     private func nextDuePendingRemoval(now: Double) -> String? {
@@ -171,7 +185,7 @@ public final class Scrubber: Sendable {
             let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
             let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded, observer: throttle))
             bytes = report.bytesRead
-            let now = Date().timeIntervalSince1970
+            let now = state.clock.now()
             state.with {
                 $0.setVerdict(name, report.verdict)
                 $0.brake.noteVerified(now: now)
@@ -217,7 +231,7 @@ public final class Scrubber: Sendable {
     /// the state row (progress, counters) at most every 2 s unless forced.
     /// Returns at once: the database merges and writes on its own queue.
     func persist(force: Bool) {
-        let now = Date().timeIntervalSince1970
+        let now = state.clock.now()
         let due = lastPersist.withLock { last -> Bool in
             if force || now - last >= 2 { last = now; return true }
             return false

@@ -58,6 +58,8 @@ public final class DaemonState: Sendable {
 
     public struct Inner: Sendable {
         public var config: DaemonConfig
+        /// The daemon's clock (`DaemonClock`), here too so that what runs under the lock can read it.
+        public let clock: any DaemonClock
         /// The engine's own deletions over the last day (this run), for `status`.
         public var engineDeletions = HourlyWindow()
         /// Temporary files seen old and unchanged once: removed at the next sweep if still so (`OrphanSweep`).
@@ -87,7 +89,7 @@ public final class DaemonState: Sendable {
         public var lastErrors: [String] = []
         public var freeBytes: UInt64?
         public var fsBytes: UInt64?
-        public var startedAt = Date().timeIntervalSince1970
+        public var startedAt: Double
         /// The last scrub verdict of each file this run (`setVerdict`).
         public private(set) var verdicts: [String: Verdict] = [:]
         /// Continued checkpoints an arrival superseded, and by which file.
@@ -283,17 +285,19 @@ public final class DaemonState: Sendable {
 
         mutating func noteError(_ message: String) {
             counters.errors += 1
-            lastErrors.append("\(Int(Date().timeIntervalSince1970)) \(message)")
+            lastErrors.append("\(Int(clock.now())) \(message)")
             if lastErrors.count > 10 { lastErrors.removeFirst(lastErrors.count - 10) }
         }
     }
 
-    /// NIO's lock (a pthread mutex) rather than Synchronization.Mutex: ThreadSanitizer sees a
-    /// pthread mutex's ordering, and reports every access behind a Synchronization.Mutex on Linux
-    /// as a race (its futex path is not instrumented), which would hide real races among false ones.
     private let inner: Mutex<Inner>
+    /// The time of day for every part (`DaemonClock`): the system's, or a test's.
+    public let clock: any DaemonClock
 
-    public init(config: DaemonConfig) { inner = Mutex(Inner(config: config)) }
+    public init(config: DaemonConfig, clock: any DaemonClock = SystemClock()) {
+        self.clock = clock
+        inner = Mutex(Inner(config: config, clock: clock))
+    }
 
     public func with<T>(_ body: (inout Inner) -> T) -> T { inner.withLock { body(&$0) } }
 
@@ -309,6 +313,11 @@ public final class StopFlag: Sendable {
 }
 
 extension DaemonState.Inner {
+    /// An empty state under `config`, started now by `clock`.
+    public init(config: DaemonConfig, clock: any DaemonClock = SystemClock()) {
+        self.init(config: config, clock: clock, startedAt: clock.now())
+    }
+
     /// A file queued for its second look by the pass in progress.
     mutating func suspectedInPass(_ name: String) {
         guard let pass = scrub.passStartedAt else { return }

@@ -110,7 +110,7 @@ extension StateDatabase {
         } catch {
             let failure = error
             // The first failure of a run of them, then at most one a minute: a full disk must not flood the journal.
-            let now = Date().timeIntervalSince1970
+            let now = clock.now()
             let (tell, count) = failures.withLock { f -> (Bool, Int) in
                 f.count += 1
                 guard f.count == 1 || now - f.lastReport >= 60 else { return (false, f.count) }
@@ -165,7 +165,7 @@ extension StateDatabase {
     /// Every minute (before a write, and on a timer): SQLite's own check of every page. Throws SQLITE_CORRUPT
     /// when it fails, which moves the file aside and starts a new one from memory.
     func checkIfDue() throws {
-        let now = Date().timeIntervalSince1970
+        let now = clock.now()
         let every = faults.databaseCheckSeconds ?? 60
         let due = lastCheck.withLock { last -> Bool in
             guard now - last >= every else { return false }
@@ -215,7 +215,7 @@ extension StateDatabase {
 
     /// One transaction for a batch.
     func write(_ b: Pending) throws {
-        let now = Date().timeIntervalSince1970
+        let now = clock.now()
         let prune: Bool = lastPrune.withLock { last in
             guard now - last >= 3600 else { return false }
             last = now

@@ -108,13 +108,16 @@ public final class StateDatabase: Sendable {
     let lastPrune = Mutex(0.0)
     /// When the file was last checked (`PRAGMA quick_check`): damage under a live connection
     /// shows only when a page is read, and the daemon mostly writes.
-    let lastCheck = Mutex(Date().timeIntervalSince1970)
+    let lastCheck: Mutex<Double>
+    /// The daemon's clock: history timestamps, pruning and the check's schedule.
+    let clock: any DaemonClock
     static let maxPendingHistory = 10_000
 
     /// Opens (creating, migrating `state.json`, or replacing a damaged file) the database in `directory`.
     /// `snapshot` gives what to write into a new database should this one fail while running;
     /// `report` is told of every failed write (the caller logs and counts it).
-    public init(directory: String, faults: TestFaults = TestFaults(), historyDays: @escaping @Sendable () -> Double = { 90 },
+    public init(directory: String, clock: any DaemonClock = SystemClock(), faults: TestFaults = TestFaults(),
+                historyDays: @escaping @Sendable () -> Double = { 90 },
                 snapshot: @escaping @Sendable () -> Snapshot, report: @escaping @Sendable (String, any Error) -> Void,
                 replaced: @escaping @Sendable (String, any Error) -> Void = { _, _ in },
                 recovered: @escaping @Sendable (Int) -> Void = { _ in }) {
@@ -125,6 +128,8 @@ public final class StateDatabase: Sendable {
         self.snapshot = snapshot
         self.report = report
         self.historyDays = historyDays
+        self.clock = clock
+        lastCheck = Mutex(clock.now())
         db = Mutex(nil)
     }
 
@@ -243,7 +248,7 @@ public final class StateDatabase: Sendable {
     /// Moves a damaged database (and its WAL files) aside. Returns where to.
     func moveAside() -> String {
         disconnect()
-        let to = "\(path).damaged.\(Int(Date().timeIntervalSince1970))"
+        let to = "\(path).damaged.\(Int(clock.now()))"
         for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
             if rename(path + suffix, to + suffix) != 0 { unlink(path + suffix) }
         }
