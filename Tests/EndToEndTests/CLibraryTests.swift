@@ -146,12 +146,12 @@ import Glibc
         let names = stored.map(\.name)
         #expect(Set(names).count == 80 && stored.filter { $0.version == 1 }.count >= 20)
         #expect(checkpoints(in: cache) == Set(names), "the engine's files are all there and nothing else")
-        try await waitUntil("every file indexed", timeout: 30) { try d!.status().files == 80 }
+        try await waitUntil("every file indexed", timeout: 30, daemon: d!) { try d!.status().files == 80 }
         for v in try d!.scrubNow(names) {
             #expect(v.verdict == "ok" && v.action == "kept", "\(v.file): \(v.verdict) \(v.action) \(v.problems)")
         }
         // v1 files get their checksums recorded on the daemon's first verification: wait for all of them.
-        try await waitUntil("every v1 file recorded", timeout: 60) { try d!.status().checksums?.notYetRecorded == 0 }
+        try await waitUntil("every v1 file recorded", timeout: 60, daemon: d!) { try d!.status().checksums?.notYetRecorded == 0 }
         var status = try d!.status()
         #expect(status.counters.corruptRemoved == 0 && status.counters.corruptFound == 0 && status.pendingRemovals == 0)
         #expect(status.checksums == StatusReport.Checksums(inFile: 80 - stored.filter { $0.version == 1 }.count,

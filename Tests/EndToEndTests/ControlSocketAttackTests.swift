@@ -29,7 +29,7 @@ import Glibc
     static func daemonWith400Files() async throws -> DaemonProcess {
         let (root, _, _) = try OperateTests.cacheWith(400, payload: 64 << 10)
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0"])
-        try await waitUntil("the files indexed", timeout: 30) { try d.status().files == 400 }
+        try await waitUntil("the files indexed", timeout: 30, daemon: d) { try d.status().files == 400 }
         return d
     }
 

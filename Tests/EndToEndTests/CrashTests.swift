@@ -40,7 +40,7 @@ import Glibc
         let (good, corrupt) = try Self.populate(cache)
         let crashed = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
                                         environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_KILL_AT": step], waitForSocket: false)
-        try await waitUntil("the daemon kills itself at \(step)", timeout: 30) { !crashed.process.isRunning }
+        try await waitUntil("the daemon kills itself at \(step)", timeout: 30, daemon: crashed) { !crashed.process.isRunning }
         #expect(crashed.process.terminationReason == .uncaughtSignal && crashed.process.terminationStatus == SIGKILL)
         // What the crash left behind, step by step.
         let underName = FileManager.default.fileExists(atPath: cache + "/" + corrupt)
@@ -57,10 +57,10 @@ import Glibc
         try await waitUntil("the corrupt file removed and no private name left", timeout: 30) {
             !FileManager.default.fileExists(atPath: cache + "/" + corrupt) && Self.takenAway(cache).isEmpty
         }
-        try await waitUntil("nothing pending", timeout: 30) { (try d.status().pendingRemovals ?? 0) == 0 }
+        try await waitUntil("nothing pending", timeout: 30, daemon: d) { (try d.status().pendingRemovals ?? 0) == 0 }
         // A file the restarted daemon removes itself is counted just after the unlink the wait above saw.
         // (A private name the crash left is settled at start-up, before the socket answers.)
-        if underName { try await waitUntil("the removal counted", timeout: 30) { try d.status().counters.corruptRemoved >= 1 } }
+        if underName { try await waitUntil("the removal counted", timeout: 30, daemon: d) { try d.status().counters.corruptRemoved >= 1 } }
         let s = try d.status()
         _ = await d.stop()
         for g in good {
@@ -118,7 +118,7 @@ import Glibc
             }
             #expect(d.events("corrupt-removed").count == 1)
         } else {
-            try await waitUntil("the first pass over", timeout: 30) { try d.status().scrub.lastPass != nil }
+            try await waitUntil("the first pass over", timeout: 30, daemon: d) { try d.status().scrub.lastPass != nil }
             #expect(FileManager.default.fileExists(atPath: path))
         }
         _ = await d.stop()
@@ -140,7 +140,7 @@ import Glibc
         let cache = root.file("cache")
         let (good, _) = try Self.populate(cache)
         let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try await waitUntil("the failure reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("state") } }
+        try await waitUntil("the failure reported", timeout: 20, daemon: d) { try d.status().lastErrors.contains { $0.contains("state") } }
         let errors = try d.status().lastErrors
         #expect(errors.contains { $0.contains("database or disk is full") || $0.contains("No space left") }, "\(errors)")
         #expect(try d.request("scrub-pause").ok, "the daemon keeps answering")
@@ -183,7 +183,7 @@ import Glibc
         _ = try Self.populate(cache)
         let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache,
                                   environment: ["KVSCRUBD_TEST_FAULTS": "1", "KVSCRUBD_TEST_STATE_EIO": "1"])
-        try await waitUntil("the failed save reported", timeout: 20) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
+        try await waitUntil("the failed save reported", timeout: 20, daemon: d) { try d.status().lastErrors.contains { $0.contains("Input/output error") } }
         // status shows when, readably, and asks a person to look.
         let text = try await Tool.run("kvscrubd", ["status", "--socket", d.socket]).stdout
         #expect(text.contains("action:    errors in the last hour"), "\(text)")
@@ -204,7 +204,7 @@ import Glibc
         let (good, corrupt) = try Self.populate(cache)
         #expect(try await Tool.runSystem("/bin/mount", ["-o", "remount,ro", cache]) == 0)
         let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)
-        try await waitUntil("the failed removal reported", timeout: 30) { try d.status().lastErrors.contains { $0.contains("remove corrupt") } }
+        try await waitUntil("the failed removal reported", timeout: 30, daemon: d) { try d.status().lastErrors.contains { $0.contains("remove corrupt") } }
         #expect(try d.request("status").ok)
         #expect(FileManager.default.fileExists(atPath: cache + "/" + corrupt))
         for g in good { #expect(FileManager.default.fileExists(atPath: g)) }

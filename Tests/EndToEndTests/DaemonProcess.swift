@@ -91,7 +91,8 @@ final class DaemonProcess {
 
 struct Timeout: Error, CustomStringConvertible {
     var what: String
-    var description: String { "timed out waiting for \(what)" }
+    var log: String? = nil
+    var description: String { "timed out waiting for \(what)" + (log.map { "; the daemon's log ends:\n\($0)" } ?? "") }
 }
 
 /// A helper program the harness needs (systemd, sysusers) failed.
@@ -105,14 +106,15 @@ struct HarnessCommandFailed: Error, CustomStringConvertible {
 /// Async: a test waiting on a daemon gives its thread back to the test
 /// runner's pool, which on 2 cores has 2 threads; a blocking wait held one
 /// for the whole wait and kept every other test from running.
-func waitUntil(_ what: String, timeout: Double, _ condition: () async throws -> Bool) async throws {
+/// `daemon`: the daemon waited on, whose log's last lines the timeout then carries.
+func waitUntil(_ what: String, timeout: Double, daemon: DaemonProcess? = nil, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
     while ContinuousClock.now < deadline {
         if try await condition() { return }
         try await Task.sleep(for: .milliseconds(50))
     }
     if try await condition() { return }
-    throw Timeout(what: what)
+    throw Timeout(what: what, log: daemon.map { String($0.log.suffix(6000)) })
 }
 
 extension Process {

@@ -130,7 +130,7 @@ enum Damage {
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let bad = try Damage.corruptSet(cache, version: 2, seedBase: 10)
         let d = try await DaemonProcess(root: root, extra: ["--dry-run", "--budget-mb", "0"])
-        try await waitUntil("a finished pass", timeout: 30) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("a finished pass", timeout: 30, daemon: d) { try d.status().scrub.lastPass != nil }
         #expect(checkpoints(in: cache).count == bad.count)
         #expect(d.events("would-remove").count == bad.count)
         await d.stop()
@@ -151,7 +151,7 @@ enum Damage {
     @Test func newCorruptFile_isFoundSoonAfterItArrives_withoutWaitingForAPass() async throws {
         let root = TempDir()
         let d = try await DaemonProcess(root: root, extra: ["--scrub-new-file-delay", "0.2"])
-        try await waitUntil("the first (empty) pass", timeout: 10) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the first (empty) pass", timeout: 10, daemon: d) { try d.status().scrub.lastPass != nil }
         // Damage it in a side directory, then rename it in, as a store would arrive.
         let side = root.file("side")
         try FileManager.default.createDirectory(atPath: side, withIntermediateDirectories: true)
@@ -161,7 +161,7 @@ enum Damage {
         let good = try Damage.store(side, version: 2, seed: 2)
         try FileManager.default.moveItem(atPath: p, toPath: d.cache + "/" + name)
         try FileManager.default.moveItem(atPath: good, toPath: d.cache + "/" + String(good.split(separator: "/").last!))
-        try await waitUntil("the corrupt arrival removed", timeout: 10) { !FileManager.default.fileExists(atPath: d.cache + "/" + name) }
+        try await waitUntil("the corrupt arrival removed", timeout: 10, daemon: d) { !FileManager.default.fileExists(atPath: d.cache + "/" + name) }
         #expect(checkpoints(in: d.cache).count == 1)
         #expect(try d.status().scrub.lastPass?.files == 0) // found by the arrival check, not by a pass
         await d.stop()
@@ -196,7 +196,7 @@ enum Damage {
                                    createdAt: UInt64(Date().timeIntervalSince1970) - 3600)
         for i in 2..<5 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 300 << 10) }
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1"])
-        try await waitUntil("under budget", timeout: 10) { try d.status().bytes <= 1 << 20 }
+        try await waitUntil("under budget", timeout: 10, daemon: d) { try d.status().bytes <= 1 << 20 }
         #expect(!FileManager.default.fileExists(atPath: old))
         #expect(d.events("evicted").first?["cause"] == "incompatible")
         #expect(d.events("corrupt-removed").isEmpty)
@@ -214,7 +214,7 @@ enum Damage {
         #expect(try await Tool.runSystem("/usr/bin/chattr", ["+i", stuck]) == 0)
         defer { _ = Tool.runBlocking("/usr/bin/chattr", ["-i", stuck]) }
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1"])
-        try await waitUntil("eviction past the stuck file", timeout: 10) { d.events("evicted").count >= 1 }
+        try await waitUntil("eviction past the stuck file", timeout: 10, daemon: d) { d.events("evicted").count >= 1 }
         #expect(FileManager.default.fileExists(atPath: stuck))
         #expect(d.events("evict-failed").first?["file"] == String(stuck.split(separator: "/").last!))
         #expect(try d.status().counters.errors >= 1)
@@ -228,7 +228,7 @@ enum Damage {
         for i in 0..<12 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 1 << 20) }
         // 2 MB/s over ~12 MiB: a pass takes about 6 s.
         let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2"])
-        try await waitUntil("a few files scrubbed", timeout: 20) { try d.status().scrub.filesDone >= 3 }
+        try await waitUntil("a few files scrubbed", timeout: 20, daemon: d) { try d.status().scrub.filesDone >= 3 }
         let before = try d.status()
         #expect(before.scrub.active)
         let stop = await d.stop()
@@ -241,11 +241,11 @@ enum Damage {
         let resumed = try again.status()
         #expect(resumed.scrub.passStartedAt == before.scrub.passStartedAt, "the same pass goes on")
         #expect(resumed.scrub.filesDone >= saved.scrub.filesDone)
-        try await waitUntil("the resumed pass finished", timeout: 30) { try again.status().scrub.lastPass != nil }
+        try await waitUntil("the resumed pass finished", timeout: 30, daemon: again) { try again.status().scrub.lastPass != nil }
         let last = try #require(try again.status().scrub.lastPass)
         #expect(last.files == 12, "each file once across the restart, not the whole pass again")
         // Idle again: the rate is of reading now, so it drops to 0 (status and the metric).
-        try await waitUntil("the scrub rate back to 0", timeout: 10) { try again.status().scrub.rateBytesPerSecond == 0 }
+        try await waitUntil("the scrub rate back to 0", timeout: 10, daemon: again) { try again.status().scrub.rateBytesPerSecond == 0 }
         #expect((again.metricsText ?? "").contains("kvscrubd_scrub_rate_bytes_per_second 0"))
         await again.stop()
     }
@@ -256,7 +256,7 @@ enum Damage {
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         for i in 0..<4 { _ = try Damage.store(cache, version: 2, seed: UInt64(i), payload: 5 << 20) }
         let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "8"])
-        try await waitUntil("the pass finished", timeout: 30) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the pass finished", timeout: 30, daemon: d) { try d.status().scrub.lastPass != nil }
         let p = try #require(try d.status().scrub.lastPass)
         let rate = Double(p.bytes) / (p.endedAt - p.startedAt) / 1e6
         #expect(rate <= 8 * 1.1, "rate \(rate) MB/s")
@@ -268,15 +268,15 @@ enum Damage {
         let root = TempDir()
         let d = try await DaemonProcess(root: root)
         _ = try Damage.store(d.cache, version: 2, seed: 1)
-        try await waitUntil("indexed", timeout: 10) { try d.status().files == 1 }
+        try await waitUntil("indexed", timeout: 10, daemon: d) { try d.status().files == 1 }
         try FileManager.default.removeItem(atPath: d.cache)
-        try await waitUntil("noticed", timeout: 10) { try d.status().state.contains("waiting") }
+        try await waitUntil("noticed", timeout: 10, daemon: d) { try d.status().state.contains("waiting") }
         try FileManager.default.createDirectory(atPath: d.cache, withIntermediateDirectories: true)
         _ = try Damage.store(d.cache, version: 2, seed: 2)
         _ = try Damage.store(d.cache, version: 1, seed: 3)
-        try await waitUntil("watching the new directory", timeout: 10) { try d.status().state == "running" && d.status().files == 2 }
+        try await waitUntil("watching the new directory", timeout: 10, daemon: d) { try d.status().state == "running" && d.status().files == 2 }
         _ = try Damage.store(d.cache, version: 2, seed: 4)
-        try await waitUntil("a new arrival seen", timeout: 10) { try d.status().files == 3 }
+        try await waitUntil("a new arrival seen", timeout: 10, daemon: d) { try d.status().files == 3 }
         #expect(d.process.isRunning)
         await d.stop()
     }
@@ -292,8 +292,8 @@ enum Damage {
         }
         let arrived = try Damage.store(d.cache, version: 2, seed: 9)
         d.signal(SIGCONT)
-        try await waitUntil("a rescan", timeout: 20) { try d.status().counters.rescans >= 1 }
-        try await waitUntil("the checkpoint indexed", timeout: 10) { try d.status().files == 1 }
+        try await waitUntil("a rescan", timeout: 20, daemon: d) { try d.status().counters.rescans >= 1 }
+        try await waitUntil("the checkpoint indexed", timeout: 10, daemon: d) { try d.status().files == 1 }
         #expect(FileManager.default.fileExists(atPath: arrived))
         await d.stop()
     }
@@ -306,14 +306,14 @@ enum Damage {
         #expect(try d.status().budgetBytes == 100 << 20)
         try "budget_mb: 200\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try await waitUntil("reloaded", timeout: 10) { try d.status().budgetBytes == 200 << 20 }
+        try await waitUntil("reloaded", timeout: 10, daemon: d) { try d.status().budgetBytes == 200 << 20 }
         try "budget_mb: lots\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try await waitUntil("the failure reported", timeout: 10) { !d.events("reload-failed").isEmpty }
+        try await waitUntil("the failure reported", timeout: 10, daemon: d) { !d.events("reload-failed").isEmpty }
         #expect(try d.status().budgetBytes == 200 << 20)
         try "budget_mb: 300\nno_such_setting: 1\n".write(toFile: conf, atomically: true, encoding: .utf8)
         d.signal(SIGHUP)
-        try await waitUntil("the second failure reported", timeout: 10) { d.events("reload-failed").count == 2 }
+        try await waitUntil("the second failure reported", timeout: 10, daemon: d) { d.events("reload-failed").count == 2 }
         #expect(d.log.contains("no_such_setting: unknown setting"))
         #expect(try d.status().budgetBytes == 200 << 20)
         #expect(d.process.isRunning)
@@ -328,14 +328,14 @@ enum Damage {
         try "log_level: notice\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
         let d = try await DaemonProcess(root: root, extra: ["--config", conf], cacheDir: cache, logLevel: nil)
         _ = try Damage.store(cache, version: 1, seed: 41)
-        try await waitUntil("the first v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 1 }
+        try await waitUntil("the first v1 file recorded", timeout: 20, daemon: d) { try d.status().checksums?.recorded == 1 }
         #expect(d.events("checksum-recorded").isEmpty, "a debug event at log_level notice")
         #expect(!d.log.contains(" info "), "no info line at notice")
         try "log_level: debug\nscrub_new_file_delay_seconds: 0\nbudget_mb: 0\n".write(toFile: conf, atomically: true, encoding: .utf8)
         #expect(try d.request("reload").ok)
         _ = try Damage.store(cache, version: 1, seed: 42)
-        try await waitUntil("the second v1 file recorded", timeout: 20) { try d.status().checksums?.recorded == 2 }
-        try await waitUntil("its debug event logged", timeout: 10) { d.events("checksum-recorded").count == 1 }
+        try await waitUntil("the second v1 file recorded", timeout: 20, daemon: d) { try d.status().checksums?.recorded == 2 }
+        try await waitUntil("its debug event logged", timeout: 10, daemon: d) { d.events("checksum-recorded").count == 1 }
         await d.stop()
     }
 
@@ -423,8 +423,8 @@ final class RawClient {
                                                                        "--removal-settle-seconds", "3600"], cacheDir: cache)
         let bad = try Damage.store(cache, version: 2, seed: 2)
         Damage.edit(bad) { $0[$0.count / 2] ^= 0x10 }
-        try await waitUntil("the damaged arrival found and queued for its second look", timeout: 20) { try d!.status().pendingRemovals == 1 }
-        try await waitUntil("no pass running", timeout: 20) { try !d!.status().scrub.active }
+        try await waitUntil("the damaged arrival found and queued for its second look", timeout: 20, daemon: d!) { try d!.status().pendingRemovals == 1 }
+        try await waitUntil("no pass running", timeout: 20, daemon: d!) { try !d!.status().scrub.active }
         let passes = try d!.status().counters.passesCompleted
         _ = await d!.stop()
         d = nil

@@ -136,7 +136,7 @@ import Glibc
         let left = Set(try FileManager.default.contentsOfDirectory(atPath: cache))
         #expect(left == [liveOld, deadFresh, growing, "notes.tmp.old"], "\(left)")
         // Counted once each removal is done: the last unlink can be seen a moment before its count.
-        try await waitUntil("three removals counted", timeout: 10) { (try d.status().counters.orphansRemoved ?? 0) >= 3 }
+        try await waitUntil("three removals counted", timeout: 10, daemon: d) { (try d.status().counters.orphansRemoved ?? 0) >= 3 }
         let s = try d.status()
         #expect(s.counters.orphansRemoved == 3 && s.counters.orphanBytesRemoved == 325_000)
         let events = d.events("orphan-temporary-removed")
@@ -161,7 +161,7 @@ import Glibc
         #expect(bytes > 1 << 20, "the sessions must exceed the 1 MiB budget: \(bytes)")
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "1", "--evict-interval", "1", "--scrub-rate-mbps", "0",
                                                       "--scrub-new-file-delay", "0"], cacheDir: sessions)
-        try await waitUntil("a pass over the sessions", timeout: 60) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("a pass over the sessions", timeout: 60, daemon: d) { try d.status().scrub.lastPass != nil }
         _ = try d.request("evict-now")
         let s = try d.status()
         #expect(s.files == 65 && s.bytes > s.budgetBytes)
@@ -184,7 +184,7 @@ import Glibc
         // The engine unlinks three (its eviction, a failed restore) and renames one away: only unlinks count.
         for f in files.prefix(3) { #expect(unlink(f) == 0) }
         try FileManager.default.moveItem(atPath: files[3], toPath: root.file("moved-away.kv"))
-        try await waitUntil("the index follows", timeout: 10) { try d.status().files == 1 }
+        try await waitUntil("the index follows", timeout: 10, daemon: d) { try d.status().files == 1 }
         let s = try d.status()
         #expect(s.engineDeletedLastDay?.files == 3 && s.engineDeletedLastDay?.bytes == sizes.reduce(0, +))
         #expect(s.counters.engineDeletedFiles == 3 && s.counters.errors == 0 && s.lastErrors.isEmpty)

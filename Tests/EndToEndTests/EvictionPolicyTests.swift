@@ -24,7 +24,7 @@ import Glibc
         // supersede rule B would go first; with it A scores 0.05x and goes instead.
         let a = try Self.store(d.cache, text: base, reason: .continued, tokens: 30_000, payload: 400 << 10)
         let b = try Self.store(d.cache, text: "<|System|>another conversation entirely", reason: .continued, tokens: 10_000, payload: 400 << 10)
-        try await waitUntil("both indexed", timeout: 10) { try d.status().files == 2 }
+        try await waitUntil("both indexed", timeout: 10, daemon: d) { try d.status().files == 2 }
         let c = try Self.store(d.cache, text: base + "<|User|>second question", reason: .continued, tokens: 30_000, payload: 400 << 10)
         // Wait for the eviction itself: "two files, under budget" is also true before c is even seen.
         try await waitUntil("an eviction, under budget", timeout: 10) {

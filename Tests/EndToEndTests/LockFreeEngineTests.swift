@@ -56,7 +56,7 @@ import Glibc
         let d = try await DaemonProcess(root: root, extra: [
             "--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-interval-hours", "0.0003", "--scrub-new-file-delay", "0"], cacheDir: cache)
         // The six v1 files get recorded checksums before the churn: every later verification compares them.
-        try await waitUntil("the v1 files recorded", timeout: 30) { try d.status().checksums?.recorded == 6 }
+        try await waitUntil("the v1 files recorded", timeout: 30, daemon: d) { try d.status().checksums?.recorded == 6 }
         // The v1 files listed twice: two thirds of the rewrites land on them.
         let v1Files = files.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
         let churn = try Self.startChurn(files + v1Files, seconds: Self.seconds, log: root.file("churn.json"))
@@ -74,7 +74,7 @@ import Glibc
         }
         await churn.exited()
         // The files settle once the churn stops; every pending second look must then read ok.
-        try await waitUntil("no removal pending", timeout: 60) { (try d.status().pendingRemovals ?? 0) == 0 }
+        try await waitUntil("no removal pending", timeout: 60, daemon: d) { (try d.status().pendingRemovals ?? 0) == 0 }
         let final = try d.status()
         _ = await d.stop()
         let summary = Self.churnSummary(root.file("churn.json"))
@@ -268,14 +268,14 @@ import Glibc
         var s = try d.status()
         #expect(s.engineAbi?.abi == 0 && s.engineAbi?.source == "newest checkpoint")
         #expect(s.incompatibleFiles == 0)
-        try await waitUntil("the first pass verified every file", timeout: 30) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the first pass verified every file", timeout: 30, daemon: d) { try d.status().scrub.lastPass != nil }
         let entries = try d.request("entries").entries ?? []
         #expect(entries.count == 6 && entries.allSatisfy { $0.unusable == nil && $0.verdict == "ok" }, "\(entries.map { ($0.name, $0.verdict, $0.unusable) })")
         // A shared-kvstore engine takes over the directory: its first store says ABI 2.
         let r = try await Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "9",
                                                 "--payload-bytes", "\(32 << 10)"])
         #expect(r.status == 0)
-        try await waitUntil("the latest arrival sets the ABI", timeout: 10) { try d.status().engineAbi?.abi == 2 }
+        try await waitUntil("the latest arrival sets the ABI", timeout: 10, daemon: d) { try d.status().engineAbi?.abi == 2 }
         s = try d.status()
         #expect(s.engineAbi?.source == "latest arrival")
         #expect(s.incompatibleFiles == 6)
@@ -333,7 +333,7 @@ import Glibc
         let big = try await Tool.run("kvc-engine-sim", ["store", "--dir", cache, "--format", "v1", "--generation", "kvstore", "--seed", "5",
                                                   "--payload-bytes", "\(3 << 20)"])
         #expect(big.status == 0)
-        try await waitUntil("the daemon saw the newcomer", timeout: 10) { !d.events("oversized-arrival").isEmpty }
+        try await waitUntil("the daemon saw the newcomer", timeout: 10, daemon: d) { !d.events("oversized-arrival").isEmpty }
         let evictResponse = try d.request("evict-now")
         #expect(evictResponse.ok)
         // Without the oversized file the rest (about 0.75 MiB) is under budget: nothing else goes.

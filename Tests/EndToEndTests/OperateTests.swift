@@ -78,7 +78,7 @@ import Glibc
 
         // Resume: progress again, to the end of the pass; the last pass is recorded.
         #expect(try await Tool.run("kvscrubd", ["scrub", "resume"] + sock).stdout.contains("resumed"))
-        try await waitUntil("the pass to finish", timeout: 20) { let s = try d.status().scrub; return !s.active && s.lastPass != nil }
+        try await waitUntil("the pass to finish", timeout: 20, daemon: d) { let s = try d.status().scrub; return !s.active && s.lastPass != nil }
         let last = try #require(try d.status().scrub.lastPass)
         #expect(last.files == 6 && last.corruptFound == 0)
 
@@ -137,8 +137,8 @@ import Glibc
         Damage.edit(cache + "/" + names[3]) { $0[$0.count / 2] ^= 1 }
         let port = 20000 + Int(getpid() % 20000)
         var d = try await DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(port)", "--scrub-rate-mbps", "0"])
-        try await waitUntil("the corrupt file removed", timeout: 15) { try d.status().counters.corruptRemoved == 1 }
-        try await waitUntil("the pass over", timeout: 15) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the corrupt file removed", timeout: 15, daemon: d) { try d.status().counters.corruptRemoved == 1 }
+        try await waitUntil("the pass over", timeout: 15, daemon: d) { try d.status().scrub.lastPass != nil }
         // Evict one by budget: 3 files of ~258 KiB into a 0 MiB... use a budget below the total.
         let socketText = try await Tool.run("kvscrubd", ["metrics", "--socket", d.socket])
         #expect(socketText.status == 0)
@@ -169,7 +169,7 @@ import Glibc
         let (root, cache, names) = try Self.cacheWith(2, payload: 256 << 10)
         Damage.edit(cache + "/" + names[1]) { $0[$0.count / 2] ^= 1 }
         let d = try await DaemonProcess(root: root, extra: ["--dry-run", "--scrub-rate-mbps", "0"])
-        try await waitUntil("the pass over", timeout: 15) { try d.status().scrub.lastPass != nil }
+        try await waitUntil("the pass over", timeout: 15, daemon: d) { try d.status().scrub.lastPass != nil }
         let m = try Self.promParse(try await Tool.run("kvscrubd", ["metrics", "--socket", d.socket]).stdout)
         #expect(m["kvscrubd_files|verdict=corrupt,version=2"] == 1, "\(m.filter { $0.key.hasPrefix("kvscrubd_files") })")
         #expect(m["kvscrubd_files|verdict=ok,version=2"] == 1)
@@ -261,7 +261,7 @@ import Glibc
         var stored: [String] = []
         for i in 0..<3 {
             stored += try Self.fill(cache, count: 1, payload: 300 << 10, seedBase: UInt64(i))
-            try await waitUntil("indexed", timeout: 5) { try d.status().files == i + 1 }
+            try await waitUntil("indexed", timeout: 5, daemon: d) { try d.status().files == i + 1 }
         }
         let entries = Self.json(try await Tool.run("kvscrubd", ["entries", "--json"] + sock))["entries"] as? [[String: Any]] ?? []
         #expect(entries.count == 3)
@@ -291,7 +291,7 @@ import Glibc
             // The engine stores the same prefix again: same text, same name.
             #expect(try Self.fill(cache, count: 1, payload: 300 << 10, seedBase: try #require(seeds[victim]))[0] == victim)
             regrets += 1
-            try await waitUntil("the regret counted", timeout: 10) { try d.status().regret?.lastDay == regrets }
+            try await waitUntil("the regret counted", timeout: 10, daemon: d) { try d.status().regret?.lastDay == regrets }
         }
         let s = try d.status()
         #expect(s.regret?.total == UInt64(regrets))
@@ -376,7 +376,7 @@ import Glibc
         let surplus = try RawClient(path: d.socket)
         #expect(surplus.readLine().contains("too many connections"))
         held.removeAll()
-        try await waitUntil("room again", timeout: 5) { (try? d.request("ping"))?.ok == true }
+        try await waitUntil("room again", timeout: 5, daemon: d) { (try? d.request("ping"))?.ok == true }
         #expect(try d.status().state == "running")
         await d.stop()
     }
@@ -384,7 +384,7 @@ import Glibc
     @Test func hundredClients_hundredRequestsEach_whileAScrubRuns() async throws {
         let (root, _, _) = try Self.cacheWith(20, payload: 1 << 20)
         let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "5"])
-        try await waitUntil("a scrub running", timeout: 10) { try d.status().scrub.active }
+        try await waitUntil("a scrub running", timeout: 10, daemon: d) { try d.status().scrub.active }
         let latencies = Mutexed([Double]())
         let failures = Mutexed([String]())
         let path = d.socket

@@ -20,7 +20,7 @@ import KVScrubDaemon
 
     /// Waits until the start-up pass is over, so `scrub start` is not refused.
     static func waitForFirstPass(_ d: DaemonProcess) async throws {
-        try await waitUntil("the first pass to end", timeout: 60) { try d.status().scrub.lastPass != nil && !d.status().scrub.active }
+        try await waitUntil("the first pass to end", timeout: 60, daemon: d) { try d.status().scrub.lastPass != nil && !d.status().scrub.active }
     }
 
     @Test func scrubStartWait_followsThePass_andExits1WhenItFoundCorruption() async throws {
@@ -94,7 +94,7 @@ import KVScrubDaemon
         let (root, _, _) = try Self.cache(6, payload: 2 << 20, corrupt: false)
         // 2 MB/s over ~12.6 MB: about 6 s, time enough to cancel it.
         let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "2", "--budget-mb", "0"])
-        try await waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
+        try await waitUntil("a pass running", timeout: 20, daemon: d) { try d.status().scrub.active }
         let waiter = Process()
         waiter.executableURL = URL(fileURLWithPath: Tool.binDir + "/kvscrubd")
         waiter.arguments = ["scrub", "wait", "--socket", d.socket]
@@ -122,7 +122,7 @@ import KVScrubDaemon
         let (root, _, _) = try Self.cache(4, payload: 256 << 10, corrupt: false)
         let d = try await DaemonProcess(root: root, extra: ["--scrub-rate-mbps", "1", "--budget-mb", "0"])
         let sock = ["--socket", d.socket, "--json"]
-        try await waitUntil("a pass running", timeout: 20) { try d.status().scrub.active }
+        try await waitUntil("a pass running", timeout: 20, daemon: d) { try d.status().scrub.active }
 
         let pause = try await Tool.run("kvscrubd", ["scrub", "pause"] + sock)
         let p = pause.json as? [String: Any] ?? [:]
@@ -195,7 +195,7 @@ import KVScrubDaemon
         let (root, _, _) = try Self.cache(8, payload: 512 << 10, corrupt: false)
         // About 4.2 MB of checkpoints against a 2 MiB budget: several evictions at once.
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "2", "--scrub-rate-mbps", "0"])
-        try await waitUntil("the budget kept", timeout: 20) { try d.status().bytes <= 2 << 20 }
+        try await waitUntil("the budget kept", timeout: 20, daemon: d) { try d.status().bytes <= 2 << 20 }
         let evicted = d.events("evicted")
         #expect(evicted.count >= 3)
         let evictedLines = d.log.split(separator: "\n").filter { $0.contains("event=evicted ") }

@@ -46,7 +46,7 @@ import Glibc
         let port = Self.freePort()
         let d = try await DaemonProcess(root: root, extra: ["--metrics-listen", "127.0.0.1:\(port)", "--scrub-rate-mbps", "0",
                                                       "--removal-settle-seconds", "0.2", "--scrub-new-file-delay", "0"], cacheDir: cache)
-        try await waitUntil("the corrupt file removed", timeout: 20) { try d.status().counters.corruptRemoved == 1 }
+        try await waitUntil("the corrupt file removed", timeout: 20, daemon: d) { try d.status().counters.corruptRemoved == 1 }
         let http = try OperateTests.httpGet(port: port, path: "/metrics")
         #expect(http.status == 200)
         let check = try await Self.promtool(["check", "metrics"], stdin: http.body)
@@ -113,7 +113,7 @@ import Glibc
         let made = try Damage.store(side, version: 2, seed: 8)
         Damage.edit(made) { $0[$0.count / 2] ^= 1 }
         #expect(rename(made, cache + "/" + (made as NSString).lastPathComponent) == 0)
-        try await waitUntil("the daemon removes it", timeout: 60) { try d.status().counters.corruptRemoved == 1 }
+        try await waitUntil("the daemon removes it", timeout: 60, daemon: d) { try d.status().counters.corruptRemoved == 1 }
         try await waitUntil("the alert fires", timeout: 60) {
             let alerts = api("/api/v1/alerts")
             return alerts.contains("\"alertname\":\"KVScrubdCorruptCheckpointFound\"") && alerts.contains("\"state\":\"firing\"")

@@ -25,7 +25,7 @@ import KVScrubDaemon
         defer { if churn.isRunning { churn.terminate() } }
         await churn.exited()
         #expect(churn.terminationStatus == 0)
-        try await waitUntil("no removal pending", timeout: 60) { (try d.status().pendingRemovals ?? 0) == 0 }
+        try await waitUntil("no removal pending", timeout: 60, daemon: d) { (try d.status().pendingRemovals ?? 0) == 0 }
         // One more look at everything left, as the engine left it.
         let left = checkpoints(in: cache).sorted()
         let verdicts = try d.scrubNow(left)

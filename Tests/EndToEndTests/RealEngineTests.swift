@@ -55,8 +55,8 @@ import Glibc
                 "\(verdicts.filter { $0.verdict != "ok" }.map { "\($0.file): \($0.verdict) \($0.problems)" })")
         // A pass over the whole directory as well, as the daemon would run it.
         _ = try d.request("scrub-start")
-        try await waitUntil("a pass over the corpus", timeout: 60) { try d.status().scrub.lastPass?.files ?? 0 >= 28 }
-        try await waitUntil("every file's checksum recorded", timeout: 30) { try d.status().checksums?.recorded == 28 }
+        try await waitUntil("a pass over the corpus", timeout: 60, daemon: d) { try d.status().scrub.lastPass?.files ?? 0 >= 28 }
+        try await waitUntil("every file's checksum recorded", timeout: 30, daemon: d) { try d.status().checksums?.recorded == 28 }
         let st = try d.status()
         #expect(st.counters.corruptFound == 0 && st.counters.corruptRemoved == 0)
         #expect(st.engineAbi?.generation == .ds4e8e8779, "\(String(describing: st.engineAbi))")
@@ -178,7 +178,7 @@ import Glibc
             return goneAt.count == 3
         }
         // Counted once each removal is done: the last unlink can be seen a moment before its count.
-        try await waitUntil("three removals counted", timeout: 10) { try d.status().counters.corruptRemoved >= 3 }
+        try await waitUntil("three removals counted", timeout: 10, daemon: d) { try d.status().counters.corruptRemoved >= 3 }
         let st = try d.status()
         _ = await d.stop()
         #expect(st.counters.corruptRemoved == 3)

@@ -35,7 +35,7 @@ import Glibc
         let state = root.file("state")
         let (v1, v2) = try populate(cache)
         let d = try await DaemonProcess(root: root, extra: fast, cacheDir: cache, environment: environment)
-        try await waitUntil("every v1 file recorded", timeout: 30) { try d.status().checksums?.recorded == 3 }
+        try await waitUntil("every v1 file recorded", timeout: 30, daemon: d) { try d.status().checksums?.recorded == 3 }
         try await waitUntil("the records in the database", timeout: 20) { recordCount(state) == 3 }
         return (d, cache, state, v1, v2)
     }
@@ -121,7 +121,7 @@ import Glibc
         }
         #expect(try Self.db(state)?.records()[name]?.payloadCRC != old.payloadCRC)
         #expect(try d.request("scrub-start").ok)
-        try await waitUntil("a pass over", timeout: 30) { try d.status().scrub.lastPass.map { $0.files >= 4 } ?? false }
+        try await waitUntil("a pass over", timeout: 30, daemon: d) { try d.status().scrub.lastPass.map { $0.files >= 4 } ?? false }
         let s = try d.status()
         #expect(s.counters.corruptFound == 0)
         #expect(s.checksums?.recorded == 3)
@@ -188,7 +188,7 @@ import Glibc
             let aside = ((try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []).filter { $0.hasPrefix("state.sqlite.damaged.") }
             #expect(!aside.isEmpty)
         }
-        try await waitUntil("the v1 files recorded again", timeout: 30) { try d.status().checksums?.recorded == 3 }
+        try await waitUntil("the v1 files recorded again", timeout: 30, daemon: d) { try d.status().checksums?.recorded == 3 }
         try await waitUntil("the new database holds them", timeout: 20) { Self.recordCount(state) == 3 }
         let s = try d.status()
         #expect(s.counters.corruptFound == 0)
