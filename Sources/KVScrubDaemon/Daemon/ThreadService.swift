@@ -5,7 +5,8 @@ import ServiceLifecycle
 
 /// A blocking loop (the maintenance loop, the scrub) on a thread of its own,
 /// run as a `Service`: `run` returns when the loop does, and the group's
-/// graceful shutdown asks the loop to end through `stop`. The thread is
+/// graceful shutdown, or the cancellation of the task running it (a group
+/// cancelled, a service that failed), asks the loop to end through `stop`. The thread is
 /// waited for through a continuation the thread resumes, so no task blocks
 /// a cooperative thread while it runs.
 ///
@@ -27,18 +28,22 @@ struct ThreadService: Service, CustomStringConvertible {
 
     func run() async throws {
         let (name, nice, logger, body) = (description, nice, logger, body)
-        await withGracefulShutdownHandler {
-            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                let thread = Thread {
-                    Daemon.nameThread(name)
-                    let rc = kvs_set_thread_nice(nice)
-                    if rc != 0 { logger.warning("cannot lower the thread's CPU priority", metadata: ["thread": "\(name)", "errno": "\(-rc)"]) }
-                    body()
-                    done.resume()
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    let thread = Thread {
+                        Daemon.nameThread(name)
+                        let rc = kvs_set_thread_nice(nice)
+                        if rc != 0 { logger.warning("cannot lower the thread's CPU priority", metadata: ["thread": "\(name)", "errno": "\(-rc)"]) }
+                        body()
+                        done.resume()
+                    }
+                    thread.start()
                 }
-                thread.start()
+            } onGracefulShutdown: { [stop] in
+                stop()
             }
-        } onGracefulShutdown: { [stop] in
+        } onCancel: { [stop] in
             stop()
         }
     }
