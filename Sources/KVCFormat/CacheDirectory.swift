@@ -24,20 +24,27 @@ public final class CacheDirectory: Sendable {
 
     /// The names in the directory, sorted, without `.` and `..`.
     public func names() throws -> [String] {
+        try listing().map(\.name).sorted()
+    }
+
+    /// The directory's entries in the order the file system gives them, each with
+    /// the type `readdir` reports (`d_type`: `DT_REG`, `DT_FIFO`, ..., or `DT_UNKNOWN`
+    /// on a file system that does not say), without `.` and `..`.
+    func listing() throws -> [(name: String, type: UInt8)] {
         let dupFD = dup(fd.rawValue)
         guard dupFD >= 0, let dir = fdopendir(dupFD) else {
             throw KVCError.io(Errno(rawValue: errno), path: path, "cannot list directory")
         }
         defer { closedir(dir) }
         rewinddir(dir)
-        var out: [String] = []
+        var out: [(name: String, type: UInt8)] = []
         while let ent = readdir(dir) {
             let name = withUnsafePointer(to: ent.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if name != "." && name != ".." { out.append(name) }
+            if name != "." && name != ".." { out.append((name, ent.pointee.d_type)) }
         }
-        return out.sorted()
+        return out
     }
 
     public struct Scan: Sendable {
@@ -56,12 +63,16 @@ public final class CacheDirectory: Sendable {
     /// Reads every checkpoint's prologue: the start-up scan. Text and payload
     /// are not touched. With `.auto`, the ABI in force is learned from the
     /// headers read, then every entry is judged against it.
+    ///
+    /// Cost: at 100,000 files the scan is most of the daemon's start-up, so a name
+    /// `readdir` says is a regular file is opened without an `fstatat` first (the
+    /// open's own `fstat` confirms it), and the names are not sorted.
     public func scan(engineABI: GenerationSetting = .auto) throws -> Scan {
         var s = Scan()
-        for name in try names() {
+        for (name, type) in try listing() {
             if CheckpointName.isTakenAway(name) { s.takenAway.append(name); continue }
             do {
-                if let entry = try entry(named: name, engine: nil) { s.entries.append(entry) } else {
+                if let entry = try entry(named: name, engine: nil, listedAs: type) { s.entries.append(entry) } else {
                     let st = try FileStatus.of(name: name, in: fd, dirPath: path)
                     s.ignored.append((name, Verifier.ignoreReason(name: name, status: st) ?? "not a checkpoint"))
                 }
@@ -75,23 +86,36 @@ public final class CacheDirectory: Sendable {
             }
         }
         s.engineABI = engineABI.resolve(entries: s.entries)
-        s.entries = s.entries.map { $0.judged(engine: s.engineABI.generation) }
+        for i in s.entries.indices { s.entries[i] = s.entries[i].judged(engine: s.engineABI.generation) }
         return s
     }
 
     /// The index entry for one name, or nil when the name or file type is not a checkpoint's.
     public func entry(named name: String, engine: Generation?) throws -> CacheEntry? {
-        guard !name.contains("/"), let sha = CheckpointName.key(of: name) else { return nil }
-        let st = try FileStatus.of(name: name, in: fd, dirPath: path)
+        try entry(named: name, engine: engine, listedAs: UInt8(DT_UNKNOWN))
+    }
+
+    /// `entry(named:engine:)` for a name `readdir` listed with type `listedAs`. A regular
+    /// file is opened at once, non-blocking: should another kind of file have taken the
+    /// name since the listing (a FIFO would block an open), the open returns, and
+    /// `CacheEntry.read`'s `fstat` refuses what is not a regular file. Any other type,
+    /// or none, is asked with `fstatat` first, and only a regular file is opened.
+    func entry(named name: String, engine: Generation?, listedAs type: UInt8) throws -> CacheEntry? {
+        guard !name.utf8.contains(UInt8(ascii: "/")), let sha = CheckpointName.key(of: name) else { return nil }
+        if type != UInt8(DT_REG) {
+            let st = try FileStatus.of(name: name, in: fd, dirPath: path)
+            guard st.isRegular else { return nil }
+        }
+        let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY | O_NONBLOCK)
+        let st = try file.status()
         guard st.isRegular else { return nil }
-        let file = try CheckpointFile.open(in: fd, name: name, dirPath: path, flags: O_RDONLY)
-        return try CacheEntry.read(file, name: name, sha: sha, engine: engine)
+        return try CacheEntry.read(file, status: st, name: name, sha: sha, engine: engine)
     }
 
     /// Verifies one name in this directory.
     public func verify(name: String, with verifier: Verifier) throws -> VerifyReport {
         let p = pathOf(name)
-        guard !name.contains("/") else { return Verifier.ignored(path: p, name: name, size: 0, note: "not a plain name") }
+        guard !name.utf8.contains(UInt8(ascii: "/")) else { return Verifier.ignored(path: p, name: name, size: 0, note: "not a plain name") }
         let st = try FileStatus.of(name: name, in: fd, dirPath: path)
         if let reason = Verifier.ignoreReason(name: name, status: st) {
             return Verifier.ignored(path: p, name: name, size: st.size, note: reason)
@@ -115,7 +139,7 @@ public final class CacheDirectory: Sendable {
     /// costs a checkpoint the engine can write again, never a verdict. Removing
     /// a corrupt file takes the stricter road of `removeIfCorrupt`.
     public func remove(name: String, identity: FileIdentity) throws -> RemovalOutcome {
-        guard !name.contains("/"), name != ".", name != ".." else {
+        guard !name.utf8.contains(UInt8(ascii: "/")), name != ".", name != ".." else {
             throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a plain file name")
         }
         let st: FileStatus

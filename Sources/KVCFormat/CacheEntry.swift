@@ -58,9 +58,9 @@ public struct CacheEntry: Sendable, Equatable {
     /// How much of a file the index reads at first: one page.
     static let firstRead: UInt64 = 4096
 
-    /// Reads the prologue of an open checkpoint (the caller opened it without following links).
-    static func read(_ file: borrowing CheckpointFile, name: String, sha: String, engine: Generation?) throws -> CacheEntry {
-        let st = try file.status()
+    /// Reads the prologue of an open checkpoint (the caller opened it without following links);
+    /// `st` is the open file's `fstat`.
+    static func read(_ file: borrowing CheckpointFile, status st: FileStatus, name: String, sha: String, engine: Generation?) throws -> CacheEntry {
         // One read for the prologue and, when the text is short, the payload's first 8 bytes too: a
         // page costs the disk the same whatever part of it is asked for.
         let head = try file.read(at: 0, count: Int(min(st.size, Self.firstRead)))
@@ -106,6 +106,6 @@ public struct CacheEntry: Sendable, Equatable {
             throw KVCError(.notACheckpoint, path: path, "name is not <40 hex digits>.kv")
         }
         let file = try CheckpointFile.open(path, .readOnly)
-        return try read(file, name: name, sha: sha, engine: engine)
+        return try read(file, status: try file.status(), name: name, sha: sha, engine: engine)
     }
 }

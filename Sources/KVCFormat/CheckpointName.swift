@@ -27,8 +27,15 @@ public enum CheckpointName {
     /// A store in progress: the server's `<sha>.kv.tmp.<pid>`, ds4-agent's `<name>.tmp.XXXXXX`
     /// (mkstemp) for `<sha>.kv` or `sysprompt.kv`. Never ours to read or remove as a checkpoint.
     public static func isTemporary(_ name: String) -> Bool {
-        guard let r = name.range(of: ".kv.tmp."), !name[r.upperBound...].isEmpty else { return false }
-        return isCheckpoint(String(name[..<r.lowerBound]) + suffix)
+        // On the UTF-8 bytes: Foundation's `range(of:)` went through NSString, a cost the orphan sweep
+        // paid for every name in the directory.
+        let u = Array(name.utf8), marker = Array(".kv.tmp.".utf8)
+        guard u.count > marker.count else { return false }
+        for start in 0...(u.count - marker.count) where u[start..<(start + marker.count)].elementsEqual(marker) {
+            guard start + marker.count < u.count else { return false }
+            return isCheckpoint(String(decoding: u[0..<start], as: UTF8.self) + suffix)
+        }
+        return false
     }
 
     public static func fileName(sha: String) -> String { sha + suffix }

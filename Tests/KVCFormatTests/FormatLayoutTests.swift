@@ -141,6 +141,9 @@ import KVCSimulation
         #expect(CheckpointName.sha(of: sha.uppercased() + ".kv") == sha)
         #expect(CheckpointName.sha(of: sha + ".kv.tmp.123") == nil)
         #expect(CheckpointName.isTemporary(sha + ".kv.tmp.123"))
+        #expect(CheckpointName.isTemporary("sysprompt.kv.tmp.Ab3xYz") && CheckpointName.isTemporary(sha.uppercased() + ".kv.tmp.Q"))
+        #expect(!CheckpointName.isTemporary(sha + ".kv.tmp.") && !CheckpointName.isTemporary(sha + ".kv") && !CheckpointName.isTemporary(".kv.tmp.1"))
+        #expect(!CheckpointName.isTemporary("notes.kv.tmp.1") && !CheckpointName.isTemporary(sha + "x.kv.tmp.1"))
         #expect(CheckpointName.sha(of: "x" + sha.dropFirst() + ".kv") == nil)
         #expect(CheckpointName.sha(of: sha + ".kvx") == nil)
     }

@@ -256,7 +256,10 @@ public final class Daemon: Sendable {
     /// verified, and so recorded, soon: a few as new arrivals, many by
     /// starting a pass now rather than waiting for the next one.
     func recordOnFirstSight() {
-        let unrecorded = state.with { s in s.index.keys.filter { s.isRecorded($0) == false } }
+        // The census counts them: a cache with none (v2 only, or every v1 file recorded) is not walked.
+        let unrecorded = state.with { s in
+            s.checksumProtection.notYetRecorded == 0 ? [] : s.index.keys.filter { s.isRecorded($0) == false }
+        }
         guard !unrecorded.isEmpty else { return }
         let passActive = state.with { $0.scrub.passStartedAt != nil }
         if unrecorded.count <= 1000 {
