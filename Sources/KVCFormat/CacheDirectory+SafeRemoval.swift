@@ -74,7 +74,8 @@ extension CacheDirectory {
     }
 
     /// The points of the rule a crash test stops the process at (`onStep`), in order.
-    public enum RemovalStep: String, Sendable, CaseIterable {
+    /// `package`: a seam for kvscrubd's crash tests, not part of the library's API.
+    package enum RemovalStep: String, Sendable, CaseIterable {
         /// The second look agreed: the file is proven corrupt.
         case verdict
         /// The name was renamed to the private name.
@@ -106,8 +107,15 @@ extension CacheDirectory {
     /// dispose of the file, or nil to keep it in place (what it returns is
     /// carried out only if the take-away holds the verified inode).
     public func removeIfCorrupt(name: String, first: VerifyReport, verifier: Verifier, settle: Double,
-                                now: () -> Double, onStep: (RemovalStep) -> Void = { _ in },
-                                decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
+                                now: () -> Double, decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
+        try removeIfCorrupt(name: name, first: first, verifier: verifier, settle: settle, now: now, onStep: { _ in }, decide: decide)
+    }
+
+    /// `removeIfCorrupt`, telling `onStep` each point of the rule as it is passed: kvscrubd's
+    /// crash tests kill the daemon there (`package`: for kvscrubd's own modules, not the library's API).
+    package func removeIfCorrupt(name: String, first: VerifyReport, verifier: Verifier, settle: Double,
+                                 now: () -> Double, onStep: (RemovalStep) -> Void,
+                                 decide: (VerifyReport) -> Disposal?) throws -> SafeRemovalOutcome {
         guard !name.contains("/"), CheckpointName.isCheckpoint(name) else {
             throw KVCError(.invalidArgument, path: pathOf(name), "refusing to remove a name that is not a checkpoint's")
         }

@@ -1,7 +1,7 @@
 import Foundation
 import FuzzDriver
 import KVScrubControl
-import KVScrubDaemon
+@_spi(Fuzzing) import KVScrubDaemon
 import Logging
 
 /// Arbitrary bytes as one control-socket request line: decoded as the server

@@ -15,9 +15,10 @@ import Glibc
 extension Daemon {
     /// Answers from memory on the socket's event loop; the requests that read
     /// files or the database, parse the config file, or wait for the
-    /// maintenance loop (scrub now, history, reload, evict now) run later, off it. Public
-    /// for the control fuzz target (Fuzz/), which feeds it arbitrary requests.
-    public func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
+    /// maintenance loop (scrub now, history, reload, evict now) run later, off it. Behind
+    /// `@_spi(Fuzzing)`: the control fuzz target (Fuzz/, a package of its own) feeds it
+    /// arbitrary requests; it is not in the library's public API.
+    @_spi(Fuzzing) public func handle(_ request: ControlRequest, peer: AccessPolicy.Peer?) -> ControlReply {
         guard let cmd = ControlCommand(rawValue: request.cmd) else {
             return .now(.failure("unknown command '\(request.cmd)'; known: \(ControlCommand.publicNames)"))
         }

@@ -21,14 +21,16 @@ import Glibc
 ///   ENOSPC and read-only file systems are produced for real by the tests.
 /// - `KVSCRUBD_TEST_DB_CHECK_SECONDS=S`: the state database checks itself every
 ///   S seconds instead of every minute, so a test need not wait a minute.
-public final class TestFaults: Sendable {
-    public let enabled: Bool
+///
+/// `package`: kvscrubd's own modules and tests see it; the daemon library's API does not.
+package final class TestFaults: Sendable {
+    package let enabled: Bool
     let killAt: String?
     /// `KVSCRUBD_TEST_DB_CHECK_SECONDS`: how often the state database checks itself (default 60 s).
     let databaseCheckSeconds: Double?
     private let stateEIO: Mutex<Int>
 
-    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+    package init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
         killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
         databaseCheckSeconds = enabled ? Double(environment["KVSCRUBD_TEST_DB_CHECK_SECONDS"] ?? "") : nil

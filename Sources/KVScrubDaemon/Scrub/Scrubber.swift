@@ -41,7 +41,7 @@ public final class Scrubber: Sendable {
     let directory = Mutex<CacheDirectory?>(nil)
     private let lastPersist = Mutex(0.0)
 
-    public init(state: DaemonState, database: StateDatabase, faults: TestFaults, stopping: StopFlag, logger: Logger) {
+    package init(state: DaemonState, database: StateDatabase, faults: TestFaults, stopping: StopFlag, logger: Logger) {
         self.state = state
         self.database = database
         self.faults = faults

@@ -116,7 +116,7 @@ public final class StateDatabase: Sendable {
     /// Opens (creating, migrating `state.json`, or replacing a damaged file) the database in `directory`.
     /// `snapshot` gives what to write into a new database should this one fail while running;
     /// `report` is told of every failed write (the caller logs and counts it).
-    public init(directory: String, clock: any DaemonClock = SystemClock(), faults: TestFaults = TestFaults(),
+    package init(directory: String, clock: any DaemonClock = SystemClock(), faults: TestFaults = TestFaults(),
                 historyDays: @escaping @Sendable () -> Double = { 90 },
                 snapshot: @escaping @Sendable () -> Snapshot, report: @escaping @Sendable (String, any Error) -> Void,
                 replaced: @escaping @Sendable (String, any Error) -> Void = { _, _ in },
