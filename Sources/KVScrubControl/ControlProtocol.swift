@@ -117,15 +117,33 @@ public struct CommandOutcome: Codable, Sendable {
 
 /// One file's result from `scrub now`.
 public struct FileVerdict: Codable, Sendable {
+    /// The verifier's verdict, or why there is none.
+    public enum Outcome: String, Codable, Sendable, CaseIterable {
+        case ok, corrupt, incompatible, ignored
+        /// No such file in the cache directory (or no cache directory).
+        case missing
+        /// The file could not be read (permissions, I/O).
+        case unreadable
+
+        /// The verifier's verdict as an outcome.
+        public init(_ verdict: Verdict) {
+            switch verdict {
+            case .ok: self = .ok
+            case .corrupt: self = .corrupt
+            case .incompatible: self = .incompatible
+            case .ignored: self = .ignored
+            }
+        }
+    }
+
     public var file: String
-    /// ok, corrupt, incompatible, ignored, or missing.
-    public var verdict: String
+    public var verdict: Outcome
     public var checksums: String?
     public var problems: [String]
     /// What the daemon did: kept, removed, quarantined, kept (dry run), kept (not corrupt under lock), ...
     public var action: String
 
-    public init(file: String, verdict: String, checksums: String? = nil, problems: [String], action: String) {
+    public init(file: String, verdict: Outcome, checksums: String? = nil, problems: [String], action: String) {
         self.file = file
         self.verdict = verdict
         self.checksums = checksums

@@ -9,14 +9,27 @@ public struct HistoryEvent: Codable, Sendable, Equatable {
         case evicted
     }
 
-    /// Why: `corrupt`, or the eviction causes (`budget`, `free-space`, `incompatible`, `superseded`).
-    public static let causes = ["corrupt", "budget", "free-space", "incompatible", "superseded"]
+    /// Why the file went: proven corrupt, or one of the eviction causes.
+    public enum Cause: String, Codable, Sendable, CaseIterable {
+        case corrupt
+        /// Evicted to keep the byte budget.
+        case budget
+        /// Evicted below the free-space floor.
+        case freeSpace = "free-space"
+        /// Evicted first because the engine in force cannot use it.
+        case incompatible
+        /// An older engine generation's file, reclaimed after the upgrade's grace.
+        case superseded
+    }
+
+    /// The causes' names, as `history --cause` and the control request take them.
+    public static var causes: [String] { Cause.allCases.map(\.rawValue) }
 
     public var at: Double
     public var action: Action
     public var file: String
     public var bytes: UInt64
-    public var cause: String
+    public var cause: Cause
     /// For corrupt files: the region, what was wrong, and the CRCs when a checksum failed.
     public var region: String?
     public var detail: String?
@@ -25,7 +38,7 @@ public struct HistoryEvent: Codable, Sendable, Equatable {
     /// Where a quarantined file went.
     public var destination: String?
 
-    public init(at: Double, action: Action, file: String, bytes: UInt64, cause: String, region: String? = nil,
+    public init(at: Double, action: Action, file: String, bytes: UInt64, cause: Cause, region: String? = nil,
                 detail: String? = nil, expectedCrc: UInt32? = nil, actualCrc: UInt32? = nil, destination: String? = nil) {
         self.at = at
         self.action = action

@@ -55,7 +55,7 @@ struct HistoryCommand: ParsableCommand {
     static func lines(_ events: [HistoryEvent]) -> [String] {
         let f = ISO8601DateFormatter()
         return events.map { e in
-            var line = f.string(from: Date(timeIntervalSince1970: e.at)) + "  " + Output.pad(e.action.rawValue, 15) + Output.pad(e.cause, 13)
+            var line = f.string(from: Date(timeIntervalSince1970: e.at)) + "  " + Output.pad(e.action.rawValue, 15) + Output.pad(e.cause.rawValue, 13)
                 + e.file + "  " + Output.bytes(e.bytes)
             if let region = e.region { line += "  \(region): \(e.detail ?? "")" } else if let d = e.detail { line += "  (\(d))" }
             if let x = e.expectedCrc, let a = e.actualCrc { line += " (expected \(Output.crc(x)), actual \(Output.crc(a)))" }

@@ -108,13 +108,13 @@ struct ScrubCommand: ParsableCommand {
             } else {
                 print(Output.pad("VERDICT", 13) + Output.pad("ACTION", 10) + "FILE")
                 for v in verdicts {
-                    print(Output.pad(v.verdict, 13) + Output.pad(v.action.split(separator: " ").first.map(String.init) ?? v.action, 10) + v.file)
+                    print(Output.pad(v.verdict.rawValue, 13) + Output.pad(v.action.split(separator: " ").first.map(String.init) ?? v.action, 10) + v.file)
                     for p in v.problems { print("    " + p) }
                     if v.action.contains(" ") { print("    action: " + v.action) }
                 }
             }
-            if verdicts.contains(where: { $0.verdict == "corrupt" }) { throw ExitCode(1) }
-            if verdicts.contains(where: { $0.verdict == "missing" || $0.verdict == "unreadable" || $0.verdict == "ignored" }) { throw ExitCode(2) }
+            if verdicts.contains(where: { $0.verdict == .corrupt }) { throw ExitCode(1) }
+            if verdicts.contains(where: { [.missing, .unreadable, .ignored].contains($0.verdict) }) { throw ExitCode(2) }
         }
     }
 }

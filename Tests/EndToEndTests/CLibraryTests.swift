@@ -148,7 +148,7 @@ import Glibc
         #expect(checkpoints(in: cache) == Set(names), "the engine's files are all there and nothing else")
         try await waitUntil("every file indexed", timeout: 30, daemon: d!) { try d!.status().files == 80 }
         for v in try d!.scrubNow(names) {
-            #expect(v.verdict == "ok" && v.action == "kept", "\(v.file): \(v.verdict) \(v.action) \(v.problems)")
+            #expect(v.verdict == .ok && v.action == "kept", "\(v.file): \(v.verdict) \(v.action) \(v.problems)")
         }
         // v1 files get their checksums recorded on the daemon's first verification: wait for all of them.
         try await waitUntil("every v1 file recorded", timeout: 60, daemon: d!) { try d!.status().checksums?.notYetRecorded == 0 }
@@ -193,7 +193,7 @@ import Glibc
         let verdicts = try d2.scrubNow(names)
         for v in verdicts {
             let name = URL(fileURLWithPath: v.file).lastPathComponent
-            #expect((v.verdict == "corrupt") == damaged.contains(name) || v.verdict == "missing", "\(name): \(v.verdict) \(v.problems)")
+            #expect((v.verdict == .corrupt) == damaged.contains(name) || v.verdict == .missing, "\(name): \(v.verdict) \(v.problems)")
         }
         try await waitUntil("every damaged file removed", timeout: 60) {
             damaged.allSatisfy { !FileManager.default.fileExists(atPath: cache + "/" + $0) }

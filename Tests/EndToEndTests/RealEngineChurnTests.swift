@@ -40,7 +40,7 @@ import KVScrubDaemon
         // ds4's own evictions are the engine's deletions: counted, never errors.
         #expect((st.engineDeletedLastDay?.files ?? 0) > 0 && st.counters.errors == 0, "\(String(describing: st.engineDeletedLastDay)) \(st.lastErrors)")
         #expect(d.events("corrupt-removed").isEmpty && d.events("corrupt-quarantined").isEmpty && d.events("corrupt-kept").isEmpty)
-        #expect(verdicts.allSatisfy { $0.verdict == "ok" }, "\(verdicts.filter { $0.verdict != "ok" }.map { "\($0.file) \($0.problems)" })")
+        #expect(verdicts.allSatisfy { $0.verdict == .ok }, "\(verdicts.filter { $0.verdict != .ok }.map { "\($0.file) \($0.problems)" })")
         let view = try await DS4Engine.run(exe, ["check", cache]).summary
         #expect(view["files"] == left.count && view["restored"] == left.count && view["wrong_bytes"] == 0, "\(view)")
         let suspected = d.events("corrupt-suspected").count + d.events("corrupt-unconfirmed").count

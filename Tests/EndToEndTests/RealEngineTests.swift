@@ -51,8 +51,8 @@ import Glibc
         let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-rate-mbps", "0", "--scrub-new-file-delay", "0"],
                                   cacheDir: cache)
         let verdicts = try d.scrubNow(names.sorted())
-        #expect(verdicts.count == 28 && verdicts.allSatisfy { $0.verdict == "ok" && $0.action == "kept" },
-                "\(verdicts.filter { $0.verdict != "ok" }.map { "\($0.file): \($0.verdict) \($0.problems)" })")
+        #expect(verdicts.count == 28 && verdicts.allSatisfy { $0.verdict == .ok && $0.action == "kept" },
+                "\(verdicts.filter { $0.verdict != .ok }.map { "\($0.file): \($0.verdict) \($0.problems)" })")
         // A pass over the whole directory as well, as the daemon would run it.
         _ = try d.request("scrub-start")
         try await waitUntil("a pass over the corpus", timeout: 60, daemon: d) { try d.status().scrub.lastPass?.files ?? 0 >= 28 }

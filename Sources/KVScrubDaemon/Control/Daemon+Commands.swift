@@ -140,13 +140,17 @@ extension Daemon {
                 return r
             }
         case .history:
-            if let cause = request.cause, !HistoryEvent.causes.contains(cause) {
-                return .failure("unknown cause '\(cause)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
+            let cause: HistoryEvent.Cause?
+            switch request.cause.map({ ($0, HistoryEvent.Cause(rawValue: $0)) }) {
+            case nil: cause = nil
+            case (_, let known?)?: cause = known
+            case (let name, nil)?:
+                return .failure("unknown cause '\(name)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
             }
             let limit = min(max(request.limit ?? 1000, 0), 10_000)
             // SQLite reads block.
             let result = await Self.offLoop { [database] in
-                Result { try database.history(since: request.since, cause: request.cause, limit: limit) }
+                Result { try database.history(since: request.since, cause: cause, limit: limit) }
             }
             switch result {
             case .success(let events):

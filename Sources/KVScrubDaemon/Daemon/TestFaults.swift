@@ -1,4 +1,5 @@
 import Foundation
+import KVCFormat
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -37,9 +38,28 @@ package final class TestFaults: Sendable {
         stateEIO = Mutex(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
     }
 
-    /// Dies here, at once, if a test asked for a crash at `step`.
-    func reached(_ step: String) {
-        guard let killAt, killAt == step else { return }
+    /// A point a crash test may kill the daemon at (`KVSCRUBD_TEST_KILL_AT` names it).
+    enum Point: Equatable {
+        /// A step of the removal rule (`CacheDirectory.RemovalStep`).
+        case removal(CacheDirectory.RemovalStep)
+        /// Inside the state database's transaction, every row written, not committed.
+        case stateWritten
+        /// The state database's transaction committed.
+        case stateCommitted
+
+        /// The name `KVSCRUBD_TEST_KILL_AT` gives it.
+        var name: String {
+            switch self {
+            case .removal(let step): step.rawValue
+            case .stateWritten: "state-written"
+            case .stateCommitted: "state-committed"
+            }
+        }
+    }
+
+    /// Dies here, at once, if a test asked for a crash at `point`.
+    func reached(_ point: Point) {
+        guard let killAt, killAt == point.name else { return }
         kill(getpid(), SIGKILL)
     }
 

@@ -64,7 +64,19 @@ public final class Evictor: Sendable {
         events.record(event)
     }
 
-    public enum Cause: String, Sendable { case budget, freeSpace = "free-space", incompatible, superseded }
+    public enum Cause: String, Sendable {
+        case budget, freeSpace = "free-space", incompatible, superseded
+
+        /// The cause as the history keeps it.
+        var history: HistoryEvent.Cause {
+            switch self {
+            case .budget: .budget
+            case .freeSpace: .freeSpace
+            case .incompatible: .incompatible
+            case .superseded: .superseded
+            }
+        }
+    }
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil) {
@@ -157,7 +169,7 @@ public final class Evictor: Sendable {
                         if cause != .incompatible { s.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now)) }
                     }
                     summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: false) }
-                    history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.rawValue,
+                    history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.history,
                                          detail: e.unusable ?? String(format: "score %.6g", v.score)))
                 case .vanished:
                     state.with { _ = $0.remove(e.fileName) }
@@ -199,7 +211,7 @@ public final class Evictor: Sendable {
                     events.record(DaemonEvent(.supersededReclaimed, .notice, "reclaimed a file of a superseded engine generation", meta,
                                               counts: .evicted(.superseded, bytes: e.fileSize))) { s in s.remove(e.fileName) }
                     summary.withLock { $0.add(.superseded, bytes: e.fileSize, dryRun: false) }
-                    history(HistoryEvent(at: now, action: .evicted, file: e.fileName, bytes: e.fileSize, cause: Cause.superseded.rawValue,
+                    history(HistoryEvent(at: now, action: .evicted, file: e.fileName, bytes: e.fileSize, cause: .superseded,
                                          detail: "generation \(g) superseded"))
                 case .vanished:
                     state.with { _ = $0.remove(e.fileName) }

@@ -130,7 +130,7 @@ extension Scrubber {
         let verifier = Verifier(engine: abi, recorded: recorded, observer: observer)
         let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
-                                       now: { [state] in state.clock.now() }, onStep: { faults.reached($0.rawValue) }) { report in
+                                       now: { [state] in state.clock.now() }, onStep: { faults.reached(.removal($0)) }) { report in
             let admitted = state.with { $0.brake.admitRemoval(now: state.clock.now(), limit: config.removalBrake) }
             if !admitted { brakeEngagedIfNew(report) }
             if !admitted && config.removalBrakeAction == .keep {
@@ -196,7 +196,7 @@ extension Scrubber {
             if case .keptInPlace = outcome { done = .keptInPlace }
             let problem = r.corruptProblems.first
             database.enqueue([.history(HistoryEvent(at: state.clock.now(), action: done, file: name, bytes: r.fileSize,
-                                                    cause: "corrupt", region: problem?.region.rawValue, detail: problem?.detail,
+                                                    cause: .corrupt, region: problem?.region.rawValue, detail: problem?.detail,
                                                     expectedCrc: problem?.expectedCRC, actualCrc: problem?.actualCRC,
                                                     destination: destination))])
             persist(force: true)

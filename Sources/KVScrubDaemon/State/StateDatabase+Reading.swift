@@ -48,14 +48,14 @@ extension StateDatabase {
     }
 
     /// History, newest first.
-    public func history(since: Double? = nil, cause: String? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
+    public func history(since: Double? = nil, cause: HistoryEvent.Cause? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
         try pool().read { db in
             var sql = "SELECT * FROM history WHERE at >= ?"
             var args: [any DatabaseValueConvertible] = [since ?? 0]
-            if let cause { sql += " AND cause = ?"; args.append(cause) }
+            if let cause { sql += " AND cause = ?"; args.append(cause.rawValue) }
             sql += " ORDER BY id DESC LIMIT ?"
             args.append(max(0, limit))
-            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(HistoryEvent.init(row:))
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap(HistoryEvent.init(row:))
         }
     }
 

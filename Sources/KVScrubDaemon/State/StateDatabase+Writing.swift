@@ -259,8 +259,8 @@ extension StateDatabase {
                 try db.execute(sql: "DELETE FROM history WHERE at < ?", arguments: [now - keepHistory])
                 try db.execute(sql: "DELETE FROM recent_eviction WHERE at < ?", arguments: [now - 7 * 86400])
             }
-            faults.reached("state-written")
+            faults.reached(.stateWritten)
         }
-        faults.reached("state-committed")
+        faults.reached(.stateCommitted)
     }
 }
