@@ -15,13 +15,13 @@ import Glibc
 /// swift-service-lifecycle `ServiceGroup`, until SIGTERM or SIGINT:
 ///
 /// - the control socket (`ControlServer`) and the optional metrics listener,
-///   on one SwiftNIO event loop;
+///   on one SwiftNIO event loop, each bound in its service (`ListeningService`);
 /// - the state (`StateDatabase`): saved and closed on the way out;
 /// - the maintenance thread: inotify events into the index, eviction on
 ///   arrivals and on the evict timer, surviving the directory's removal;
 /// - the scrub thread (`Scrubber`);
-/// - the lifecycle: readiness, SIGHUP (reload the config file; a bad file
-///   keeps the old settings), and saying it stops.
+/// - the lifecycle: readiness once the servers listen, SIGHUP (reload the
+///   config file; a bad file keeps the old settings), and saying it stops.
 ///
 /// The group shuts them down in the reverse order, each once the one after it
 /// has ended: the scrub read in progress is abandoned, the maintenance loop
@@ -118,44 +118,45 @@ public final class Daemon: Sendable {
         recordOnFirstSight()
 
         await Self.offLoop { [self] in refreshAdminMembers() }
+        if stopAsked.isSet {
+            events.record(DaemonEvent(.stopping, .notice, "stopping: asked to during start-up"))
+            await saveAndCloseState()
+            return
+        }
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { loop.shutdownGracefully { _ in } }
-        let server: ControlServer
         let privileged: @Sendable (AccessPolicy.Peer) -> Bool = { [self] peer in
             AccessPolicy(daemonUID: daemonUID, adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
         }
-        if let fd = SocketActivation.listeningUnixSocket() {
-            server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged) { [self] request, peer in
-                handle(request, peer: peer)
+        let handler: ControlServer.Handler = { [self] request, peer in handle(request, peer: peer) }
+        let logger = self.logger, metrics = self.metrics, state = self.state
+        // Readiness (READY=1) waits for every server to listen.
+        let serversBound = StartLatch(count: config.metricsListen == nil ? 1 : 2)
+        let control = ListeningService(description: "control socket", start: {
+            let server: ControlServer
+            if let fd = SocketActivation.listeningUnixSocket() {
+                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged, handler: handler)
+                logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
+            } else {
+                server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
+                                                       on: loop, privileged: privileged, handler: handler)
             }
-            logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
-        } else {
-            server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                   on: loop, privileged: privileged) { [self] request, peer in handle(request, peer: peer) }
-        }
-        var metricsServer: MetricsHTTPServer? = nil
-        if let listen = config.metricsListen {
-            do {
-                metricsServer = try await MetricsHTTPServer.start(listen: listen, on: loop, logger: logger) { [self] in metrics.render(state: state) }
+            return { await server.stop() }
+        }, bound: serversBound)
+        let metricsListener = config.metricsListen.map { listen in
+            ListeningService(description: "metrics listener", start: {
+                let server = try await MetricsHTTPServer.start(listen: listen, on: loop, logger: logger) { metrics.render(state: state) }
                 logger.info("serving /metrics over HTTP", metadata: ["listen": "\(listen)"])
-            } catch {
-                await server.stop()
-                throw error
-            }
-        }
-        if stopAsked.isSet {
-            events.record(DaemonEvent(.stopping, .notice, "stopping: asked to during start-up"))
-            await metricsServer?.stop()
-            await server.stop()
-            await saveAndCloseState()
-            return
+                return { await server.stop() }
+            }, bound: serversBound)
         }
 
         // The parts as services. Started in this order; on SIGTERM or SIGINT shut down in the reverse
         // order, each once the one after it has ended: the lifecycle (reports stopping), the scrub and
         // the maintenance threads, the state (saved and closed), then the metrics and control servers.
-        let servers = [Self.onShutdown("control socket") { await server.stop() }]
-            + (metricsServer.map { m in [Self.onShutdown("metrics listener") { await m.stop() }] } ?? [])
+        // The servers bind in their own `run`: one that cannot fails the group, and every part stops.
+        let servers = [ServiceGroupConfiguration.ServiceConfiguration(service: control)]
+            + (metricsListener.map { [.init(service: $0)] } ?? [])
         let parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
             Self.onShutdown("state") { [self] in await saveAndCloseState() },
             // The scrub below the engine's CPU priority (besides the idle I/O class), but not so far that a busy
@@ -167,7 +168,7 @@ public final class Daemon: Sendable {
                                          stop: { [self] in stopping.set(); watcher.wake() })),
             .init(service: ThreadService(description: "kvscrubd-scrub", nice: 10, logger: logger, body: { [self] in scrubber.run() },
                                          stop: { [self] in scrubStopping.set(); scrubber.wake() })),
-            .init(service: ClosureService { [self] in await lifecycle() }, serviceName: "lifecycle"),
+            .init(service: ClosureService { [self] in await lifecycle(once: serversBound) }, serviceName: "lifecycle"),
         ]
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: servers + parts, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -188,12 +189,14 @@ public final class Daemon: Sendable {
         await database.close()
     }
 
-    /// Says ready, reloads on SIGHUP until the group shuts down, then says stopping.
-    private func lifecycle() async {
+    /// Says ready once the servers listen, reloads on SIGHUP until the group shuts down, then says stopping.
+    private func lifecycle(once serversBound: StartLatch) async {
         // Trapped before READY=1: a SIGHUP sent as soon as the daemon says it is ready (systemctl reload
         // right after start) is a reload. Trapped after, it went to the start-up trap and was dropped
         // (seen in SystemdNotifyTests once the suite ran its tests side by side).
         let hangups = await UnixSignalsSequence(trapping: .sighup)
+        await serversBound.wait()
+        guard !Task.isCancelled else { return } // a server could not bind: the group is stopping
         events.record { s in
             s.phase = .running
             return DaemonEvent(.ready, .notice, "ready", ["cache_dir": "\(s.config.cacheDir)", "files": "\(s.index.count)",
