@@ -43,10 +43,10 @@ import Testing
         events.record(DaemonEvent(.evicted, .info, "evicted", counts: .evicted(.budget, bytes: 100)))
         events.record(DaemonEvent(.evicted, .info, "evicted", counts: .evicted(.freeSpace, bytes: 7)))
         events.record(DaemonEvent(.evicted, .info, "evicted", counts: .evicted(.incompatible, bytes: 3)))
-        events.record(DaemonEvent(.corruptRemoved, .warning, "corrupt file removed", counts: .corrupt(region: "payload", removed: true, quarantined: false)))
+        events.record(DaemonEvent(.corruptRemoved, .warning, "corrupt file removed", counts: .corrupt(region: .payload, removed: true, quarantined: false)))
         events.record(DaemonEvent(.corruptRemoved, .warning, "corrupt file moved to quarantine",
-                                  counts: .corrupt(region: "payload", removed: true, quarantined: true)))
-        events.record(DaemonEvent(.corruptKept, .warning, "corrupt file kept in place", counts: .corrupt(region: "header", removed: false, quarantined: false)))
+                                  counts: .corrupt(region: .payload, removed: true, quarantined: true)))
+        events.record(DaemonEvent(.corruptKept, .warning, "corrupt file kept in place", counts: .corrupt(region: .header, removed: false, quarantined: false)))
         events.record(DaemonEvent(.corruptUnconfirmed, .info, "changed", counts: .corruptUnconfirmed))
         events.record(DaemonEvent(.regret, .notice, "regret", counts: .regret))
         events.record(DaemonEvent(.rescanned, .info, "rescanned", counts: .rescan))
@@ -64,11 +64,11 @@ import Testing
 
     @Test func aCorruptFile_countsInThePassInProgress_only() {
         let (events, state, _) = Self.recorder()
-        events.record(DaemonEvent(.corruptRemoved, .warning, "x", counts: .corrupt(region: "text", removed: true, quarantined: false)))
+        events.record(DaemonEvent(.corruptRemoved, .warning, "x", counts: .corrupt(region: .text, removed: true, quarantined: false)))
         #expect(state.with { ($0.scrub.corruptFound, $0.scrub.removed) } == (0, 0))
         state.with { $0.scrub.passStartedAt = 1 }
-        events.record(DaemonEvent(.corruptRemoved, .warning, "x", counts: .corrupt(region: "text", removed: true, quarantined: false)))
-        events.record(DaemonEvent(.wouldRemove, .notice, "x", counts: .corrupt(region: "text", removed: false, quarantined: false)))
+        events.record(DaemonEvent(.corruptRemoved, .warning, "x", counts: .corrupt(region: .text, removed: true, quarantined: false)))
+        events.record(DaemonEvent(.wouldRemove, .notice, "x", counts: .corrupt(region: .text, removed: false, quarantined: false)))
         #expect(state.with { ($0.scrub.corruptFound, $0.scrub.removed) } == (2, 1))
     }
 

@@ -1,3 +1,4 @@
+import KVCFormat
 import Logging
 
 /// Something the daemon reports: what kind it is (its stable KVSCRUB_EVENT
@@ -98,7 +99,8 @@ public struct DaemonEvent: Sendable {
         case evicted(Evictor.Cause, bytes: UInt64)
         case passCompleted
         /// A corrupt file settled: removed, quarantined (also removed from the cache) or kept.
-        case corrupt(region: String, removed: Bool, quarantined: Bool)
+        /// `region`: where its first problem lies (nil: none named), what the counters are kept by.
+        case corrupt(region: Region?, removed: Bool, quarantined: Bool)
         case corruptUnconfirmed
         /// A temporary file an engine left behind, removed.
         case orphanRemoved(bytes: UInt64)
@@ -141,7 +143,7 @@ public struct DaemonEvent: Sendable {
             }
         case .passCompleted: s.counters.passesCompleted += 1
         case .corrupt(let region, let removed, let quarantined):
-            s.counters.countCorrupt(region: region, removed: removed)
+            s.counters.countCorrupt(region: region?.rawValue ?? "unknown", removed: removed)
             if quarantined { s.counters.corruptQuarantined = (s.counters.corruptQuarantined ?? 0) + 1 }
             if s.scrub.passStartedAt != nil {
                 s.scrub.corruptFound += 1

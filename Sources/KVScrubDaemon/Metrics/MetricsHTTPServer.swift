@@ -46,14 +46,23 @@ final class MetricsHTTPHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        let (status, type, body): (HTTPResponseStatus, String, String)
         if head.method != .GET && head.method != .HEAD {
-            (status, type, body) = (.methodNotAllowed, "text/plain; charset=utf-8", "only GET /metrics\n")
+            respond(context, head, .methodNotAllowed, "text/plain; charset=utf-8", "only GET /metrics\n")
         } else if path == "/metrics" {
-            (status, type, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", render())
+            // Rendered off the event loop, which the control socket shares (the socket's `metrics`
+            // runs off it too); the reply is written back on the loop. NIO's HTTP pipeline handler
+            // holds a pipelined next request until this reply has ended.
+            let loop = context.eventLoop, bound = NIOLoopBound(context, eventLoop: loop), render = self.render
+            DispatchQueue.global().async {
+                let body = render()
+                loop.execute { self.respond(bound.value, head, .ok, "text/plain; version=0.0.4; charset=utf-8", body) }
+            }
         } else {
-            (status, type, body) = (.notFound, "text/plain; charset=utf-8", "kvscrubd serves /metrics only\n")
+            respond(context, head, .notFound, "text/plain; charset=utf-8", "kvscrubd serves /metrics only\n")
         }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: String) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: type)
         headers.add(name: "Content-Length", value: String(body.utf8.count))

@@ -47,7 +47,7 @@ extension Scrubber {
             if partOfPass { state.with { $0.scrub.suspected = ($0.scrub.suspected ?? 0) + 1 } }
             events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", meta))
             events.record(DaemonEvent(.wouldRemove, .notice, "would remove corrupt file (dry run)", meta,
-                                      counts: .corrupt(region: Self.region(meta), removed: false, quarantined: false)))
+                                      counts: .corrupt(region: report.corruptProblems.first?.region, removed: false, quarantined: false)))
             return .keptDryRun
         }
         guard report.unchangedDuringRead, let after = report.after else {
@@ -167,7 +167,7 @@ extension Scrubber {
         switch outcome {
         case .removed(let r), .quarantined(let r, _), .keptInPlace(let r, _):
             var m = Self.metadata(r)
-            let region = Self.region(m)
+            let region = r.corruptProblems.first?.region
             var removed = true
             var action = "removed"
             var event = DaemonEvent.Kind.corruptRemoved
@@ -234,7 +234,4 @@ extension Scrubber {
         }
         return meta
     }
-
-    /// The region a report's metadata names (what the corrupt counters are kept by).
-    static func region(_ meta: Logger.Metadata) -> String { meta["region"].map { "\($0)" } ?? "unknown" }
 }
