@@ -24,7 +24,11 @@ import Glibc
     static func populate(_ cache: String) throws -> (v1: [String], v2: String) {
         try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
         let v1 = try (0..<3).map { try Damage.store(cache, version: 1, seed: UInt64(700 + $0), payload: 96 << 10) }
-        let v2 = try Damage.store(cache, version: 2, seed: 710, payload: 96 << 10)
+        // Another generation (PR #146's), stored an hour earlier: the v1 files are the newest, so their generation
+        // is the one in force and they are the ones verified and recorded. Stored "now", it was the newest
+        // whenever a second ticked over between the stores, the v1 files were incompatible and never recorded
+        // (2 runs in about 15 once the suite ran its tests side by side).
+        let v2 = try Damage.store(cache, version: 2, seed: 710, payload: 96 << 10, createdAt: UInt64(Date().timeIntervalSince1970) - 3600)
         return (v1, v2)
     }
 
