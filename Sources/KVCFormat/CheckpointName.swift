@@ -27,15 +27,11 @@ public enum CheckpointName {
     /// A store in progress: the server's `<sha>.kv.tmp.<pid>`, ds4-agent's `<name>.tmp.XXXXXX`
     /// (mkstemp) for `<sha>.kv` or `sysprompt.kv`. Never ours to read or remove as a checkpoint.
     public static func isTemporary(_ name: String) -> Bool {
-        // On the UTF-8 bytes: Foundation's `range(of:)` went through NSString, a cost the orphan sweep
-        // paid for every name in the directory.
-        let u = Array(name.utf8), marker = Array(".kv.tmp.".utf8)
-        guard u.count > marker.count else { return false }
-        for start in 0...(u.count - marker.count) where u[start..<(start + marker.count)].elementsEqual(marker) {
-            guard start + marker.count < u.count else { return false }
-            return isCheckpoint(String(decoding: u[0..<start], as: UTF8.self) + suffix)
-        }
-        return false
+        // The standard library's search on the UTF-8 bytes: Foundation's `range(of:)` went through
+        // NSString, a cost the orphan sweep paid for every name in the directory.
+        let u = name.utf8
+        guard let r = u.firstRange(of: ".kv.tmp.".utf8), r.upperBound < u.endIndex else { return false }
+        return isCheckpoint(String(decoding: u[..<r.lowerBound], as: UTF8.self) + suffix)
     }
 
     public static func fileName(sha: String) -> String { sha + suffix }

@@ -97,6 +97,11 @@ import Glibc
         #expect(text.stdout.contains(name) && text.stdout.contains("removed"), "\(text.stdout)")
         let bad = try await Tool.run("kvscrubd", ["history", "--socket", d.socket, "--cause", "sunspots"])
         #expect(bad.status != 0 && bad.stderr.contains("--cause"))
+        // The daemon checks the cause too (a client other than the CLI), and the known ones select.
+        let refused = try ControlClient(path: d.socket).send(ControlRequest(cmd: "history", cause: "sunspots"))
+        #expect(!refused.ok && (refused.error ?? "").contains("unknown cause 'sunspots'"), "\(String(describing: refused.error))")
+        let corrupt = try ControlClient(path: d.socket).send(ControlRequest(cmd: "history", cause: "corrupt")).history ?? []
+        #expect(!corrupt.isEmpty && corrupt.allSatisfy { $0.cause == .corrupt })
         let verbose = try await Tool.run("kvscrubd", ["status", "--socket", d.socket, "-v"])
         #expect(verbose.stdout.contains("last corrupt files removed or quarantined") && verbose.stdout.contains(name), "\(verbose.stdout)")
         #expect(verbose.stdout.contains("2 v1 with a recorded checksum"), "\(verbose.stdout)")

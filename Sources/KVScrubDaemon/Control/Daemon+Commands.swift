@@ -140,11 +140,8 @@ extension Daemon {
                 return r
             }
         case .history:
-            let cause: HistoryEvent.Cause?
-            switch request.cause.map({ ($0, HistoryEvent.Cause(rawValue: $0)) }) {
-            case nil: cause = nil
-            case (_, let known?)?: cause = known
-            case (let name, nil)?:
+            let cause = request.cause.flatMap(HistoryEvent.Cause.init(rawValue:))
+            if let name = request.cause, cause == nil {
                 return .failure("unknown cause '\(name)'; causes: \(HistoryEvent.causes.joined(separator: ", "))")
             }
             let limit = min(max(request.limit ?? 1000, 0), 10_000)

@@ -40,15 +40,16 @@ public final class Evictor: Sendable {
     private let culling = Mutex(false)
     /// Single evictions log at info; this says at notice, every `summarySeconds`, what went.
     private let summary: Mutex<EvictionSummary>
+    /// How often the notice-level summary of evictions is logged (when there were any). Tests see
+    /// the ten minutes go by on a `ManualClock` (`EvictionSummaryTests`).
+    static let summarySeconds = 600.0
 
-    /// `summarySeconds`: how often the notice-level summary of evictions is logged (when there were any).
-    public init(state: DaemonState, logger: Logger, summarySeconds: Double = 600,
-                history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
+    public init(state: DaemonState, logger: Logger, history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
         self.logger = logger
         self.events = EventRecorder(state: state, logger: logger)
         self.history = history
-        summary = Mutex(EvictionSummary(interval: summarySeconds, now: state.clock.now()))
+        summary = Mutex(EvictionSummary(interval: Self.summarySeconds, now: state.clock.now()))
     }
 
     /// Seconds until the eviction summary is due (the maintenance loop wakes for it); nil: nothing to summarize.
