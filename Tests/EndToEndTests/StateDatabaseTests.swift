@@ -149,7 +149,7 @@ import Glibc
         counters.passesCompleted = 3
         counters.evictedBudget = 11
         let evicted = String(repeating: "ab", count: 20) + ".kv"
-        let record = StateStore.Record(scrub: DaemonState.ScrubProgress(), counters: counters,
+        let record = StateStore.Record(scrub: ScrubProgress(), counters: counters,
                                        recentEvictions: [evicted: .init(at: Date().timeIntervalSince1970 - 60, bytes: 4096)])
         try StateStore(directory: state).save(record)
         let d = try await DaemonProcess(root: root, extra: Self.fast, cacheDir: cache)

@@ -23,38 +23,40 @@ import Testing
     }
 
     @Test func eachChange_showsInTheNextScrape_andNothingElseMovesTheCount() {
-        let state = DaemonState(config: DaemonConfig())
+        let settings = DaemonSettings(config: DaemonConfig())
+        let index = PartState(IndexState()), scrub = PartState(ScrubState()), counts = PartState(CounterState())
         let metrics = DaemonMetrics()
+        func render() -> String { metrics.render(settings: settings, index: index, scrub: scrub, counts: counts) }
         let a = Self.entry(1), b = Self.entry(2), c = Self.entry(3, version: 1, size: 500)
-        state.with { s in for e in [a, b, c] { s.insert(e) } }
-        var text = metrics.render(state: state)
+        index.change { s in for e in [a, b, c] { s.index.insert(e) } }
+        var text = render()
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 2)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "1") == 1)
         #expect(Self.value(text, "kvscrubd_bytes", verdict: "unverified", version: "1") == 500)
 
         // A verdict alone (the index as it was): the next scrape counts it.
-        state.with { $0.setVerdict(a.fileName, .ok) }
-        text = metrics.render(state: state)
+        index.change { $0.index.setVerdict(a.fileName, .ok) }
+        text = render()
         #expect(Self.value(text, "kvscrubd_files", verdict: "ok", version: "2") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 1)
 
-        state.with { $0.setVerdict(b.fileName, .corrupt) }
-        text = metrics.render(state: state)
+        index.change { $0.index.setVerdict(b.fileName, .corrupt) }
+        text = render()
         #expect(Self.value(text, "kvscrubd_files", verdict: "corrupt", version: "2") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "2") == 0)
 
         // Unchanged: the same figures again.
-        #expect(metrics.render(state: state).split(separator: "\n").filter { $0.hasPrefix("kvscrubd_files") }
+        #expect(render().split(separator: "\n").filter { $0.hasPrefix("kvscrubd_files") }
                 == text.split(separator: "\n").filter { $0.hasPrefix("kvscrubd_files") })
 
         // A file that goes, and one the engine cannot use.
-        state.with { s in
-            s.remove(b.fileName)
+        index.change { s in
+            s.index.remove(b.fileName)
             var unusable = c
             unusable.unusable = "payload ABI 7"
-            s.insert(unusable)
+            s.index.insert(unusable)
         }
-        text = metrics.render(state: state)
+        text = render()
         #expect(Self.value(text, "kvscrubd_files", verdict: "corrupt", version: "2") == 0)
         #expect(Self.value(text, "kvscrubd_files", verdict: "incompatible", version: "1") == 1)
         #expect(Self.value(text, "kvscrubd_files", verdict: "unverified", version: "1") == 0)
@@ -75,7 +77,7 @@ import Testing
             return Int((z ^ (z >> 31)) % UInt64(n))
         }
         let start = seed
-        var s = DaemonState.Inner(config: DaemonConfig())
+        var s = CacheIndex()
         func entry(_ i: Int) -> CacheEntry {
             var e = Self.entry(i, version: next(3) == 0 ? 1 : 2, size: UInt64(100 + next(5000)))
             e.identity = FileIdentity(device: 1, inode: UInt64(next(4)))  // a few lives per name
@@ -91,7 +93,7 @@ import Testing
             case 6..<9: s.remove(name)
             case 9..<14: s.setVerdict(name, verdicts[next(verdicts.count)])
             case 14..<18:
-                if let e = s.index[name], let h = e.header {
+                if let e = s[name], let h = e.header {
                     let key = next(2) == 0 ? RecordedChecksum.Key(identity: e.identity, header: h)
                                            : RecordedChecksum.Key(device: 9, inode: 9, textBytes: 1, payloadBytes: 1, createdAt: 1)
                     s.setRecord(name, RecordedChecksum(key: key, textCRC: 1, payloadCRC: 2, recordedAt: 0))
@@ -99,16 +101,16 @@ import Testing
             case 18:
                 s.setEngineABI(EngineABI.Resolution(generation: next(2) == 0 ? .ds4e8e8779 : .pr146, source: "configured"))
             default:
-                if next(4) == 0 { s.replaceIndex((0..<next(30)).map { entry($0) }) }
+                if next(4) == 0 { s.replace(with: (0..<next(30)).map { entry($0) }) }
                 else { s.loadRecords(s.records.filter { _ in next(2) == 0 }) }
             }
-            let fresh = IndexCensus(index: s.index, verdicts: s.verdicts, isRecorded: s.isRecorded)
+            let fresh = IndexCensus(index: s.entries, verdicts: s.verdicts, isRecorded: s.isRecorded)
             guard s.census == fresh else {
                 Issue.record("step \(step) (seed \(start)): kept \(s.census), counted \(fresh)")
                 return
             }
         }
         #expect(s.census.checksums.inFile + s.census.checksums.recorded + s.census.checksums.notYetRecorded
-                == s.index.values.filter { $0.header != nil }.count)
+                == s.entries.values.filter { $0.header != nil }.count)
     }
 }

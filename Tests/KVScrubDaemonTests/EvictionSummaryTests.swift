@@ -12,33 +12,15 @@ import KVCSimulation
 /// environment variable to shorten the ten minutes.)
 @Suite struct EvictionSummaryTests {
     @Test func eachEvictionIsInfo_andTheSummaryComesAtNotice_tenMinutesAfterTheWindowOpened() throws {
-        let root = NSTemporaryDirectory() + "eviction-summary-" + UUID().uuidString
-        let cache = root + "/cache"
-        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: root) }
-        for seed in 0..<8 {
-            try CheckpointWriter(version: 2).store(
-                in: cache, text: Array("evict \(seed)".utf8),
-                payload: SyntheticPayload(byteCount: 512 << 10, tokens: 1, ctxSize: 4096, seed: UInt64(seed)),
-                metadata: .init(reason: .cold, modelID: 1, quantBits: 4, ctxSize: 4096, tokens: 1, createdAt: 1))
-        }
-        var config = DaemonConfig()
-        config.cacheDir = cache
-        config.budgetMB = 2
-        let clock = ManualClock()
-        let t0 = clock.now()
-        let state = DaemonState(config: config, clock: clock)
-        let dir = try CacheDirectory(path: cache)
-        let scan = try dir.scan(engineABI: config.engine)
-        state.with { $0.replaceIndex(scan.entries, judgedUnder: scan.engineABI) }
-        let lines = NIOLockedValueBox<[(Logger.Level, String, Logger.Metadata)]>([])
-        let logger = Logger(label: "test") { _ in EventRecorderTests.Capture(lines: lines) }
-        let evictor = Evictor(state: state, logger: logger)
+        let f = try PartsFixture { $0.budgetMB = 2 }
+        for seed in 0..<8 { try f.write(UInt64(seed), bytes: 512 << 10) }
+        try f.indexAsAtStartUp()
+        let (clock, t0, dir, lines, evictor) = (f.clock, f.clock.now(), f.dir, f.lines, f.maintainer.evictor)
 
         evictor.evaluate(directory: dir)
         let evicted = lines.withLockedValue { $0 }.filter { $0.2["event"] == "evicted" }
         #expect(evicted.count >= 3 && evicted.allSatisfy { $0.0 == .info })
-        #expect(state.with { $0.totalBytes } <= 2 << 20)
+        #expect(f.index.read { $0.index.totalBytes } <= 2 << 20)
         #expect(abs((evictor.summaryDueIn() ?? 0) - 600) < 0.001)
 
         func summaries() -> [(Logger.Level, String, Logger.Metadata)] {

@@ -21,56 +21,71 @@ import KVCFormat
         return CacheEntry(sha: sha, header: nil, fileSize: size, identity: FileIdentity(device: 1, inode: UInt64(i)), unusable: nil)
     }
 
+    /// The index with the scrubber's side of a pass: what the walk must follow.
+    struct Scene {
+        var index = CacheIndex()
+        var progress = ScrubProgress()
+        mutating func left() -> (files: Int, bytes: UInt64) {
+            let l = index.passLeft(progress.passStartedAt, cursor: progress.cursor)
+            return (progress.filesDone + l.files, l.bytes)
+        }
+    }
+
     /// What the walk must equal: the naive filter and count over the whole index.
-    static func naive(_ s: DaemonState.Inner) -> (next: String?, files: Int, bytes: UInt64) {
-        let left = s.index.filter { k, _ in s.scrub.cursor.map { k > $0 } ?? true }
-        return (left.keys.min(), s.scrub.filesDone + left.count, left.values.reduce(0) { $0 + $1.fileSize })
+    static func naive(_ s: Scene) -> (next: String?, files: Int, bytes: UInt64) {
+        let left = s.index.entries.filter { k, _ in s.progress.cursor.map { k > $0 } ?? true }
+        return (left.keys.min(), s.progress.filesDone + left.count, left.values.reduce(0) { $0 + $1.fileSize })
     }
 
     @Test(arguments: [1, 2, 3, 4, 5])
     func randomChurnDuringPasses_matchesTheNaiveWalk(seed: Int) {
         var rng = Rng(s: UInt64(seed))
-        var s = DaemonState.Inner(config: DaemonConfig())
-        for i in 0..<300 { s.insert(Self.entry(i * 2, size: UInt64(100 + i))) }
+        var s = Scene()
+        for i in 0..<300 { s.index.insert(Self.entry(i * 2, size: UInt64(100 + i))) }
         var passes = 0
         var steps = 0
         for round in 0..<4000 {
-            if s.scrub.passStartedAt == nil {
-                s.scrub.passStartedAt = Double(round)
-                s.scrub.cursor = nil
-                s.scrub.filesDone = 0
+            if s.progress.passStartedAt == nil {
+                s.progress.passStartedAt = Double(round)
+                s.progress.cursor = nil
+                s.progress.filesDone = 0
                 passes += 1
             }
             switch rng.next(10) {
-            case 0, 1: s.insert(Self.entry(rng.next(800), size: UInt64(1 + rng.next(1000))))   // arrival or replacement
+            case 0, 1: s.index.insert(Self.entry(rng.next(800), size: UInt64(1 + rng.next(1000))))   // arrival or replacement
             case 2:
-                let keys = s.index.keys.sorted()
-                if !keys.isEmpty { _ = s.remove(keys[rng.next(keys.count)]) }
-            case 3: _ = s.remove(Self.entry(rng.next(800), size: 0).fileName)
+                let keys = s.index.entries.keys.sorted()
+                if !keys.isEmpty { _ = s.index.remove(keys[rng.next(keys.count)]) }
+            case 3: _ = s.index.remove(Self.entry(rng.next(800), size: 0).fileName)
             case 4 where round % 500 == 0:
                 // A restart: the walk is rebuilt from the persisted cursor.
-                var restored = DaemonState.Inner(config: DaemonConfig())
-                restored.replaceIndex(Array(s.index.values))
-                restored.scrub = s.scrub
+                var restored = Scene()
+                restored.index.replace(with: Array(s.index.entries.values))
+                restored.progress = s.progress
                 s = restored
             default:
                 let want = Self.naive(s)
-                let next = s.nextInPass()
+                let pass = s.progress.passStartedAt!
+                let next = s.index.nextInPass(pass, cursor: s.progress.cursor)
                 #expect(next == want.next, "round \(round)")
-                #expect(s.passFilesTotal == want.files && s.passBytesLeft == want.bytes, "round \(round)")
+                let left = s.left()
+                #expect(left.files == want.files && left.bytes == want.bytes, "round \(round)")
                 if let next {
                     // An arrival between choosing the file and finishing it (sorting before it, after the cursor).
-                    if rng.next(4) == 0 { s.insert(Self.entry(rng.next(800), size: 7)) }
-                    s.advancePass(to: next)
-                    s.scrub.filesDone += 1
+                    if rng.next(4) == 0 { s.index.insert(Self.entry(rng.next(800), size: 7)) }
+                    s.index.advancePass(pass, from: s.progress.cursor, to: next)
+                    s.progress.cursor = next
+                    s.progress.filesDone += 1
                     steps += 1
                 } else {
-                    s.scrub.passStartedAt = nil
+                    s.progress.passStartedAt = nil
+                    s.index.endPass()
                 }
             }
             let want = Self.naive(s)
-            #expect(s.passFilesTotal == want.files, "round \(round): files")
-            #expect(s.passBytesLeft == want.bytes, "round \(round): bytes")
+            let left = s.left()
+            #expect(left.files == want.files, "round \(round): files")
+            #expect(s.progress.passStartedAt == nil || left.bytes == want.bytes, "round \(round): bytes")
         }
         #expect(passes >= 3 && steps > 1000, "\(passes) passes, \(steps) steps")
     }

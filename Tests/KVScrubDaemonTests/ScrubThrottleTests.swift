@@ -1,5 +1,6 @@
 import CLinux
 import Foundation
+import Logging
 import Testing
 @testable import KVCFormat
 @testable import KVScrubDaemon
@@ -10,6 +11,14 @@ import Glibc
 #endif
 
 @Suite struct ScrubThrottleTests {
+    /// The scrubber's state, the settings (at this rate limit) and a recorder, for a throttle of its own.
+    static func parts(rateMBps: Double) -> (PartState<ScrubState>, DaemonSettings, EventRecorder) {
+        var c = DaemonConfig()
+        c.scrubRateMBps = rateMBps
+        let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        return (PartState(ScrubState()), DaemonSettings(config: c), EventRecorder(counts: PartState(CounterState()), clock: SystemClock(), logger: logger))
+    }
+
     func residentPages(_ path: String) -> Int {
         let fd = open(path, O_RDONLY)
         defer { close(fd) }
@@ -42,8 +51,8 @@ import Glibc
         let p = try makeFile(dir, seed: 1)
         dropCache(p)
         #expect(residentPages(p) == 0)
-        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 0; return c }())
-        let throttle = ScrubThrottle(state: state, stopping: StopFlag())
+        let (state, settings, events) = Self.parts(rateMBps: 0)
+        let throttle = ScrubThrottle(state: state, settings: settings, events: events, stopping: StopFlag())
         let r = try Verifier(observer: throttle).verify(path: p)
         #expect(r.verdict == .ok)
         #expect(residentPages(p) == 0, "pages left in cache: \(residentPages(p))")
@@ -57,8 +66,8 @@ import Glibc
         _ = FileManager.default.contents(atPath: p) // the engine just read it
         let cached = residentPages(p)
         #expect(cached > 2000)
-        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 0; return c }())
-        _ = try Verifier(observer: ScrubThrottle(state: state, stopping: StopFlag())).verify(path: p)
+        let (state, settings, events) = Self.parts(rateMBps: 0)
+        _ = try Verifier(observer: ScrubThrottle(state: state, settings: settings, events: events, stopping: StopFlag())).verify(path: p)
         #expect(residentPages(p) == cached)
     }
 
@@ -72,8 +81,8 @@ import Glibc
         let p = try makeFile(dir, seed: 6)
         dropCache(p)
         #expect(residentPages(p) == 0)
-        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 0; return c }())
-        let throttle = ScrubThrottle(state: state, stopping: StopFlag())
+        let (state, settings, events) = Self.parts(rateMBps: 0)
+        let throttle = ScrubThrottle(state: state, settings: settings, events: events, stopping: StopFlag())
         let scrub = try FileDescriptor.open(p, .readOnly)
         defer { try? scrub.close() }
         let size = UInt64(try scrub.seek(offset: 0, from: .end))
@@ -104,9 +113,9 @@ import Glibc
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let p = try makeFile(dir, seed: 3)
-        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 20; return c }())
+        let (state, settings, events) = Self.parts(rateMBps: 20)
         let t0 = ContinuousClock.now
-        _ = try Verifier(observer: ScrubThrottle(state: state, stopping: StopFlag())).verify(path: p)
+        _ = try Verifier(observer: ScrubThrottle(state: state, settings: settings, events: events, stopping: StopFlag())).verify(path: p)
         let took = ContinuousClock.now - t0
         // 8.4 MB at 20 MB/s: 0.42 s.
         #expect(took >= .milliseconds(380), "\(took)")
@@ -118,14 +127,14 @@ import Glibc
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let p = try makeFile(dir, seed: 4)
-        let state = DaemonState(config: { var c = DaemonConfig(); c.scrubRateMBps = 1; return c }())
+        let (state, settings, events) = Self.parts(rateMBps: 1)
         let stop = StopFlag()
         // A thread of its own: under a loaded suite the global queue can start a block late,
         // and the test would then time the queue, not the throttle.
         Thread { Thread.sleep(forTimeInterval: 0.3); stop.set() }.start()
         let t0 = ContinuousClock.now
         #expect(throws: ScrubThrottle.ScrubStopped.self) {
-            try Verifier(observer: ScrubThrottle(state: state, stopping: stop)).verify(path: p)
+            try Verifier(observer: ScrubThrottle(state: state, settings: settings, events: events, stopping: stop)).verify(path: p)
         }
         #expect(ContinuousClock.now - t0 < .seconds(1))
     }
@@ -172,18 +181,18 @@ import Glibc
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let p = try makeFile(dir, seed: 5)
-        let state = DaemonState(config: DaemonConfig())
-        state.with { $0.scrubRate = 50e6; $0.scrub.paused = true }
-        let throttle = ScrubThrottle(state: state, stopping: StopFlag())
+        let (state, settings, events) = Self.parts(rateMBps: DaemonConfig().scrubRateMBps)
+        state.change { $0.rate = 50e6; $0.progress.paused = true }
+        let throttle = ScrubThrottle(state: state, settings: settings, events: events, stopping: StopFlag())
         let fd = try FileDescriptor.open(p, .readOnly)
         defer { try? fd.close() }
         let returned = DispatchSemaphore(value: 0)
         Thread { try? throttle.willRead(fd: fd, offset: 0, count: 4096); returned.signal() }.start()
         let deadline = ContinuousClock.now + .seconds(5)
-        while state.with({ $0.scrubRate }) != 0 && ContinuousClock.now < deadline { usleep(1000) }
-        #expect(state.with { $0.scrubRate } == 0, "the rate while paused")
+        while state.read({ $0.rate }) != 0 && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(state.read { $0.rate } == 0, "the rate while paused")
         #expect(returned.wait(timeout: .now() + 0.2) == .timedOut, "still waiting while paused")
-        state.with { $0.scrub.paused = false }
+        state.change { $0.progress.paused = false }
         #expect(returned.wait(timeout: .now() + 5) == .success, "reading resumes once unpaused")
     }
 }

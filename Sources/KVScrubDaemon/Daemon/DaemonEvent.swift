@@ -88,7 +88,7 @@ public struct DaemonEvent: Sendable {
         public static func messageID(forEvent name: String) -> String? { Kind(rawValue: name)?.messageID }
     }
 
-    /// What an event counts, in `DaemonState`'s counters and the pass in progress.
+    /// What an event counts, in the counters (`CounterState`).
     public enum Tally: Sendable {
         case nothing
         /// Also kept among the last errors `status` shows.
@@ -125,11 +125,12 @@ public struct DaemonEvent: Sendable {
     /// The log record's metadata: the details and the event's name.
     public var metadata: Logger.Metadata { details.merging(["event": .string(kind.rawValue)]) { $1 } }
 
-    /// Applies the tally (called by the recorder under the state lock).
-    func count(in s: inout DaemonState.Inner) {
+    /// Applies the tally to the counters (called by the recorder under the counters' lock). What a
+    /// corrupt file counts for the pass in progress, the scrubber counts in its own state, together.
+    func count(in s: inout CounterState, now: Double) {
         switch tally {
         case .nothing: break
-        case .error(let message): s.noteError(message)
+        case .error(let message): s.noteError(message, now: now)
         case .inotifyEvent: s.counters.inotifyEvents += 1
         case .rescan: s.counters.rescans += 1
         case .regret: s.counters.regrets = (s.counters.regrets ?? 0) + 1
@@ -145,10 +146,6 @@ public struct DaemonEvent: Sendable {
         case .corrupt(let region, let removed, let quarantined):
             s.counters.countCorrupt(region: region?.rawValue ?? "unknown", removed: removed)
             if quarantined { s.counters.corruptQuarantined = (s.counters.corruptQuarantined ?? 0) + 1 }
-            if s.scrub.passStartedAt != nil {
-                s.scrub.corruptFound += 1
-                if removed { s.scrub.removed += 1 }
-            }
         case .corruptUnconfirmed: s.counters.corruptUnconfirmed = (s.counters.corruptUnconfirmed ?? 0) + 1
         case .orphanRemoved(let bytes):
             s.counters.orphansRemoved = (s.counters.orphansRemoved ?? 0) + 1

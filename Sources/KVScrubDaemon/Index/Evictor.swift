@@ -30,7 +30,9 @@ import Glibc
 /// and skipped; the pass goes on with the next one, so one stuck file never
 /// stalls eviction. Removal checks the inode first (`CacheDirectory.remove`).
 public final class Evictor: Sendable {
-    let state: DaemonState
+    /// The index maintainer's state, which eviction changes (the index, the ledger, the free space).
+    let state: PartState<IndexState>
+    let settings: DaemonSettings
     let logger: Logger
     /// Where this part reports what happened (logged and counted in one place).
     let events: EventRecorder
@@ -44,23 +46,27 @@ public final class Evictor: Sendable {
     /// the ten minutes go by on a `ManualClock` (`EvictionSummaryTests`).
     static let summarySeconds = 600.0
 
-    public init(state: DaemonState, logger: Logger, history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
+    public init(state: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder, logger: Logger,
+                history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
+        self.settings = settings
         self.logger = logger
-        self.events = EventRecorder(state: state, logger: logger)
+        self.events = events
         self.history = history
-        summary = Mutex(EvictionSummary(interval: Self.summarySeconds, now: state.clock.now()))
+        summary = Mutex(EvictionSummary(interval: Self.summarySeconds, now: settings.clock.now()))
     }
+
+    var clock: any DaemonClock { settings.clock }
 
     /// Seconds until the eviction summary is due (the maintenance loop wakes for it); nil: nothing to summarize.
     func summaryDueIn() -> Double? {
-        let now = state.clock.now()
+        let now = clock.now()
         return summary.withLock { $0.dueIn(now: now) }
     }
 
     /// Logs the summary of the evictions of the last window when it is over (the maintenance loop asks).
     func summarizeIfDue() {
-        let now = state.clock.now()
+        let now = clock.now()
         guard let event = summary.withLock({ $0.due(now: now) }) else { return }
         events.record(event)
     }
@@ -81,12 +87,13 @@ public final class Evictor: Sendable {
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
     public func evaluate(directory: CacheDirectory, arrived: String? = nil) {
-        let now = UInt64(state.clock.now())
+        let now = UInt64(clock.now())
+        let config = settings.config
         // What an arrival costs must not grow with the index: the whole index is copied only when
         // something has to be evicted (over budget), and the arrival's text is read only when there
         // are continued waypoints it may supersede, or an eviction plan to weigh it in.
-        let (config, total, newcomer, waypoints) = state.with { s in
-            (s.config, s.totalBytes, arrived.flatMap { s.index[$0] }, s.continuedNames.compactMap { n in n == arrived ? nil : s.index[n] })
+        let (total, newcomer, waypoints) = state.read { s in
+            (s.index.totalBytes, arrived.flatMap { s.index[$0] }, s.index.continuedNames.compactMap { n in n == arrived ? nil : s.index[n] })
         }
         let overBudget = config.budgetMB > 0 && total > config.budgetBytes
         var incoming: IncomingCheckpoint? = nil
@@ -99,10 +106,10 @@ public final class Evictor: Sendable {
             // Remembered for `entries` and `explain`: which waypoints this arrival dominates.
             if let arrived, let inc = incoming {
                 let dominated = waypoints.filter { inc.supersedes($0) }.map(\.fileName)
-                if !dominated.isEmpty { state.with { s in for d in dominated { s.supersededBy[d] = arrived } } }
+                if !dominated.isEmpty { state.change { s in for d in dominated { s.index.supersededBy[d] = arrived } } }
             }
         }
-        var entries = overBudget ? state.with { Array($0.index.values) } : []
+        var entries = overBudget ? state.read { Array($0.index.entries.values) } : []
         // Bytes to free for the budget. A checkpoint larger than the whole budget evicts
         // nothing else: the engine's `extra_bytes > budget_bytes` guard (no amount of
         // eviction could make room for it). Only an engine with a larger budget of its
@@ -122,7 +129,7 @@ public final class Evictor: Sendable {
         var needSpace: UInt64 = 0
         if let start = config.freeSpaceStartPercent, let stop = config.freeSpaceStopPercent,
            let (free, size) = Evictor.freeSpace(directory: directory), size > 0 {
-            state.with { $0.freeBytes = free; $0.fsBytes = size }
+            state.change { $0.freeBytes = free; $0.fsBytes = size }
             let pct = Double(free) * 100 / Double(size)
             let active = culling.withLock { c -> Bool in
                 if pct < start { c = true } else if pct >= stop { c = false }
@@ -131,10 +138,10 @@ public final class Evictor: Sendable {
             let target = UInt64((stop / 100 * Double(size)).rounded(.up))
             if active && target > free { needSpace = target - free }
         } else if let (free, size) = Evictor.freeSpace(directory: directory) {
-            state.with { $0.freeBytes = free; $0.fsBytes = size }
+            state.change { $0.freeBytes = free; $0.fsBytes = size }
         }
         guard needBudget > 0 || needSpace > 0 else { return }
-        if entries.isEmpty { entries = state.with { Array($0.index.values) } }
+        if entries.isEmpty { entries = state.read { Array($0.index.entries.values) } }
         readIncoming()
         // ds4-agent's saved sessions are a user's explicit saves, not cache: never evicted by budget or score.
         let candidates = entries.filter { $0.fileName != arrived && !$0.isAgentSession }
@@ -165,15 +172,17 @@ public final class Evictor: Sendable {
                 switch try directory.remove(name: e.fileName, identity: e.identity) {
                 case .removed:
                     freed += e.fileSize
-                    events.record(DaemonEvent(.evicted, .info, "evicted", meta, counts: .evicted(cause, bytes: e.fileSize))) { s in
-                        s.remove(e.fileName)
-                        if cause != .incompatible { s.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now)) }
+                    events.record(DaemonEvent(.evicted, .info, "evicted", meta, counts: .evicted(cause, bytes: e.fileSize)), changing: state) { s in
+                        s.index.remove(e.fileName)
+                        if cause != .incompatible {
+                            s.ledger.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now), window: config.regretWindowHours * 3600)
+                        }
                     }
                     summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.history,
                                          detail: e.unusable ?? String(format: "score %.6g", v.score)))
                 case .vanished:
-                    state.with { _ = $0.remove(e.fileName) }
+                    state.change { _ = $0.index.remove(e.fileName) }
                     freed += e.fileSize
                 case .replaced:
                     logger.info("eviction skipped: the file was replaced since it was scored", metadata: ["file": "\(e.fileName)"])
@@ -189,13 +198,14 @@ public final class Evictor: Sendable {
     /// never an unknown layout, never a ds4-agent session. Returns how many files went.
     @discardableResult
     public func reclaimSuperseded(directory: CacheDirectory) -> Int {
-        let now = state.clock.now()
-        let (config, victims) = state.with { s in
+        let now = clock.now()
+        let config = settings.config
+        let victims = state.read { s in
             // Only a file the engine in force cannot use can be of a superseded generation: while there is
             // none (the census keeps the count), the index is not walked at all.
-            guard s.census.incompatible > 0 else { return (s.config, [CacheEntry]()) }
-            return (s.config, GenerationCensus.reclaimable(entries: Array(s.index.values), engine: s.engineABI.generation,
-                                                    graceSeconds: s.config.supersededGraceHours.map { $0 * 3600 }, now: now))
+            guard s.index.census.incompatible > 0 else { return [CacheEntry]() }
+            return GenerationCensus.reclaimable(entries: Array(s.index.entries.values), engine: s.index.engineABI.generation,
+                                                graceSeconds: config.supersededGraceHours.map { $0 * 3600 }, now: now)
         }
         var reclaimed = 0
         for e in victims {
@@ -210,12 +220,12 @@ public final class Evictor: Sendable {
                 case .removed:
                     reclaimed += 1
                     events.record(DaemonEvent(.supersededReclaimed, .notice, "reclaimed a file of a superseded engine generation", meta,
-                                              counts: .evicted(.superseded, bytes: e.fileSize))) { s in s.remove(e.fileName) }
+                                              counts: .evicted(.superseded, bytes: e.fileSize)), changing: state) { s in s.index.remove(e.fileName) }
                     summary.withLock { $0.add(.superseded, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: now, action: .evicted, file: e.fileName, bytes: e.fileSize, cause: .superseded,
                                          detail: "generation \(g) superseded"))
                 case .vanished:
-                    state.with { _ = $0.remove(e.fileName) }
+                    state.change { _ = $0.index.remove(e.fileName) }
                 case .replaced:
                     logger.info("reclaim skipped: the file was replaced since it was judged", metadata: ["file": "\(e.fileName)"])
                 }

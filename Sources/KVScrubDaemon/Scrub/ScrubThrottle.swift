@@ -68,26 +68,31 @@ final class ScrubThrottle: ReadObserver {
         var ours: [Int] = []
     }
 
-    let state: DaemonState
+    /// The scrubber's state: pause and cancel are read from it, the rate is written to it.
+    let state: PartState<ScrubState>
+    let settings: DaemonSettings
+    let events: EventRecorder
     let stopping: StopFlag
     private let pacing = Mutex(Pacing())
     private let reading = Mutex<Reading?>(nil)
     static let pageSize = UInt64(kvs_page_size())
 
-    init(state: DaemonState, stopping: StopFlag) {
+    init(state: PartState<ScrubState>, settings: DaemonSettings, events: EventRecorder, stopping: StopFlag) {
         self.state = state
+        self.settings = settings
+        self.events = events
         self.stopping = stopping
     }
 
     func willRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {
-        if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
+        if stopping.isSet || state.read({ $0.abort }) { throw ScrubStopped() }
         // `scrub pause` takes effect mid-file: the read waits here (no I/O) until resumed.
-        if state.with({ $0.scrub.paused == true }) {
+        if state.read({ $0.progress.paused == true }) {
             // Nothing is read while paused: the rate says so (status, metrics), and the one after the pause
             // is of reading again, not averaged with the wait.
-            state.with { $0.scrubRate = 0 }
-            while state.with({ $0.scrub.paused == true }) {
-                if stopping.isSet || state.with({ $0.scrubAbort }) { throw ScrubStopped() }
+            state.change { $0.rate = 0 }
+            while state.read({ $0.progress.paused == true }) {
+                if stopping.isSet || state.read({ $0.abort }) { throw ScrubStopped() }
                 Thread.sleep(forTimeInterval: 0.05)
             }
             pacing.withLock { $0.rateWindowStart = .now; $0.rateWindowBytes = 0 }
@@ -156,19 +161,19 @@ final class ScrubThrottle: ReadObserver {
             return gone
         }
         drop(fd: fd, pages: passed)
-        let rateMBps = state.config.scrubRateMBps
+        let rateMBps = settings.config.scrubRateMBps
         let now = ContinuousClock.now
         let sleepFor: Duration = pacing.withLock { p in
             p.rateWindowBytes += UInt64(count)
             if now - p.rateWindowStart >= .seconds(2) {
                 let rate = Double(p.rateWindowBytes) / ((now - p.rateWindowStart) / .seconds(1))
-                state.with { $0.scrubRate = rate }
+                state.change { $0.rate = rate }
                 p.rateWindowStart = now
                 p.rateWindowBytes = 0
             }
             return p.schedule.book(UInt64(count), at: now, rateMBps: rateMBps)
         }
-        state.with { $0.counters.scrubBytes += UInt64(count) }
+        events.scrubbed(bytes: UInt64(count))
         var remaining = sleepFor
         while remaining > .zero {
             if stopping.isSet { throw ScrubStopped() }

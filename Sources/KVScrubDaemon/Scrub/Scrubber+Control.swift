@@ -3,7 +3,7 @@ import KVCFormat
 import KVScrubControl
 
 /// What `kvscrubd scrub start|pause|resume|cancel|now` do. Each changes the
-/// persisted scrub progress under the state lock and wakes the scrub thread;
+/// persisted scrub progress (the scrubber's own state) and wakes the scrub thread;
 /// pause and cancel take effect mid-file (the throttle checks them before
 /// every read), so they never wait for a large file to finish.
 extension Scrubber {
@@ -16,7 +16,7 @@ extension Scrubber {
     /// file the engine stored since). The daemon sees them arrive and verifies them again.
     public func releaseBrakeAndRestore() -> (message: String, restored: [String], left: [String]) {
         let released = releaseBrake()
-        let qpath = state.config.brakeQuarantineDir
+        let qpath = settings.config.brakeQuarantineDir
         guard FileManager.default.fileExists(atPath: qpath) else { return (released + "; the quarantine \(qpath) is empty", [], []) }
         guard let dir = directory.withLock({ $0 }) else { return (released + "; the cache directory is not available, nothing restored", [], []) }
         do {
@@ -42,7 +42,7 @@ extension Scrubber {
     /// Starts a pass now (and lifts a pause).
     /// `kvscrubd brake release`: removals resume; files already quarantined stay there.
     public func releaseBrake() -> String {
-        let was = state.with { s -> (Bool, Int) in
+        let was = state.change { s -> (Bool, Int) in
             let r = (s.brake.engaged, s.brake.heldBack)
             s.brake.release()
             return r
@@ -50,15 +50,17 @@ extension Scrubber {
         persist(force: true)
         guard was.0 else { return "the removal brake was not engaged" }
         events.record(DaemonEvent(.removalBrakeReleased, .notice, "removal brake released by an operator", ["held_back": "\(was.1)"]))
-        return "removal brake released; \(was.1) files it held back stay in \(state.config.brakeQuarantineDir)"
+        return "removal brake released; \(was.1) files it held back stay in \(settings.config.brakeQuarantineDir)"
     }
 
     /// Starts a pass now; returns what to say and the pass's start time, which names it.
     public func startNow() throws(ControlRefusal) -> (message: String, startedAt: Double) {
-        let now = state.clock.now()
-        let running = state.with { s -> (Int, Int)? in
-            guard s.scrub.passStartedAt != nil else { return nil }
-            return (s.scrub.filesDone, s.passFilesTotal)
+        let now = clock.now()
+        let running = index.change { i in
+            state.read { s -> (Int, Int)? in
+                guard let pass = s.progress.passStartedAt else { return nil }
+                return (s.progress.filesDone, s.progress.filesDone + i.index.passLeft(pass, cursor: s.progress.cursor).files)
+            }
         }
         if let (done, total) = running {
             throw ControlRefusal(description: "a scrub pass is already running (\(done) of \(total) files); 'kvscrubd scrub cancel' ends it")
@@ -66,16 +68,16 @@ extension Scrubber {
         let wasPaused = resumeIfPaused(now: now)
         startPass(now: now)
         wake()
-        let files = state.with { $0.index.count }
+        let files = index.read { $0.index.count }
         return ("scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : ""), now)
     }
 
     public func pause() -> String {
-        let now = state.clock.now()
-        let already = state.with { s -> Bool in
-            if s.scrub.paused == true { return true }
-            s.scrub.paused = true
-            s.scrub.pausedAt = now
+        let now = clock.now()
+        let already = state.change { s -> Bool in
+            if s.progress.paused == true { return true }
+            s.progress.paused = true
+            s.progress.pausedAt = now
             return false
         }
         persist(force: true)
@@ -84,7 +86,7 @@ extension Scrubber {
     }
 
     public func resume() -> String {
-        let was = resumeIfPaused(now: state.clock.now())
+        let was = resumeIfPaused(now: clock.now())
         persist(force: true)
         wake()
         if was { events.record(DaemonEvent(.scrubResumed, .notice, "scrubbing resumed")) }
@@ -92,32 +94,37 @@ extension Scrubber {
     }
 
     private func resumeIfPaused(now: Double) -> Bool {
-        state.with { s in
-            guard s.scrub.paused == true else { return false }
-            if s.scrub.passStartedAt != nil, let at = s.scrub.pausedAt { s.scrub.pausedSeconds = (s.scrub.pausedSeconds ?? 0) + max(0, now - at) }
-            s.scrub.paused = nil
-            s.scrub.pausedAt = nil
+        state.change { s in
+            guard s.progress.paused == true else { return false }
+            if s.progress.passStartedAt != nil, let at = s.progress.pausedAt {
+                s.progress.pausedSeconds = (s.progress.pausedSeconds ?? 0) + max(0, now - at)
+            }
+            s.progress.paused = nil
+            s.progress.pausedAt = nil
             return true
         }
     }
 
     /// Ends the pass in progress without completing it; the next one is due an interval from now.
     public func cancel() throws(ControlRefusal) -> String {
-        let now = state.clock.now()
-        let done = state.with { s -> Int? in
-            guard s.scrub.passStartedAt != nil else { return nil }
-            let d = s.scrub.filesDone
-            s.scrub.passStartedAt = nil
-            s.scrub.cursor = nil
-            s.scrub.pausedSeconds = nil
-            s.scrub.lastCancelledAt = now
-            s.scrubAbort = true
-            return d
+        let now = clock.now()
+        let done = index.change { i in
+            state.change { s -> Int? in
+                guard s.progress.passStartedAt != nil else { return nil }
+                let d = s.progress.filesDone
+                s.progress.passStartedAt = nil
+                s.progress.cursor = nil
+                s.progress.pausedSeconds = nil
+                s.progress.lastCancelledAt = now
+                s.abort = true
+                i.index.endPass()
+                return d
+            }
         }
         guard let done else { throw ControlRefusal(description: "no scrub pass is running") }
         persist(force: true)
         wake()
-        let next = now + state.config.scrubIntervalHours * 3600
+        let next = now + settings.config.scrubIntervalHours * 3600
         events.record(DaemonEvent(.scrubCancelled, .notice, "scrub pass cancelled", ["files": "\(done)"]))
         return "scrub pass cancelled after \(done) files; the next starts \(Self.iso(next)) ('kvscrubd scrub start' starts one now)"
     }
@@ -131,7 +138,7 @@ extension Scrubber {
         guard let dir = directory.withLock({ $0 }) else {
             return files.map { FileVerdict(file: $0, verdict: .missing, checksums: nil, problems: ["the cache directory is not available"], action: "none") }
         }
-        let cacheDir = state.config.cacheDir
+        let cacheDir = settings.config.cacheDir
         return files.map { arg -> FileVerdict in
             var name = arg
             if arg.contains("/") {
@@ -147,18 +154,16 @@ extension Scrubber {
             }
             // One rule for hex case, as the engine's: a name in either case finds the file the index knows.
             if !FileManager.default.fileExists(atPath: dir.pathOf(name)), let sha = CheckpointName.sha(of: name),
-               let known = state.with({ $0.index.values.first { $0.sha == sha }?.fileName }) {
+               let known = index.read({ $0.index.entries.values.first { $0.sha == sha }?.fileName }) {
                 name = known
             }
             do {
-                let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+                let (abi, recorded) = index.read { ($0.index.engineABI.generation, $0.index.records[name]) }
                 let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded))
-                let now = state.clock.now()
+                let now = clock.now()
                 recordIfNew(report, now: now)
-                state.with {
-                    $0.setVerdict(name, report.verdict)
-                    $0.brake.noteVerified(now: now)
-                }
+                index.change { $0.index.setVerdict(name, report.verdict) }
+                state.change { $0.brake.noteVerified(now: now) }
                 var action = "kept"
                 if report.verdict == .corrupt { action = removeNow(report, in: dir) }
                 return FileVerdict(file: name, verdict: FileVerdict.Outcome(report.verdict), checksums: report.checksums.rawValue,

@@ -41,13 +41,14 @@ extension Scrubber {
     /// A verdict of corrupt from the scrub (a pass or a new file). Returns what was done.
     @discardableResult
     func foundCorrupt(_ report: VerifyReport, partOfPass: Bool) -> FirstVerdictOutcome {
-        let config = state.config
+        let config = settings.config
         var meta = Self.metadata(report)
         if config.dryRun {
-            if partOfPass { state.with { $0.scrub.suspected = ($0.scrub.suspected ?? 0) + 1 } }
+            if partOfPass { state.change { $0.progress.suspected = ($0.progress.suspected ?? 0) + 1 } }
             events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", meta))
             events.record(DaemonEvent(.wouldRemove, .notice, "would remove corrupt file (dry run)", meta,
-                                      counts: .corrupt(region: report.corruptProblems.first?.region, removed: false, quarantined: false)))
+                                      counts: .corrupt(region: report.corruptProblems.first?.region, removed: false, quarantined: false)),
+                          changing: state) { $0.confirmedInPass(removed: false) }
             return .keptDryRun
         }
         guard report.unchangedDuringRead, let after = report.after else {
@@ -59,7 +60,8 @@ extension Scrubber {
         let due = after.lastChange + config.removalSettleSeconds
         firstVerdicts.withLock { $0[report.name] = report }
         meta["settle_seconds"] = "\(config.removalSettleSeconds)"
-        events.record(DaemonEvent(.corruptSuspected, .notice, "corrupt verdict; the file is verified again once left alone for the settle time", meta)) {
+        events.record(DaemonEvent(.corruptSuspected, .notice, "corrupt verdict; the file is verified again once left alone for the settle time", meta),
+                      changing: state) {
             $0.pendingRemoval[report.name] = due
             if partOfPass { $0.suspectedInPass(report.name) }
         }
@@ -72,19 +74,21 @@ extension Scrubber {
     @discardableResult
     func confirmRemoval(_ name: String, in dir: CacheDirectory, observer: (any ReadObserver)?) -> String {
         guard let first = firstVerdicts.withLock({ $0.removeValue(forKey: name) }) else { return "none (nothing pending)" }
-        state.with { $0.scrubAbort = false }
+        state.change { $0.abort = false }
         do {
             let outcome = try secondLook(name, first: first, in: dir, observer: observer)
             if case .notSettled(let wait) = outcome {
                 firstVerdicts.withLock { $0[name] = first }
-                state.with { $0.pendingRemoval[name] = state.clock.now() + wait }
+                let due = clock.now() + wait
+                state.change { $0.pendingRemoval[name] = due }
                 return "pending: the file changed less than the settle time ago"
             }
             return settle(outcome, first: first)
         } catch is ScrubThrottle.ScrubStopped {
             // Stopped, paused or cancelled mid-read: the second look is due again, nothing was decided.
             firstVerdicts.withLock { $0[name] = first }
-            state.with { $0.pendingRemoval[name] = state.clock.now() + 1 }
+            let due = clock.now() + 1
+            state.change { $0.pendingRemoval[name] = due }
             return "pending: interrupted"
         } catch {
             return cannotRemove(first, error)
@@ -96,7 +100,7 @@ extension Scrubber {
         let queued = foundCorrupt(first, partOfPass: false)
         guard case .awaitingSecondLook = queued else { return queued.description }
         // Taken off the scrub thread's queue: this caller does the second look itself.
-        state.with { _ = $0.pendingRemoval.removeValue(forKey: first.name) }
+        state.change { _ = $0.pendingRemoval.removeValue(forKey: first.name) }
         _ = firstVerdicts.withLock { $0.removeValue(forKey: first.name) }
         do {
             for _ in 0..<20 {
@@ -116,7 +120,7 @@ extension Scrubber {
     /// A removal that failed (the second look or the take-away could not be done): logged, counted, kept.
     private func cannotRemove(_ first: VerifyReport, _ error: any Error) -> String {
         events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
-                                  counts: .error("remove corrupt \(first.name): \(error)"))) { s in
+                                  counts: .error("remove corrupt \(first.name): \(error)")), changing: state) { s in
             // No further look comes: for the pass that found it, the file stays, suspect.
             s.secondLookSettled(first.name, confirmed: true, removed: false)
         }
@@ -125,13 +129,14 @@ extension Scrubber {
 
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
                             observer: (any ReadObserver)?) throws -> CacheDirectory.SafeRemovalOutcome {
-        let config = state.config
-        let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+        let config = settings.config
+        let (abi, recorded) = index.read { ($0.index.engineABI.generation, $0.index.records[name]) }
         let verifier = Verifier(engine: abi, recorded: recorded, observer: observer)
         let faults = self.faults
         return try dir.removeIfCorrupt(name: name, first: first, verifier: verifier, settle: config.removalSettleSeconds,
-                                       now: { [state] in state.clock.now() }, onStep: { faults.reached(.removal($0)) }) { report in
-            let admitted = state.with { $0.brake.admitRemoval(now: state.clock.now(), limit: config.removalBrake) }
+                                       now: { [clock] in clock.now() }, onStep: { faults.reached(.removal($0)) }) { report in
+            let now = clock.now()
+            let admitted = state.change { $0.brake.admitRemoval(now: now, limit: config.removalBrake) }
             if !admitted { brakeEngagedIfNew(report) }
             if !admitted && config.removalBrakeAction == .keep {
                 return .keepInPlace(why: "held back by the removal brake; 'kvscrubd brake release' lets it be removed")
@@ -150,10 +155,10 @@ extension Scrubber {
 
     /// Logs the engagement once, loudly, with its own MESSAGE_ID.
     private func brakeEngagedIfNew(_ report: VerifyReport) {
-        let (first, reason) = state.with { ($0.brake.heldBack == 1, $0.brake.reason ?? "") }
+        let (first, reason) = state.read { ($0.brake.heldBack == 1, $0.brake.reason ?? "") }
         guard first else { return }
         persist(force: true)
-        let config = state.config
+        let config = settings.config
         let what = config.removalBrakeAction == .keep ? "kept where they are" : "moved to \(config.brakeQuarantineDir)"
         events.record(DaemonEvent(.removalBrakeEngaged, .critical,
                                   "removal brake engaged: corrupt files are \(what), not removed, until an operator runs 'kvscrubd brake release'",
@@ -186,16 +191,20 @@ extension Scrubber {
             var quarantined = false
             if case .quarantined = outcome { quarantined = true }
             events.record(DaemonEvent(.corruptFound, .warning, "corrupt file found", m))
-            events.record(DaemonEvent(event, .warning, message, m, counts: .corrupt(region: region, removed: removed, quarantined: quarantined))) {
-                if removed { $0.remove(name) }
-                $0.secondLookSettled(name, confirmed: true, removed: removed)
+            events.record(DaemonEvent(event, .warning, message, m, counts: .corrupt(region: region, removed: removed, quarantined: quarantined)),
+                          changing: index) { i in
+                if removed { i.index.remove(name) }
+                state.change { s in
+                    s.confirmedInPass(removed: removed)
+                    s.secondLookSettled(name, confirmed: true, removed: removed)
+                }
             }
             var done = HistoryEvent.Action.removed
             var destination: String? = nil
             if case .quarantined(_, let to) = outcome { done = .quarantined; destination = to }
             if case .keptInPlace = outcome { done = .keptInPlace }
             let problem = r.corruptProblems.first
-            database.enqueue([.history(HistoryEvent(at: state.clock.now(), action: done, file: name, bytes: r.fileSize,
+            database.enqueue([.history(HistoryEvent(at: clock.now(), action: done, file: name, bytes: r.fileSize,
                                                     cause: .corrupt, region: problem?.region.rawValue, detail: problem?.detail,
                                                     expectedCrc: problem?.expectedCRC, actualCrc: problem?.actualCRC,
                                                     destination: destination))])
@@ -203,14 +212,14 @@ extension Scrubber {
             return action
         case .notCorrupt(let r):
             events.record(DaemonEvent(.corruptUnconfirmed, .notice, "not corrupt on a second look after the file settled; kept",
-                                      ["file": "\(name)", "verdict": "\(r.verdict.rawValue)"], counts: .corruptUnconfirmed)) { s in
-                s.setVerdict(name, r.verdict)
-                s.secondLookSettled(name, confirmed: false, removed: false)
+                                      ["file": "\(name)", "verdict": "\(r.verdict.rawValue)"], counts: .corruptUnconfirmed), changing: index) { i in
+                i.index.setVerdict(name, r.verdict)
+                state.change { $0.secondLookSettled(name, confirmed: false, removed: false) }
             }
             return "kept (not corrupt on a second look: \(r.verdict.rawValue))"
         case .changed:
             events.record(DaemonEvent(.corruptUnconfirmed, .info, "the file changed since its corrupt verdict; checking it again",
-                                      ["file": "\(name)"], counts: .corruptUnconfirmed)) { s in
+                                      ["file": "\(name)"], counts: .corruptUnconfirmed), changing: state) { s in
                 s.secondLookSettled(name, confirmed: false, removed: false)
             }
             fileArrived(name)
@@ -218,7 +227,7 @@ extension Scrubber {
         case .notSettled:
             return "pending"
         case .replaced, .vanished:
-            state.with { $0.secondLookSettled(name, confirmed: false, removed: false) }
+            state.change { $0.secondLookSettled(name, confirmed: false, removed: false) }
             logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(name)"])
             return "none (replaced or removed meanwhile)"
         }

@@ -26,11 +26,17 @@ import Synchronization
 /// alone for `removal_settle_seconds`; only if that look agrees is the file
 /// taken away, and past the removal brake's limit it is quarantined instead.
 public final class Scrubber: Sendable {
-    let state: DaemonState
+    /// What the scrubber owns (`ScrubState`): only it changes it.
+    let state: PartState<ScrubState>
+    /// The index, which the scrubber reads, and changes only through its narrow methods: a verdict,
+    /// a record, a file it took away, the pass's walk.
+    let index: PartState<IndexState>
+    let settings: DaemonSettings
     let logger: Logger
     /// Where this part reports what happened (logged and counted in one place).
     let events: EventRecorder
     let database: StateDatabase
+    let saver: StateSaver
     let faults: TestFaults
     let stopping: StopFlag
     let throttle: ScrubThrottle
@@ -39,16 +45,32 @@ public final class Scrubber: Sendable {
     /// The first corrupt verdict of each file waiting for the removal rule's second look.
     let firstVerdicts = Mutex<[String: VerifyReport]>([:])
     let directory = Mutex<CacheDirectory?>(nil)
-    private let lastPersist = Mutex(0.0)
 
-    package init(state: DaemonState, database: StateDatabase, faults: TestFaults, stopping: StopFlag, logger: Logger) {
+    package init(state: PartState<ScrubState>, index: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder,
+                 database: StateDatabase, saver: StateSaver, faults: TestFaults, stopping: StopFlag, logger: Logger) {
         self.state = state
+        self.index = index
+        self.settings = settings
+        self.events = events
         self.database = database
+        self.saver = saver
         self.faults = faults
         self.stopping = stopping
         self.logger = logger
-        self.events = EventRecorder(state: state, logger: logger)
-        throttle = ScrubThrottle(state: state, stopping: stopping)
+        throttle = ScrubThrottle(state: state, settings: settings, events: events, stopping: stopping)
+    }
+
+    var clock: any DaemonClock { settings.clock }
+
+    /// The progress and the brake the state database kept (start-up).
+    func restore(progress: ScrubProgress, brake: RemovalBrake) {
+        state.change { s in
+            s.progress = progress
+            s.brake = brake
+            // Which pass found each pending file is not kept across a restart: the files are looked at
+            // afresh, and the last pass's summary owes no more second looks.
+            if s.progress.lastPass?.pendingSecondLooks != nil { s.progress.lastPass?.pendingSecondLooks = 0 }
+        }
     }
 
     /// Points the scrubber at a (re)opened cache directory.
@@ -59,7 +81,7 @@ public final class Scrubber: Sendable {
 
     /// A checkpoint arrived or changed content: verify it soon.
     public func fileArrived(_ name: String) {
-        let due = state.clock.now() + state.config.scrubNewFileDelaySeconds
+        let due = clock.now() + settings.config.scrubNewFileDelaySeconds
         newFiles.withLock { $0.schedule(name, at: due) }
         wake()
     }
@@ -89,13 +111,15 @@ public final class Scrubber: Sendable {
     /// says how long until something is. The scrub thread loops over it; a test steps it with a
     /// clock of its own.
     public func step() -> Step {
-        let now = state.clock.now()
+        let now = clock.now()
         guard let dir = directory.withLock({ $0 }) else { return .idle(seconds: 1) }
         // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
-        if state.with({ $0.scrub.paused == true }) {
-            state.with { $0.scrubRate = 0 } // a rate is of reading now, not of the last read
-            return .idle(seconds: 3600)
+        let paused = state.change { s -> Bool in
+            guard s.progress.paused == true else { return false }
+            s.rate = 0 // a rate is of reading now, not of the last read
+            return true
         }
+        if paused { return .idle(seconds: 3600) }
         if let name = nextDuePendingRemoval(now: now) {
             _ = confirmRemoval(name, in: dir, observer: throttle)
             return .worked
@@ -104,32 +128,34 @@ public final class Scrubber: Sendable {
             scrub(name, in: dir, partOfPass: false)
             return .worked
         }
-        let (passActive, lastStart) = state.with {
-            ($0.scrub.passStartedAt != nil, max($0.scrub.lastPass?.startedAt ?? 0, $0.scrub.lastCancelledAt ?? 0))
+        let (pass, cursor, lastStart) = state.read {
+            ($0.progress.passStartedAt, $0.progress.cursor, max($0.progress.lastPass?.startedAt ?? 0, $0.progress.lastCancelledAt ?? 0))
         }
-        if passActive {
-            if let next = state.with({ s in s.nextInPass() }) {
+        if let pass {
+            if let next = index.change({ $0.index.nextInPass(pass, cursor: cursor) }) {
                 scrub(next, in: dir, partOfPass: true)
             } else {
                 finishPass(now: now)
             }
             return .worked
         }
-        let interval = state.config.scrubIntervalHours * 3600
+        let interval = settings.config.scrubIntervalHours * 3600
         let nextStart = lastStart + interval
         if now >= nextStart {
             startPass(now: now)
             return .worked
         }
         let nextNew = newFiles.withLock { $0.earliest() }
-        let nextRemoval = state.with { $0.pendingRemoval.values.min() }
+        let nextRemoval = state.change { s in
+            s.rate = 0 // idle: nothing is being read
+            return s.pendingRemoval.values.min()
+        }
         let until = min(nextStart, nextNew ?? .infinity, nextRemoval ?? .infinity) - now
-        state.with { $0.scrubRate = 0 } // idle: nothing is being read
         return .idle(seconds: max(0.01, min(until, 3600)))
     }
 
     private func nextDuePendingRemoval(now: Double) -> String? {
-        state.with { s in
+        state.change { s in
             guard let (name, _) = s.pendingRemoval.filter({ $0.value <= now }).min(by: { $0.value < $1.value }) else { return nil }
             s.pendingRemoval.removeValue(forKey: name)
             return name
@@ -141,36 +167,38 @@ public final class Scrubber: Sendable {
     }
 
     func startPass(now: Double) {
-        events.record { s in
-            s.scrub.passStartedAt = now
-            s.scrub.pausedSeconds = 0
-            s.scrub.cursor = nil
-            s.scrub.filesDone = 0
-            s.scrub.bytesDone = 0
-            s.scrub.corruptFound = 0
-            s.scrub.removed = 0
-            s.scrub.suspected = 0
-            return DaemonEvent(.scrubPassStarted, .info, "scrub pass started", ["files": "\(s.index.count)"])
+        let files = index.read { $0.index.count }
+        events.record(changing: state) { s in
+            s.progress.passStartedAt = now
+            s.progress.pausedSeconds = 0
+            s.progress.cursor = nil
+            s.progress.filesDone = 0
+            s.progress.bytesDone = 0
+            s.progress.corruptFound = 0
+            s.progress.removed = 0
+            s.progress.suspected = 0
+            return DaemonEvent(.scrubPassStarted, .info, "scrub pass started", ["files": "\(files)"])
         }
         persist(force: true)
     }
 
     private func finishPass(now: Double) {
         var took = 0.0
-        events.record { s in
-            let started = s.scrub.passStartedAt ?? now
-            let p = PassSummary(startedAt: started, endedAt: now, files: s.scrub.filesDone,
-                                            bytes: s.scrub.bytesDone, corruptFound: s.scrub.corruptFound, removed: s.scrub.removed,
-                                            suspected: s.scrub.suspected ?? 0, pendingSecondLooks: s.pendingSecondLooks(of: started), kept: 0)
-            s.scrub.lastPass = p
-            s.scrub.passStartedAt = nil
-            s.scrub.cursor = nil
+        index.change { $0.index.endPass() }
+        events.record(changing: state) { s in
+            let started = s.progress.passStartedAt ?? now
+            let p = PassSummary(startedAt: started, endedAt: now, files: s.progress.filesDone,
+                                            bytes: s.progress.bytesDone, corruptFound: s.progress.corruptFound, removed: s.progress.removed,
+                                            suspected: s.progress.suspected ?? 0, pendingSecondLooks: s.pendingSecondLooks(of: started), kept: 0)
+            s.progress.lastPass = p
+            s.progress.passStartedAt = nil
+            s.progress.cursor = nil
             took = p.endedAt - p.startedAt
             return DaemonEvent(.scrubPassFinished, .notice, "scrub pass finished", [
                 "files": "\(p.files)", "bytes": "\(p.bytes)", "seconds": "\(Int(took))", "corrupt": "\(p.corruptFound)",
                 "removed": "\(p.removed)", "awaiting_second_look": "\(p.pendingSecondLooks ?? 0)"], counts: .passCompleted)
         }
-        if took > state.config.scrubIntervalHours * 3600 {
+        if took > settings.config.scrubIntervalHours * 3600 {
             logger.warning("the scrub pass took longer than the scrub interval: raise scrub_rate_mb_per_s or the interval",
                            metadata: ["seconds": "\(Int(took))"])
         }
@@ -178,33 +206,40 @@ public final class Scrubber: Sendable {
     }
 
     private func scrub(_ name: String, in dir: CacheDirectory, partOfPass: Bool) {
-        state.with { $0.scrubbing = name; $0.scrubAbort = false }
-        defer { state.with { $0.scrubbing = nil } }
+        // The pass (its start time) this file is verified for: a pass cancelled meanwhile does not count it.
+        let pass = state.change { s -> Double? in
+            s.current = name
+            s.abort = false
+            return partOfPass ? s.progress.passStartedAt : nil
+        }
+        defer { state.change { $0.current = nil } }
         var bytes: UInt64 = 0
         do {
-            let (abi, recorded) = state.with { ($0.engineABI.generation, $0.records[name]) }
+            let (abi, recorded) = index.read { ($0.index.engineABI.generation, $0.index.records[name]) }
             let report = try dir.verify(name: name, with: Verifier(engine: abi, recorded: recorded, observer: throttle))
             bytes = report.bytesRead
-            let now = state.clock.now()
-            state.with {
-                $0.setVerdict(name, report.verdict)
-                $0.brake.noteVerified(now: now)
-            }
+            let now = clock.now()
+            index.change { $0.index.setVerdict(name, report.verdict) }
+            state.change { $0.brake.noteVerified(now: now) }
             recordIfNew(report, now: now)
             if report.verdict == .corrupt { _ = foundCorrupt(report, partOfPass: partOfPass) }
         } catch is ScrubThrottle.ScrubStopped {
             return // abandoned for shutdown or `scrub cancel`: the cursor stays before this file
         } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
-            state.with { _ = $0.remove(name) }
+            index.change { _ = $0.index.remove(name) }
         } catch {
             events.record(DaemonEvent(.scrubError, .error, "cannot verify", ["file": "\(name)", "error": "\(error)"],
                                       counts: .error("scrub \(name): \(error)")))
         }
-        if partOfPass {
-            state.with { s in
-                s.advancePass(to: name)
-                s.scrub.filesDone += 1
-                s.scrub.bytesDone += bytes
+        if let pass {
+            index.change { i in
+                state.change { s in
+                    guard s.progress.passStartedAt == pass else { return }
+                    i.index.advancePass(pass, from: s.progress.cursor, to: name)
+                    s.progress.cursor = name
+                    s.progress.filesDone += 1
+                    s.progress.bytesDone += bytes
+                }
             }
             persist(force: false)
         }
@@ -215,9 +250,9 @@ public final class Scrubber: Sendable {
     /// a file since replaced (another inode, lengths or created_at).
     func recordIfNew(_ report: VerifyReport, now: Double) {
         guard report.verdict == .ok, report.unchangedDuringRead, let body = report.bodyChecksums else { return }
-        let recorded = state.with { s -> Bool in
-            guard let e = s.index[report.name], e.identity == report.identity, s.records[report.name]?.key != body.key else { return false }
-            s.setRecord(report.name, body.recorded(at: now))
+        let recorded = index.change { s -> Bool in
+            guard let e = s.index[report.name], e.identity == report.identity, s.index.records[report.name]?.key != body.key else { return false }
+            s.index.setRecord(report.name, body.recorded(at: now))
             return true
         }
         if recorded {
@@ -227,15 +262,6 @@ public final class Scrubber: Sendable {
         }
     }
 
-    /// Hands what changed to the state database: records and evictions always,
-    /// the state row (progress, counters) at most every 2 s unless forced.
-    /// Returns at once: the database merges and writes on its own queue.
-    func persist(force: Bool) {
-        let now = state.clock.now()
-        let due = lastPersist.withLock { last -> Bool in
-            if force || now - last >= 2 { last = now; return true }
-            return false
-        }
-        database.enqueue(state.with { $0.takeChanges(includingCore: due) })
-    }
+    /// Hands what changed to the state database (`StateSaver`).
+    func persist(force: Bool) { saver.persist(force: force) }
 }

@@ -37,11 +37,11 @@ extension StateDatabase {
         return out
     }
 
-    public func loadRecentEvictions() throws -> [String: DaemonState.EvictionRecord] {
+    public func loadRecentEvictions() throws -> [String: EvictionLedger.Eviction] {
         try pool().read { db in
-            var out: [String: DaemonState.EvictionRecord] = [:]
+            var out: [String: EvictionLedger.Eviction] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT name, at, bytes FROM recent_eviction") {
-                out[row["name"]] = DaemonState.EvictionRecord(at: row["at"], bytes: UInt64(bitPattern: row["bytes"]))
+                out[row["name"]] = EvictionLedger.Eviction(at: row["at"], bytes: UInt64(bitPattern: row["bytes"]))
             }
             return out
         }

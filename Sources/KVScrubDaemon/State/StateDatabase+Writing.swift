@@ -16,7 +16,7 @@ extension StateDatabase {
     struct Pending {
         var core: Core?
         var records: [String: RecordedChecksum?] = [:]
-        var evictions: [String: DaemonState.EvictionRecord?] = [:]
+        var evictions: [String: EvictionLedger.Eviction?] = [:]
         var history: [HistoryEvent] = []
         var droppedHistory = 0
         var scheduled = false

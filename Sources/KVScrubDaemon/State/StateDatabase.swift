@@ -34,16 +34,16 @@ import Glibc
 /// what the daemon holds in memory (`Snapshot`); v1 files without a record
 /// are recorded again at their next verification.
 public final class StateDatabase: Sendable {
-    /// The persisted part of `DaemonState.Inner`.
+    /// The persisted part of the scrubber's, the counters' and the ledger's state.
     public struct Core: Codable, Sendable, Equatable {
-        public var scrub: DaemonState.ScrubProgress
+        public var scrub: ScrubProgress
         public var counters: DaemonCounters
         public var brake: RemovalBrake
         public var pendingRemovals: [String]
-        public var regretLog: [DaemonState.RegretRecord]
+        public var regretLog: [EvictionLedger.Regret]
 
-        public init(scrub: DaemonState.ScrubProgress, counters: DaemonCounters, brake: RemovalBrake,
-                    pendingRemovals: [String], regretLog: [DaemonState.RegretRecord]) {
+        public init(scrub: ScrubProgress, counters: DaemonCounters, brake: RemovalBrake,
+                    pendingRemovals: [String], regretLog: [EvictionLedger.Regret]) {
             self.scrub = scrub
             self.counters = counters
             self.brake = brake
@@ -56,8 +56,8 @@ public final class StateDatabase: Sendable {
     public struct Snapshot: Sendable {
         public var core: Core?
         public var records: [String: RecordedChecksum] = [:]
-        public var recentEvictions: [String: DaemonState.EvictionRecord] = [:]
-        public init(core: Core? = nil, records: [String: RecordedChecksum] = [:], recentEvictions: [String: DaemonState.EvictionRecord] = [:]) {
+        public var recentEvictions: [String: EvictionLedger.Eviction] = [:]
+        public init(core: Core? = nil, records: [String: RecordedChecksum] = [:], recentEvictions: [String: EvictionLedger.Eviction] = [:]) {
             self.core = core
             self.records = records
             self.recentEvictions = recentEvictions
@@ -68,7 +68,7 @@ public final class StateDatabase: Sendable {
     public enum Change: Sendable {
         case core(Core)
         case record(String, RecordedChecksum?)
-        case eviction(String, DaemonState.EvictionRecord?)
+        case eviction(String, EvictionLedger.Eviction?)
         case history(HistoryEvent)
     }
 

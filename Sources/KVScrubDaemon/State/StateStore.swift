@@ -14,17 +14,17 @@ import Glibc
 public struct StateStore: Sendable {
     public struct Record: Codable, Sendable, Equatable {
         public var version = 1
-        public var scrub: DaemonState.ScrubProgress
+        public var scrub: ScrubProgress
         public var counters: DaemonCounters
-        public var recentEvictions: [String: DaemonState.EvictionRecord]?
-        public var regretLog: [DaemonState.RegretRecord]?
+        public var recentEvictions: [String: EvictionLedger.Eviction]?
+        public var regretLog: [EvictionLedger.Regret]?
         /// The removal brake: engaged until an operator releases it, across restarts.
         public var brake: RemovalBrake?
         /// Files found corrupt whose second look had not happened: verified again after a restart.
         public var pendingRemovals: [String]?
 
-        public init(scrub: DaemonState.ScrubProgress, counters: DaemonCounters,
-                    recentEvictions: [String: DaemonState.EvictionRecord]? = nil, regretLog: [DaemonState.RegretRecord]? = nil,
+        public init(scrub: ScrubProgress, counters: DaemonCounters,
+                    recentEvictions: [String: EvictionLedger.Eviction]? = nil, regretLog: [EvictionLedger.Regret]? = nil,
                     brake: RemovalBrake? = nil, pendingRemovals: [String]? = nil) {
             self.brake = brake
             self.pendingRemovals = pendingRemovals
