@@ -21,8 +21,6 @@ public enum ControlCommand: String, CaseIterable, Sendable {
     case brakeRestore = "brake-restore"
     case reload
     case evictNow = "evict-now"
-    /// Makes the maintenance loop hang (the watchdog test); known only to a daemon run with KVSCRUBD_TEST_FAULTS=1.
-    case testHangMaintenance = "test-hang-maintenance"
 
     /// Who may ask (`AccessPolicy`).
     public enum Access: Sendable {
@@ -30,20 +28,17 @@ public enum ControlCommand: String, CaseIterable, Sendable {
         case read
         /// Root, the daemon's user, or the admin group.
         case change
-        /// Nobody, unless the daemon runs for the fault tests.
-        case testOnly
     }
 
     public var access: Access {
         switch self {
         case .ping, .status, .entries, .explain, .metrics, .history, .scrubStatus: .read
         case .scrubStart, .scrubPause, .scrubResume, .scrubCancel, .scrubNow, .brakeRelease, .brakeRestore, .reload, .evictNow: .change
-        case .testHangMaintenance: .testOnly
         }
     }
 
     /// The names a client may use, for error messages.
     public static var publicNames: String {
-        allCases.filter { $0.access != .testOnly }.map(\.rawValue).joined(separator: ", ")
+        allCases.map(\.rawValue).joined(separator: ", ")
     }
 }

@@ -30,13 +30,10 @@ public struct AccessPolicy: Sendable {
 
     public let daemonUID: UInt32
     public let adminGroup: String?
-    /// The daemon runs for the fault tests (KVSCRUBD_TEST_FAULTS=1): test-only commands are allowed.
-    public let testCommands: Bool
 
-    public init(daemonUID: UInt32 = getuid(), adminGroup: String?, testCommands: Bool = false) {
+    public init(daemonUID: UInt32 = getuid(), adminGroup: String?) {
         self.daemonUID = daemonUID
         self.adminGroup = adminGroup
-        self.testCommands = testCommands
     }
 
     /// Root and the daemon's own user: decided from the credentials alone, without the group database.
@@ -47,7 +44,6 @@ public struct AccessPolicy: Sendable {
     public func decideWithoutGroupLookup(_ cmd: ControlCommand, peer: Peer?) -> Decision? {
         switch cmd.access {
         case .read: return .allowed
-        case .testOnly: return testCommands ? .allowed : .refused("unknown command '\(cmd.rawValue)'; known: \(ControlCommand.publicNames)")
         case .change:
             guard let peer else { return .refused("'\(cmd.rawValue)' changes the daemon's work, and the caller's credentials could not be read") }
             if isPrivileged(peer) { return .allowed }

@@ -8,7 +8,7 @@ extension ControlCommand {
         // metrics: formats the whole exposition (some 100 series): kept off the loop that answers everyone's status.
         case .scrubNow, .evictNow, .history, .reload, .metrics, .brakeRestore: true
         case .ping, .status, .entries, .explain, .scrubStatus, .scrubStart, .scrubPause, .scrubResume,
-             .scrubCancel, .brakeRelease, .testHangMaintenance: false
+             .scrubCancel, .brakeRelease: false
         }
     }
 }

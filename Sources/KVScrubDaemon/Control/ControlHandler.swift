@@ -29,8 +29,6 @@ final class ControlHandler: Sendable {
     let database: StateDatabase
     let notifier: SystemdNotifier
     let events: EventRecorder
-    /// Whether the test-only commands are served (KVSCRUBD_TEST_FAULTS=1).
-    let testCommands: Bool
     /// The last encoded `status` reply and when it was made (`statusReply`).
     /// The reply's bytes are kept as `[UInt8]`, not `Data`: the fuzzer once reported the cached `Data`
     /// as a leak (fuzz-control, `{"cmd":"status"}`, once in some twenty CI runs), most likely because
@@ -44,7 +42,7 @@ final class ControlHandler: Sendable {
     let daemonUID = getuid()
 
     init(reports: DaemonReports, scrubber: Scrubber, maintainer: IndexMaintainer, reloader: ConfigReloader, database: StateDatabase,
-         notifier: SystemdNotifier, events: EventRecorder, testCommands: Bool) {
+         notifier: SystemdNotifier, events: EventRecorder) {
         self.reports = reports
         settings = reports.settings
         index = reports.index
@@ -55,7 +53,6 @@ final class ControlHandler: Sendable {
         self.database = database
         self.notifier = notifier
         self.events = events
-        self.testCommands = testCommands
     }
 
     var clock: any DaemonClock { settings.clock }
@@ -80,7 +77,7 @@ final class ControlHandler: Sendable {
         guard let cmd = ControlCommand(rawValue: request.cmd) else {
             return .now(.failure("unknown command '\(request.cmd)'; known: \(ControlCommand.publicNames)"))
         }
-        let policy = AccessPolicy(daemonUID: daemonUID, adminGroup: settings.config.adminGroup, testCommands: testCommands)
+        let policy = AccessPolicy(daemonUID: daemonUID, adminGroup: settings.config.adminGroup)
         guard let decision = policy.decideWithoutGroupLookup(cmd, peer: peer) else {
             // The admin group's membership is in the group database, which may block (NSS): off the loop.
             return .later { [self] in
@@ -150,9 +147,6 @@ final class ControlHandler: Sendable {
             var r = ControlResponse(ok: true, message: scrubber.releaseBrake())
             r.outcome = CommandOutcome(brake: reports.status().brake)
             return r
-        case .testHangMaintenance:
-            maintainer.hang()
-            return ControlResponse(ok: true)
         case .scrubNow, .evictNow, .history, .reload, .metrics, .brakeRestore:
             return .failure("'\(cmd.rawValue)' is not answered from memory")
         }
@@ -241,7 +235,7 @@ final class ControlHandler: Sendable {
             r.outcome = CommandOutcome(eviction: e)
             return r
         case .ping, .status, .entries, .explain, .scrubStatus, .scrubStart, .scrubPause, .scrubResume, .scrubCancel,
-             .brakeRelease, .testHangMaintenance:
+             .brakeRelease:
             return handleFromMemory(cmd, request)
         }
     }

@@ -89,7 +89,7 @@ public final class Daemon: Sendable {
         self.maintainer = maintainer
         self.reloader = reloader
         control = ControlHandler(reports: reports, scrubber: scrubber, maintainer: maintainer, reloader: reloader, database: database,
-                                 notifier: notifier, events: events, testCommands: faults.enabled)
+                                 notifier: notifier, events: events)
     }
 
     /// A control request, as the socket hands it over. Behind `@_spi(Fuzzing)`: the control fuzz target
@@ -105,6 +105,11 @@ public final class Daemon: Sendable {
         let stopAsked = StopFlag()
         let earlyWatch = Task { for await signal in early where signal != .sighup { stopAsked.set() } }
         defer { earlyWatch.cancel() }
+        // Test-only (KVSCRUBD_TEST_FAULTS=1): SIGUSR2 hangs the maintenance loop, so the watchdog tests see
+        // the watchdog fire. Trapped here, before READY=1; a packaged daemon leaves SIGUSR2 alone.
+        let hangSignals = faults.enabled ? await UnixSignalsSequence(trapping: .sigusr2) : nil
+        let hangWatch = hangSignals.map { signals in Task { [maintainer] in for await _ in signals { maintainer.hang() } } }
+        defer { hangWatch?.cancel() }
         let config = settings.config
         StateStore(directory: config.stateDir).removeStaleTemporaries()
         let pendingAtStart = restoreState()

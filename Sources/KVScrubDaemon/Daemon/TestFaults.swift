@@ -22,6 +22,9 @@ import Glibc
 ///   ENOSPC and read-only file systems are produced for real by the tests.
 /// - `KVSCRUBD_TEST_DB_CHECK_SECONDS=S`: the state database checks itself every
 ///   S seconds instead of every minute, so a test need not wait a minute.
+/// - SIGUSR2: the maintenance loop hangs (and so stops feeding systemd's
+///   watchdog), for the watchdog tests. Trapped only under KVSCRUBD_TEST_FAULTS=1
+///   (`Daemon.run`); the control protocol has no test command.
 ///
 /// `package`: kvscrubd's own modules and tests see it; the daemon library's API does not.
 package final class TestFaults: Sendable {

@@ -82,7 +82,7 @@ public final class IndexMaintainer: Sendable {
         return evictDone.withLock { $0 } >= ticket
     }
 
-    /// Test-only: the maintenance loop hangs from now on (`test-hang-maintenance`).
+    /// Test-only: the maintenance loop hangs from now on (SIGUSR2 under KVSCRUBD_TEST_FAULTS=1).
     func hang() {
         hangMaintenance.set()
         watcher.wake()
