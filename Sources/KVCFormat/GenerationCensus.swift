@@ -59,7 +59,7 @@ public enum GenerationCensus {
             let key = g?.key ?? "unknown"
             // In place (`default:` subscript): a group copied out of the dictionary and stored back would
             // share its array with the dictionary's copy, and every append would copy the whole array
-            // (quadratic: minutes at 100,000 files, under the daemon's state lock).
+            // (quadratic: minutes at 100,000 files, under the index's lock).
             out[key, default: Group(generation: g)].files.append(e)
             if let h = e.header {
                 let a = Double(max(h.createdAt, h.lastUsed))

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import KVScrubDaemon
+@testable import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,7 +1,7 @@
 import Foundation
 import KVCFormat
 import KVScrubControl
-import KVScrubDaemon
+@testable import KVScrubDaemon
 import Testing
 #if canImport(Glibc)
 import Glibc

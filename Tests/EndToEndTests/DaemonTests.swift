@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import KVCFormat
 import KVCSimulation
-import KVScrubDaemon
+@testable import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -2,7 +2,7 @@ import Foundation
 import KVCFormat
 import KVCSimulation
 import KVScrubControl
-import KVScrubDaemon
+@testable import KVScrubDaemon
 import Testing
 #if canImport(Glibc)
 import Glibc

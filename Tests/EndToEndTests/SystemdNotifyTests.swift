@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import KVScrubSystemd
-import KVScrubDaemon
+@testable import KVScrubDaemon
 import Logging
 #if canImport(Glibc)
 import Glibc

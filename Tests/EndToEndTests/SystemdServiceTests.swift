@@ -3,7 +3,7 @@ import Testing
 import KVCFormat
 import KVCSimulation
 import KVScrubSystemd
-import KVScrubDaemon
+@testable import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,5 @@
 import KVScrubControl
-import KVScrubDaemon
+@testable import KVScrubDaemon
 import Testing
 
 /// The decision alone, on made-up credentials; the end-to-end test

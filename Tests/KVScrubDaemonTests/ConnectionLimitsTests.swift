@@ -1,5 +1,5 @@
 import Testing
-import KVScrubDaemon
+@testable import KVScrubDaemon
 
 /// The admission rule alone; ControlSocketAttackTests runs it over the real socket with real users.
 @Suite struct ConnectionLimitsTests {

@@ -2,7 +2,7 @@ import Foundation
 import NIOCore
 import NIOEmbedded
 import Testing
-@testable import KVScrubDaemon
+@_spi(Fuzzing) @testable import KVScrubDaemon
 import KVScrubControl
 
 /// `ControlConnection` in process, on NIO's `EmbeddedChannel`: the framing,

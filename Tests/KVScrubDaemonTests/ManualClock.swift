@@ -1,6 +1,6 @@
 import Foundation
 import Synchronization
-import KVScrubDaemon
+@testable import KVScrubDaemon
 
 /// A `DaemonClock` a test moves by hand: the parts see hours go by in a
 /// moment. It starts at the real time of day, so the times of the files a

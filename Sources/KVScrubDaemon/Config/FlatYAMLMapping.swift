@@ -11,27 +11,27 @@ import CYAML
 /// a key or a scalar value, so nesting and aliases are refused before they
 /// cost anything, and every scalar keeps its own text (`socket_mode: 0660`
 /// stays "0660", never YAML 1.1's integer 432).
-public struct FlatYAMLMapping: Sendable {
+struct FlatYAMLMapping: Sendable {
     /// One `key: value` line, in file order (a repeated key appears twice; the later wins when applied).
-    public struct Entry: Sendable, Equatable {
-        public var key: String
+    struct Entry: Sendable, Equatable {
+        var key: String
         /// The scalar's text; "" for an empty value or a plain null (`~`, `null`).
-        public var value: String
+        var value: String
         /// 1-based line of the key.
-        public var line: Int
+        var line: Int
     }
 
     /// Why a text is not such a mapping; `line` is 1-based, nil when libyaml gives none.
-    public struct ParseError: Error, Sendable, CustomStringConvertible {
-        public var line: Int?
-        public var message: String
-        public var description: String { line.map { "line \($0): \(message)" } ?? message }
+    struct ParseError: Error, Sendable, CustomStringConvertible {
+        var line: Int?
+        var message: String
+        var description: String { line.map { "line \($0): \(message)" } ?? message }
     }
 
-    public var entries: [Entry]
+    var entries: [Entry]
 
     /// Parses `text`; an empty document (or one of comments only) is an empty mapping.
-    public init(parsing text: String) throws(ParseError) {
+    init(parsing text: String) throws(ParseError) {
         entries = []
         // libyaml asserts on a null input pointer, which an empty buffer may give.
         if text.utf8.isEmpty { return }

@@ -12,11 +12,11 @@ import Synchronization
 /// runaway root script cannot lock root's other processes (an operator's
 /// `kvscrubd status`) out. Decided on connect, from the kernel's credentials
 /// for the peer (`SO_PEERCRED`: pid, uid).
-public final class ConnectionLimits: Sendable {
-    public let total: Int
-    public let reserved: Int
-    public let perUID: Int
-    public let perProcess: Int
+final class ConnectionLimits: Sendable {
+    let total: Int
+    let reserved: Int
+    let perUID: Int
+    let perProcess: Int
 
     private struct Counts {
         var all = 0
@@ -26,20 +26,20 @@ public final class ConnectionLimits: Sendable {
     }
     private let counts = Mutex(Counts())
 
-    public init(total: Int = 256, reserved: Int = 16, perUID: Int = 32, perProcess: Int? = nil) {
+    init(total: Int = 256, reserved: Int = 16, perUID: Int = 32, perProcess: Int? = nil) {
         self.total = total
         self.reserved = reserved
         self.perUID = perUID
         self.perProcess = perProcess ?? max(1, total / 2)
     }
 
-    public enum Admission: Sendable, Equatable {
+    enum Admission: Sendable, Equatable {
         case admitted
         case refused(String)
     }
 
     /// Counts a new connection when there is room for this peer; nothing is counted when it is refused.
-    public func admit(uid: UInt32?, pid: Int32? = nil, privileged: Bool) -> Admission {
+    func admit(uid: UInt32?, pid: Int32? = nil, privileged: Bool) -> Admission {
         counts.withLock { c in
             guard c.all < total else { return .refused("too many connections (\(total)); try again") }
             if let pid, c.byPID[pid, default: 0] >= perProcess {
@@ -63,7 +63,7 @@ public final class ConnectionLimits: Sendable {
     }
 
     /// Gives back what `admit` counted for this peer.
-    public func leave(uid: UInt32?, pid: Int32? = nil, privileged: Bool) {
+    func leave(uid: UInt32?, pid: Int32? = nil, privileged: Bool) {
         counts.withLock { c in
             c.all -= 1
             if let pid {
@@ -79,5 +79,5 @@ public final class ConnectionLimits: Sendable {
     }
 
     /// Open connections: all, and unprivileged.
-    public var open: (all: Int, unprivileged: Int) { counts.withLock { ($0.all, $0.unprivileged) } }
+    var open: (all: Int, unprivileged: Int) { counts.withLock { ($0.all, $0.unprivileged) } }
 }

@@ -19,17 +19,17 @@ import Glibc
 /// credentials (`SO_PEERCRED`, through CLinux's `kvs_peer_credentials`) are
 /// read once per connection and handed to the handler with every request,
 /// for `AccessPolicy`.
-public final class ControlServer: Sendable {
-    public typealias Handler = @Sendable (ControlRequest, AccessPolicy.Peer?) -> ControlReply
+final class ControlServer: Sendable {
+    typealias Handler = @Sendable (ControlRequest, AccessPolicy.Peer?) -> ControlReply
 
-    public static let maxRequestBytes = 64 * 1024
-    public static let idleTimeout = TimeAmount.seconds(10)
+    static let maxRequestBytes = 64 * 1024
+    static let idleTimeout = TimeAmount.seconds(10)
     /// Reply bytes a connection may have waiting for the client before it stops answering and
     /// reading (NIO's high-water mark), and the level under which it starts again.
-    public static let replyBacklog = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
+    static let replyBacklog = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
 
     let channel: any Channel
-    public let path: String
+    let path: String
     /// A socket systemd passed us is systemd's to remove, not ours.
     let ownsPath: Bool
 
@@ -56,7 +56,7 @@ public final class ControlServer: Sendable {
     /// path, mode and group are the socket unit's business.
     /// `privileged`: whether a peer may use the connections kept back (root, the daemon's user, the admin group);
     /// it runs on the event loop, so it must not block.
-    public static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
+    static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
                              privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool,
                              handler: @escaping Handler) async throws -> ControlServer {
         let channel = try await bootstrap(loop, limits: limits, privileged: privileged, handler: handler)
@@ -67,7 +67,7 @@ public final class ControlServer: Sendable {
 
     /// Binds `path` (replacing a stale socket left by a crash, never any other
     /// kind of file), applies the mode and group, and starts serving.
-    public static func start(path: String, mode: UInt32, group: String?, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
+    static func start(path: String, mode: UInt32, group: String?, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
                              privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool,
                              handler: @escaping Handler) async throws -> ControlServer {
         let dir = (path as NSString).deletingLastPathComponent
@@ -98,20 +98,20 @@ public final class ControlServer: Sendable {
     }
 
     /// Stops listening and removes the socket file (unless systemd owns it).
-    public func stop() async {
+    func stop() async {
         try? await channel.close()
         if ownsPath { unlink(path) }
     }
 }
 
-public struct ControlServerError: Error, CustomStringConvertible {
-    public let path: String
-    public let detail: String
-    public var description: String { "control socket \(path): \(detail)" }
+struct ControlServerError: Error, CustomStringConvertible {
+    let path: String
+    let detail: String
+    var description: String { "control socket \(path): \(detail)" }
 }
 
 /// A handler's answer: ready now, or work to run off the event loop.
-public enum ControlReply: Sendable {
+@_spi(Fuzzing) public enum ControlReply: Sendable {
     case now(ControlResponse)
     /// A reply already encoded as one line (`ControlResponse.line`), as a cache keeps it.
     case encoded(Data)

@@ -4,7 +4,7 @@ import Foundation
 /// when a new file's check is due, when a suspect file has settled, the
 /// removal brake's hour, the regret window, the eviction summary, the orphan
 /// sweep, the timestamps in the history and the state database. One clock,
-/// given to `DaemonState` when the daemon is built, so a test can build the
+/// given to `DaemonSettings` when the daemon is built, so a test can build the
 /// parts over a clock it moves by hand and see in a moment what takes hours
 /// (`Tests/KVScrubDaemonTests`, with `ManualClock`).
 ///

@@ -57,7 +57,7 @@ public struct DaemonEvent: Sendable {
         /// Stable MESSAGE_IDs (128-bit, as `journalctl --new-id128` makes them) for
         /// the events an operator may want to find; packaging/kvscrubd.catalog
         /// explains each one. Never change an id once released: saved searches use it.
-        public var messageID: String? {
+        var messageID: String? {
             switch self {
             case .corruptFound: "4f1c8d2a9b6e4e0f8a3d5c7b1e2f9a60"
             case .corruptRemoved: "7a2e5c9d1f3b4a8e9c0d2b4f6a8e1c31"
@@ -89,7 +89,7 @@ public struct DaemonEvent: Sendable {
     }
 
     /// What an event counts, in the counters (`CounterState`).
-    public enum Tally: Sendable {
+    enum Tally: Sendable {
         case nothing
         /// Also kept among the last errors `status` shows.
         case error(String)
@@ -108,13 +108,13 @@ public struct DaemonEvent: Sendable {
         case engineDeleted(bytes: UInt64, at: Double)
     }
 
-    public let kind: Kind
-    public let level: Logger.Level
-    public let message: String
-    public let details: Logger.Metadata
-    public let tally: Tally
+    let kind: Kind
+    let level: Logger.Level
+    let message: String
+    let details: Logger.Metadata
+    let tally: Tally
 
-    public init(_ kind: Kind, _ level: Logger.Level, _ message: String, _ details: Logger.Metadata = [:], counts tally: Tally = .nothing) {
+    init(_ kind: Kind, _ level: Logger.Level, _ message: String, _ details: Logger.Metadata = [:], counts tally: Tally = .nothing) {
         self.kind = kind
         self.level = level
         self.message = message
@@ -123,7 +123,7 @@ public struct DaemonEvent: Sendable {
     }
 
     /// The log record's metadata: the details and the event's name.
-    public var metadata: Logger.Metadata { details.merging(["event": .string(kind.rawValue)]) { $1 } }
+    var metadata: Logger.Metadata { details.merging(["event": .string(kind.rawValue)]) { $1 } }
 
     /// Applies the tally to the counters (called by the recorder under the counters' lock). What a
     /// corrupt file counts for the pass in progress, the scrubber counts in its own state, together.

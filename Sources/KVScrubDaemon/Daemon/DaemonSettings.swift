@@ -4,9 +4,9 @@ import Synchronization
 /// lifecycle (`Daemon`): only it changes them (start-up, SIGHUP or `reload`,
 /// readiness, the cache directory going and coming back, stopping). Every
 /// part reads them; the lock is a leaf (nothing else is locked under it).
-public final class DaemonSettings: Sendable {
+final class DaemonSettings: Sendable {
     /// Where the daemon is in its life; `status` shows it (its raw value) unless it is `running`.
-    public enum Phase: String, Sendable {
+    enum Phase: String, Sendable {
         case starting
         case waitingForDirectory = "waiting for the cache directory"
         case running
@@ -14,19 +14,19 @@ public final class DaemonSettings: Sendable {
     }
 
     /// The time of day for every part (`DaemonClock`): the system's, or a test's.
-    public let clock: any DaemonClock
+    let clock: any DaemonClock
     /// When this daemon started, by `clock`.
-    public let startedAt: Double
+    let startedAt: Double
     private let current: Mutex<(config: DaemonConfig, phase: Phase)>
 
-    public init(config: DaemonConfig, clock: any DaemonClock = SystemClock()) {
+    init(config: DaemonConfig, clock: any DaemonClock = SystemClock()) {
         self.clock = clock
         startedAt = clock.now()
         current = Mutex((config, .starting))
     }
 
-    public var config: DaemonConfig { current.withLock { $0.config } }
-    public var phase: Phase { current.withLock { $0.phase } }
+    var config: DaemonConfig { current.withLock { $0.config } }
+    var phase: Phase { current.withLock { $0.phase } }
 
     /// Settings a reload took (the lifecycle's; tests set a scene with it).
     package func use(_ config: DaemonConfig) { current.withLock { $0.config = config } }
@@ -35,9 +35,9 @@ public final class DaemonSettings: Sendable {
 }
 
 /// Set once, when the daemon is asked to stop; read by every loop.
-public final class StopFlag: Sendable {
+final class StopFlag: Sendable {
     private let flag = Atomic<Bool>(false)
-    public init() {}
-    public var isSet: Bool { flag.load(ordering: .acquiring) }
-    public func set() { flag.store(true, ordering: .releasing) }
+    init() {}
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+    func set() { flag.store(true, ordering: .releasing) }
 }

@@ -5,13 +5,13 @@ import Logging
 /// the state database), the last errors `status` shows, and the engine's own
 /// deletions over the last day. Only `DaemonEvent.count` changes them, through
 /// the recorder, and the scrub throttle's byte count (`scrubbed`).
-public struct CounterState: Sendable {
-    public var counters = DaemonCounters()
-    public var lastErrors: [String] = []
+struct CounterState: Sendable {
+    var counters = DaemonCounters()
+    var lastErrors: [String] = []
     /// The engine's own deletions over the last day (this run), for `status`.
-    public var engineDeletions = HourlyWindow()
+    var engineDeletions = HourlyWindow()
 
-    public init() {}
+    init() {}
 
     mutating func noteError(_ message: String, now: Double) {
         counters.errors += 1
@@ -28,26 +28,26 @@ public struct CounterState: Sendable {
 /// counters' (the lock order of `PartState`), so `status`, which reads the
 /// parts in that order, never shows the change without the count.
 /// Each part holds one; there is no global recorder.
-public struct EventRecorder: Sendable {
+struct EventRecorder: Sendable {
     /// The counters, which the recorder owns.
-    public let counts: PartState<CounterState>
+    let counts: PartState<CounterState>
     let clock: any DaemonClock
     let logger: Logger
 
-    public init(counts: PartState<CounterState>, clock: any DaemonClock, logger: Logger) {
+    init(counts: PartState<CounterState>, clock: any DaemonClock, logger: Logger) {
         self.counts = counts
         self.clock = clock
         self.logger = logger
     }
 
     /// Records `event`.
-    public func record(_ event: DaemonEvent) {
+    func record(_ event: DaemonEvent) {
         count(event)
         log(event)
     }
 
     /// Records `event` together with `change` to a part's state (`part`, which the caller owns).
-    public func record<V>(_ event: DaemonEvent, changing part: PartState<V>, _ change: (inout V) -> Void) {
+    func record<V>(_ event: DaemonEvent, changing part: PartState<V>, _ change: (inout V) -> Void) {
         part.change { v in
             change(&v)
             count(event)
@@ -57,7 +57,7 @@ public struct EventRecorder: Sendable {
 
     /// Records the event `make` builds from a part's state while it changes it (for an event whose
     /// details are the state's, such as a pass's summary); nil records nothing.
-    public func record<V>(changing part: PartState<V>, _ make: (inout V) -> DaemonEvent?) {
+    func record<V>(changing part: PartState<V>, _ make: (inout V) -> DaemonEvent?) {
         let event = part.change { v -> DaemonEvent? in
             guard let e = make(&v) else { return nil }
             count(e)

@@ -17,9 +17,9 @@ import KVScrubControl
 /// removal must reach it under the same lock. The scrubber says which pass it
 /// walks and where its cursor is (`nextInPass`, `advancePass`, `passLeft`);
 /// the walk is built again when the pass it was built for is not that one.
-public struct CacheIndex: Sendable {
+struct CacheIndex: Sendable {
     /// Changed only through `insert`, `remove`, `replace` and `setEngineABI`, which keep `census`.
-    public private(set) var entries: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
+    private(set) var entries: [String: CacheEntry] = [:] { didSet { generation &+= 1 } }
     /// Changes with every change to the entries or the records (`status` is cached against it).
     private(set) var generation: UInt64 = 0
     /// The counts `status` and the metrics show, kept with every change to the entries, the verdicts and the records.
@@ -30,23 +30,23 @@ public struct CacheIndex: Sendable {
     private var walkCursor: String?
     /// Continued checkpoints (waypoints) in the index: the only ones an arrival can supersede.
     private(set) var continuedNames: Set<String> = []
-    public private(set) var totalBytes: UInt64 = 0
+    private(set) var totalBytes: UInt64 = 0
     /// The last scrub verdict of each file this run (`setVerdict`).
-    public private(set) var verdicts: [String: Verdict] = [:]
+    private(set) var verdicts: [String: Verdict] = [:]
     /// Continued checkpoints an arrival superseded, and by which file.
-    public var supersededBy: [String: String] = [:]
+    var supersededBy: [String: String] = [:]
     /// The payload ABI of the engine in force, and how it was chosen.
-    public private(set) var engineABI = EngineABI.Resolution(generation: nil, source: "none yet")
+    private(set) var engineABI = EngineABI.Resolution(generation: nil, source: "none yet")
     /// Checksums recorded for v1 files (persisted), by file name.
-    public private(set) var records: [String: RecordedChecksum] = [:] { didSet { generation &+= 1 } }
+    private(set) var records: [String: RecordedChecksum] = [:] { didSet { generation &+= 1 } }
     /// Names whose record changed since the last save.
     private var dirtyRecords: Set<String> = []
 
-    public init() {}
+    init() {}
 
-    public subscript(name: String) -> CacheEntry? { entries[name] }
-    public var count: Int { entries.count }
-    public var isEmpty: Bool { entries.isEmpty }
+    subscript(name: String) -> CacheEntry? { entries[name] }
+    var count: Int { entries.count }
+    var isEmpty: Bool { entries.isEmpty }
 
     mutating func setRecord(_ name: String, _ r: RecordedChecksum) {
         recounting(name) { s in

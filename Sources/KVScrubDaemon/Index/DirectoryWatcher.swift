@@ -20,12 +20,12 @@ import Glibc
 /// while the daemon holds the directory open the kernel keeps its inode, so
 /// `IN_DELETE_SELF` may never come; the parent's `IN_DELETE`/`IN_MOVED_FROM`
 /// says at once that the name is gone, and `IN_CREATE`/`IN_MOVED_TO` that it is back.
-public final class DirectoryWatcher: @unchecked Sendable {
+final class DirectoryWatcher: @unchecked Sendable {
     // @unchecked: `inotifyFD` and `watch` are touched only by the one thread
     // that calls `watch`/`next`; `wakeFD` is written from other threads, which
     // the kernel makes safe (an eventfd write is atomic).
 
-    public enum Event: Sendable, Equatable {
+    enum Event: Sendable, Equatable {
         case changed(String)
         /// The name is gone: `unlinked` when by unlink (IN_DELETE), not by a rename away.
         case removed(String, unlinked: Bool)
@@ -41,7 +41,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
     private var baseName = ""
     private let wakeFD: Int32
 
-    public init() throws {
+    init() throws {
         let fd = kvs_eventfd()
         guard fd >= 0 else { throw KVCError(.io, errno: .init(rawValue: -fd), "eventfd failed") }
         wakeFD = fd
@@ -54,7 +54,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
 
     /// (Re)starts watching `path`. Call before scanning, so nothing that
     /// happens during the scan is missed (events for files already indexed are harmless).
-    public func watch(path: String) throws {
+    func watch(path: String) throws {
         if inotifyFD >= 0 { close(inotifyFD); inotifyFD = -1 }
         inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard inotifyFD >= 0 else { throw KVCError(.io, path: path, errno: .init(rawValue: errno), "inotify_init1 failed") }
@@ -66,7 +66,7 @@ public final class DirectoryWatcher: @unchecked Sendable {
     }
 
     /// Watches only the parent, for the directory's name to come back.
-    public func watchParentOnly(path: String) throws {
+    func watchParentOnly(path: String) throws {
         if inotifyFD >= 0 { close(inotifyFD); inotifyFD = -1 }
         inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard inotifyFD >= 0 else { throw KVCError(.io, path: path, errno: .init(rawValue: errno), "inotify_init1 failed") }
@@ -84,14 +84,14 @@ public final class DirectoryWatcher: @unchecked Sendable {
     }
 
     /// Wakes a thread blocked in `next`.
-    public func wake() {
+    func wake() {
         var one: UInt64 = 1
         _ = write(wakeFD, &one, 8)
     }
 
     /// Waits up to `timeout` (nil: until something happens) and returns the
     /// events that arrived; empty on timeout or wake.
-    public func next(timeout: Duration?) -> [Event] {
+    func next(timeout: Duration?) -> [Event] {
         var fds = [pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         let ms: Int32 = timeout.map { t in Int32(clamping: max(0, t.components.seconds * 1000 + t.components.attoseconds / 1_000_000_000_000_000)) } ?? -1
         let r = poll(&fds, 2, ms)

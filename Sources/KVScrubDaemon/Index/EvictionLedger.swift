@@ -20,13 +20,13 @@ public struct EvictionLedger: Sendable {
     }
 
     /// Evictions within the regret window, by file name (persisted).
-    public private(set) var recent: [String: Eviction] = [:]
+    private(set) var recent: [String: Eviction] = [:]
     /// Regrets of the last week (persisted).
-    public private(set) var regrets: [Regret] = []
+    private(set) var regrets: [Regret] = []
     /// Names whose eviction changed since the last save.
     private var dirty: Set<String> = []
 
-    public init() {}
+    init() {}
 
     /// What the state database kept (start-up).
     mutating func restore(recent: [String: Eviction], regrets: [Regret]) {

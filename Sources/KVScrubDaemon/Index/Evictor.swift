@@ -29,7 +29,7 @@ import Glibc
 /// A victim that cannot be removed (permissions, busy, already gone) is logged
 /// and skipped; the pass goes on with the next one, so one stuck file never
 /// stalls eviction. Removal checks the inode first (`CacheDirectory.remove`).
-public final class Evictor: Sendable {
+final class Evictor: Sendable {
     /// The index maintainer's state, which eviction changes (the index, the ledger, the free space).
     let state: PartState<IndexState>
     let settings: DaemonSettings
@@ -46,7 +46,7 @@ public final class Evictor: Sendable {
     /// the ten minutes go by on a `ManualClock` (`EvictionSummaryTests`).
     static let summarySeconds = 600.0
 
-    public init(state: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder, logger: Logger,
+    init(state: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder, logger: Logger,
                 history: @escaping @Sendable (HistoryEvent) -> Void = { _ in }) {
         self.state = state
         self.settings = settings
@@ -71,7 +71,7 @@ public final class Evictor: Sendable {
         events.record(event)
     }
 
-    public enum Cause: String, Sendable {
+    enum Cause: String, Sendable {
         case budget, freeSpace = "free-space", incompatible, superseded
 
         /// The cause as the history keeps it.
@@ -86,7 +86,7 @@ public final class Evictor: Sendable {
     }
 
     /// One evaluation. `arrived`: a checkpoint that just appeared (not a candidate; judged as the incoming store).
-    public func evaluate(directory: CacheDirectory, arrived: String? = nil) {
+    func evaluate(directory: CacheDirectory, arrived: String? = nil) {
         let now = UInt64(clock.now())
         let config = settings.config
         // What an arrival costs must not grow with the index: the whole index is copied only when
@@ -197,7 +197,7 @@ public final class Evictor: Sendable {
     /// Reclaims the files of superseded generations (`superseded_grace_hours`), oldest first:
     /// never an unknown layout, never a ds4-agent session. Returns how many files went.
     @discardableResult
-    public func reclaimSuperseded(directory: CacheDirectory) -> Int {
+    func reclaimSuperseded(directory: CacheDirectory) -> Int {
         let now = clock.now()
         let config = settings.config
         let victims = state.read { s in

@@ -17,7 +17,7 @@ import Synchronization
 /// the directory going away and coming back are here too. The scrubber is
 /// told of arrivals and of the directory handle; it changes the index only
 /// through `CacheIndex`'s narrow methods.
-public final class IndexMaintainer: Sendable {
+final class IndexMaintainer: Sendable {
     /// What this part owns.
     let state: PartState<IndexState>
     let settings: DaemonSettings

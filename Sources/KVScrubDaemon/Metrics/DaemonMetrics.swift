@@ -17,7 +17,7 @@ import Synchronization
 /// advance by what the state gained since the last scrape (they start at the
 /// persisted totals, and never go backwards), gauges are set. Nothing is
 /// counted twice and the hot paths (inotify, scrub reads) never touch a metric.
-public final class DaemonMetrics: Sendable {
+final class DaemonMetrics: Sendable {
     private let registry = PrometheusCollectorRegistry()
     /// Each counter's value as last exported, keyed by name and labels.
     private let exported = Mutex<[String: Int64]>([:])
@@ -68,7 +68,7 @@ public final class DaemonMetrics: Sendable {
         "kvscrubd_regrets_total": "Evicted checkpoints the engine wrote again within the regret window.",
     ]
 
-    public init() {}
+    init() {}
 
     private func key(_ name: String, _ labels: [(String, String)]) -> String {
         name + labels.map { "|\($0.0)=\($0.1)" }.joined()
@@ -107,7 +107,7 @@ public final class DaemonMetrics: Sendable {
     }
 
     /// The text exposition of the current state.
-    public func render(settings: DaemonSettings, index: PartState<IndexState>, scrub: PartState<ScrubState>,
+    func render(settings: DaemonSettings, index: PartState<IndexState>, scrub: PartState<ScrubState>,
                        counts: PartState<CounterState>) -> String {
         struct Snapshot {
             var census: IndexCensus

@@ -8,13 +8,13 @@ import NIOPosix
 /// /metrics` and nothing else. Off by default; it only serves what
 /// `kvscrubd metrics` prints over the socket, so it carries no
 /// authentication and accepts only loopback addresses (DaemonConfig checks).
-public final class MetricsHTTPServer: Sendable {
-    public typealias Render = @Sendable () -> String
+final class MetricsHTTPServer: Sendable {
+    typealias Render = @Sendable () -> String
     let channel: any Channel
 
     private init(channel: any Channel) { self.channel = channel }
 
-    public static func start(listen: String, on loop: any EventLoopGroup, logger: Logger, render: @escaping Render) async throws -> MetricsHTTPServer {
+    static func start(listen: String, on loop: any EventLoopGroup, logger: Logger, render: @escaping Render) async throws -> MetricsHTTPServer {
         guard let (host, port) = DaemonConfig.splitHostPort(listen) else {
             throw ControlServerError(path: listen, detail: "not an address:port")
         }
@@ -33,7 +33,7 @@ public final class MetricsHTTPServer: Sendable {
         return MetricsHTTPServer(channel: channel)
     }
 
-    public func stop() async { try? await channel.close() }
+    func stop() async { try? await channel.close() }
 }
 
 final class MetricsHTTPHandler: ChannelInboundHandler, Sendable {

@@ -29,23 +29,23 @@ public struct ScrubProgress: Codable, Sendable, Equatable {
 /// removal brake. Kept in a `PartState`; only the scrubber changes it (the
 /// control commands `scrub pause|resume|cancel` and `brake release` are the
 /// scrubber's methods), the control handler and the metrics read it.
-public struct ScrubState: Sendable {
-    public var progress = ScrubProgress()
+struct ScrubState: Sendable {
+    var progress = ScrubProgress()
     /// Bytes per second over the last few seconds of scrubbing.
-    public var rate: Double = 0
+    var rate: Double = 0
     /// The file being verified now.
-    public var current: String?
+    var current: String?
     /// Set by `scrub cancel`: the read in progress is abandoned.
-    public var abort = false
+    var abort = false
     /// The removal brake (persisted).
-    public var brake = RemovalBrake()
+    var brake = RemovalBrake()
     /// Files found corrupt, waiting for the removal rule's second look (name → when it is due; persisted).
-    public var pendingRemoval: [String: Double] = [:]
+    var pendingRemoval: [String: Double] = [:]
     /// For each file awaiting its second look because a scrub pass found it: that pass (its start
     /// time), so the confirmation still counts for it when the pass has ended meanwhile.
     var pendingPass: [String: Double] = [:]
 
-    public init() {}
+    init() {}
 
     var passActive: Bool { progress.passStartedAt != nil }
 

@@ -7,14 +7,14 @@ import KVScrubControl
 /// pause and cancel take effect mid-file (the throttle checks them before
 /// every read), so they never wait for a large file to finish.
 extension Scrubber {
-    public struct ControlRefusal: Error, CustomStringConvertible {
-        public let description: String
+    struct ControlRefusal: Error, CustomStringConvertible {
+        let description: String
     }
 
     /// `kvscrubd brake release --restore`: releases the brake, then puts the files its quarantine
     /// holds back under their names in the cache, each only where the name is free (never over a
     /// file the engine stored since). The daemon sees them arrive and verifies them again.
-    public func releaseBrakeAndRestore() -> (message: String, restored: [String], left: [String]) {
+    func releaseBrakeAndRestore() -> (message: String, restored: [String], left: [String]) {
         let released = releaseBrake()
         let qpath = settings.config.brakeQuarantineDir
         guard FileManager.default.fileExists(atPath: qpath) else { return (released + "; the quarantine \(qpath) is empty", [], []) }
@@ -41,7 +41,7 @@ extension Scrubber {
 
     /// Starts a pass now (and lifts a pause).
     /// `kvscrubd brake release`: removals resume; files already quarantined stay there.
-    public func releaseBrake() -> String {
+    func releaseBrake() -> String {
         let was = state.change { s -> (Bool, Int) in
             let r = (s.brake.engaged, s.brake.heldBack)
             s.brake.release()
@@ -54,7 +54,7 @@ extension Scrubber {
     }
 
     /// Starts a pass now; returns what to say and the pass's start time, which names it.
-    public func startNow() throws(ControlRefusal) -> (message: String, startedAt: Double) {
+    func startNow() throws(ControlRefusal) -> (message: String, startedAt: Double) {
         let now = clock.now()
         let running = index.change { i in
             state.read { s -> (Int, Int)? in
@@ -72,7 +72,7 @@ extension Scrubber {
         return ("scrub pass started over \(files) files" + (wasPaused ? " (scrubbing was paused; resumed)" : ""), now)
     }
 
-    public func pause() -> String {
+    func pause() -> String {
         let now = clock.now()
         let already = state.change { s -> Bool in
             if s.progress.paused == true { return true }
@@ -85,7 +85,7 @@ extension Scrubber {
         return already ? "scrubbing was already paused" : "scrubbing paused; 'kvscrubd scrub resume' goes on where it stopped"
     }
 
-    public func resume() -> String {
+    func resume() -> String {
         let was = resumeIfPaused(now: clock.now())
         persist(force: true)
         wake()
@@ -106,7 +106,7 @@ extension Scrubber {
     }
 
     /// Ends the pass in progress without completing it; the next one is due an interval from now.
-    public func cancel() throws(ControlRefusal) -> String {
+    func cancel() throws(ControlRefusal) -> String {
         let now = clock.now()
         let done = index.change { i in
             state.change { s -> Int? in
@@ -134,7 +134,7 @@ extension Scrubber {
     /// (waiting out the settle time before the second look). Names may be
     /// `<sha>.kv`, a bare sha, or a path in the cache directory; anything else
     /// is reported, not touched.
-    public func verifyNow(_ files: [String]) -> [FileVerdict] {
+    func verifyNow(_ files: [String]) -> [FileVerdict] {
         guard let dir = directory.withLock({ $0 }) else {
             return files.map { FileVerdict(file: $0, verdict: .missing, checksums: nil, problems: ["the cache directory is not available"], action: "none") }
         }

@@ -25,7 +25,7 @@ import Synchronization
 /// undisturbed read queues the file for a second look once it has been left
 /// alone for `removal_settle_seconds`; only if that look agrees is the file
 /// taken away, and past the removal brake's limit it is quarantined instead.
-public final class Scrubber: Sendable {
+final class Scrubber: Sendable {
     /// What the scrubber owns (`ScrubState`): only it changes it.
     let state: PartState<ScrubState>
     /// The index, which the scrubber reads, and changes only through its narrow methods: a verdict,
@@ -74,22 +74,22 @@ public final class Scrubber: Sendable {
     }
 
     /// Points the scrubber at a (re)opened cache directory.
-    public func use(directory dir: CacheDirectory?) {
+    func use(directory dir: CacheDirectory?) {
         directory.withLock { $0 = dir }
         wake()
     }
 
     /// A checkpoint arrived or changed content: verify it soon.
-    public func fileArrived(_ name: String) {
+    func fileArrived(_ name: String) {
         let due = clock.now() + settings.config.scrubNewFileDelaySeconds
         newFiles.withLock { $0.schedule(name, at: due) }
         wake()
     }
 
-    public func wake() { wakeup.signal() }
+    func wake() { wakeup.signal() }
 
     /// What one `step` did.
-    public enum Step: Equatable, Sendable {
+    enum Step: Equatable, Sendable {
         /// Verified a file, took a second look, or started or finished a pass: step again at once.
         case worked
         /// Nothing is due: sleep at most this many seconds, or until woken (`wake`).
@@ -97,7 +97,7 @@ public final class Scrubber: Sendable {
     }
 
     /// The scrub thread's body; returns once `stopping` is set.
-    public func run() {
+    func run() {
         let rc = kvs_ioprio_set_idle_self()
         if rc != 0 { logger.warning("cannot enter the idle I/O class; scrubbing at normal priority", metadata: ["errno": "\(-rc)"]) }
         while !stopping.isSet {
@@ -110,7 +110,7 @@ public final class Scrubber: Sendable {
     /// file's check, the pass's next file (or its end), the start of a pass. When nothing is due,
     /// says how long until something is. The scrub thread loops over it; a test steps it with a
     /// clock of its own.
-    public func step() -> Step {
+    func step() -> Step {
         let now = clock.now()
         guard let dir = directory.withLock({ $0 }) else { return .idle(seconds: 1) }
         // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.

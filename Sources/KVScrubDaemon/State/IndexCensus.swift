@@ -7,10 +7,10 @@ import KVScrubControl
 ///
 /// Kept up to date with every change to what they are counted from (an
 /// entry, its verdict, its recorded checksum), not counted again when read:
-/// at 100,000 files a count takes 20-30 ms under the state lock, and during a
+/// at 100,000 files a count takes 20-30 ms under the index's lock, and during a
 /// scrub pass a verdict changes with every file, so each metrics scrape
 /// counted afresh and held inotify, `status` and the scrub up that long
-/// (issue #21). `DaemonState.Inner` takes a file's share out before it
+/// (issue #21). `CacheIndex` takes a file's share out before it
 /// changes the file and puts it back after (`count(_:verdict:recorded:by:)`);
 /// wholesale changes (a new index, a new engine ABI, the records loaded at
 /// start-up) count again from scratch with `init(index:verdicts:isRecorded:)`,

@@ -12,13 +12,13 @@ import Synchronization
 /// is a leaf: nothing is locked while its lock is held. Whoever holds one of
 /// these locks does in-memory work only, never I/O, so the control socket's
 /// readers never wait behind a disk.
-public final class PartState<Value: Sendable>: Sendable {
+final class PartState<Value: Sendable>: Sendable {
     private let value: Mutex<Value>
 
-    public init(_ initial: Value) { value = Mutex(initial) }
+    init(_ initial: Value) { value = Mutex(initial) }
 
     /// Reads the state under its lock.
-    public func read<T>(_ body: (Value) -> T) -> T { value.withLock { body($0) } }
+    func read<T>(_ body: (Value) -> T) -> T { value.withLock { body($0) } }
 
     /// Changes the state under its lock: for the part that owns it (and for tests that set a scene).
     package func change<T>(_ body: (inout Value) -> T) -> T { value.withLock { body(&$0) } }

@@ -14,9 +14,9 @@ extension StateDatabase {
         return p
     }
 
-    public func loadCore() throws -> Core? { try pool().read(Self.core) }
+    func loadCore() throws -> Core? { try pool().read(Self.core) }
 
-    public func loadRecords() throws -> [String: RecordedChecksum] { try pool().read(Self.records) }
+    func loadRecords() throws -> [String: RecordedChecksum] { try pool().read(Self.records) }
 
     static func core(_ db: Database) throws -> Core? {
         guard let json = try String.fetchOne(db, sql: "SELECT core FROM daemon_state WHERE id = 1") else { return nil }
@@ -37,7 +37,7 @@ extension StateDatabase {
         return out
     }
 
-    public func loadRecentEvictions() throws -> [String: EvictionLedger.Eviction] {
+    func loadRecentEvictions() throws -> [String: EvictionLedger.Eviction] {
         try pool().read { db in
             var out: [String: EvictionLedger.Eviction] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT name, at, bytes FROM recent_eviction") {
@@ -48,7 +48,7 @@ extension StateDatabase {
     }
 
     /// History, newest first.
-    public func history(since: Double? = nil, cause: HistoryEvent.Cause? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
+    func history(since: Double? = nil, cause: HistoryEvent.Cause? = nil, limit: Int = 1000) throws -> [HistoryEvent] {
         try pool().read { db in
             var sql = "SELECT * FROM history WHERE at >= ?"
             var args: [any DatabaseValueConvertible] = [since ?? 0]
@@ -74,9 +74,9 @@ extension StateDatabase {
 
         public func records() throws -> [String: RecordedChecksum] { try queue.read(StateDatabase.records) }
 
-        public func core() throws -> Core? { try queue.read(StateDatabase.core) }
+        func core() throws -> Core? { try queue.read(StateDatabase.core) }
 
-        public func historyCount() throws -> Int {
+        func historyCount() throws -> Int {
             try queue.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM history") ?? 0 }
         }
     }

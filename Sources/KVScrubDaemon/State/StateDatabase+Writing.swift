@@ -52,7 +52,7 @@ extension StateDatabase {
     }
 
     /// Hands changes to the writer; returns at once.
-    public func enqueue(_ changes: [Change]) {
+    func enqueue(_ changes: [Change]) {
         guard !changes.isEmpty else { return }
         let schedule = pending.withLock { p -> Bool in
             for c in changes { p.merge(c, historyLimit: Self.maxPendingHistory) }
@@ -66,7 +66,7 @@ extension StateDatabase {
     /// Writes what is pending, then closes the database: SQLite checkpoints the
     /// write-ahead log into the file and removes it, so a stopped daemon leaves one
     /// self-contained `state.sqlite`. For shutdown; later writes open it again.
-    public func close() async {
+    func close() async {
         await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
             writer.async {
                 self.drain()

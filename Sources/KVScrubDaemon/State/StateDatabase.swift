@@ -35,14 +35,14 @@ import Glibc
 /// are recorded again at their next verification.
 public final class StateDatabase: Sendable {
     /// The persisted part of the scrubber's, the counters' and the ledger's state.
-    public struct Core: Codable, Sendable, Equatable {
-        public var scrub: ScrubProgress
-        public var counters: DaemonCounters
-        public var brake: RemovalBrake
-        public var pendingRemovals: [String]
-        public var regretLog: [EvictionLedger.Regret]
+    struct Core: Codable, Sendable, Equatable {
+        var scrub: ScrubProgress
+        var counters: DaemonCounters
+        var brake: RemovalBrake
+        var pendingRemovals: [String]
+        var regretLog: [EvictionLedger.Regret]
 
-        public init(scrub: ScrubProgress, counters: DaemonCounters, brake: RemovalBrake,
+        init(scrub: ScrubProgress, counters: DaemonCounters, brake: RemovalBrake,
                     pendingRemovals: [String], regretLog: [EvictionLedger.Regret]) {
             self.scrub = scrub
             self.counters = counters
@@ -53,11 +53,11 @@ public final class StateDatabase: Sendable {
     }
 
     /// Everything the daemon can write again from memory into a new database.
-    public struct Snapshot: Sendable {
-        public var core: Core?
-        public var records: [String: RecordedChecksum] = [:]
-        public var recentEvictions: [String: EvictionLedger.Eviction] = [:]
-        public init(core: Core? = nil, records: [String: RecordedChecksum] = [:], recentEvictions: [String: EvictionLedger.Eviction] = [:]) {
+    struct Snapshot: Sendable {
+        var core: Core?
+        var records: [String: RecordedChecksum] = [:]
+        var recentEvictions: [String: EvictionLedger.Eviction] = [:]
+        init(core: Core? = nil, records: [String: RecordedChecksum] = [:], recentEvictions: [String: EvictionLedger.Eviction] = [:]) {
             self.core = core
             self.records = records
             self.recentEvictions = recentEvictions
@@ -65,7 +65,7 @@ public final class StateDatabase: Sendable {
     }
 
     /// One change to persist.
-    public enum Change: Sendable {
+    enum Change: Sendable {
         case core(Core)
         case record(String, RecordedChecksum?)
         case eviction(String, EvictionLedger.Eviction?)
@@ -73,24 +73,24 @@ public final class StateDatabase: Sendable {
     }
 
     /// Why the database could not be used, with the step and SQLite's word on it.
-    public struct Failure: Error, CustomStringConvertible {
-        public let step: String
-        public let path: String
-        public let underlying: any Error
-        public var description: String { "\(step) \(path): \(underlying)" }
+    struct Failure: Error, CustomStringConvertible {
+        let step: String
+        let path: String
+        let underlying: any Error
+        var description: String { "\(step) \(path): \(underlying)" }
     }
 
     /// What `open` found, for the start-up log.
-    public struct Opening: Sendable {
+    struct Opening: Sendable {
         /// What the database held (empty for a new one).
-        public var snapshot = Snapshot()
+        var snapshot = Snapshot()
         /// Why no database could be opened at all (the daemon runs on; saves try again).
-        public var unavailable: String?
-        public var migratedFrom: String?
-        public var legacyUnreadable: String?
+        var unavailable: String?
+        var migratedFrom: String?
+        var legacyUnreadable: String?
     }
 
-    public let path: String
+    let path: String
     /// The live database and the inode it was opened on (a replaced or deleted file is noticed).
     let db: Mutex<(pool: DatabasePool, inode: UInt64)?>
     let pending = Mutex(Pending())
@@ -116,7 +116,7 @@ public final class StateDatabase: Sendable {
     /// Opens (creating, migrating `state.json`, or replacing a damaged file) the database in `directory`.
     /// `snapshot` gives what to write into a new database should this one fail while running;
     /// `report` is told of every failed write (the caller logs and counts it).
-    package init(directory: String, clock: any DaemonClock = SystemClock(), faults: TestFaults = TestFaults(),
+    init(directory: String, clock: any DaemonClock = SystemClock(), faults: TestFaults = TestFaults(),
                 historyDays: @escaping @Sendable () -> Double = { 90 },
                 snapshot: @escaping @Sendable () -> Snapshot, report: @escaping @Sendable (String, any Error) -> Void,
                 replaced: @escaping @Sendable (String, any Error) -> Void = { _, _ in },
@@ -138,7 +138,7 @@ public final class StateDatabase: Sendable {
     /// Never throws: with no usable database at all (the state directory is full or
     /// read-only), `Opening.unavailable` says why, the daemon runs on, and every save tries
     /// to open it again.
-    public func open() -> Opening {
+    func open() -> Opening {
         var opening = Opening()
         do {
             opening.snapshot = try connectAndLoad()

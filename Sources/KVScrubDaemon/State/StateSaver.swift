@@ -7,7 +7,7 @@ import Synchronization
 /// writes on its own queue. The parts call it after their changes; it reads
 /// their states, in the lock order of `PartState`, and changes only the dirty
 /// marks of the index's records and the ledger.
-public final class StateSaver: Sendable {
+final class StateSaver: Sendable {
     let database: StateDatabase
     let index: PartState<IndexState>
     let scrub: PartState<ScrubState>
@@ -15,7 +15,7 @@ public final class StateSaver: Sendable {
     let clock: any DaemonClock
     private let lastCore = Mutex(-Double.infinity)
 
-    public init(database: StateDatabase, index: PartState<IndexState>, scrub: PartState<ScrubState>,
+    init(database: StateDatabase, index: PartState<IndexState>, scrub: PartState<ScrubState>,
                 counts: PartState<CounterState>, clock: any DaemonClock) {
         self.database = database
         self.index = index
@@ -25,10 +25,10 @@ public final class StateSaver: Sendable {
     }
 
     /// The state row as it is now.
-    public func core() -> StateDatabase.Core { Self.core(index: index, scrub: scrub, counts: counts) }
+    func core() -> StateDatabase.Core { Self.core(index: index, scrub: scrub, counts: counts) }
 
     /// Everything the database holds, from memory: for a database started afresh.
-    public func snapshot() -> StateDatabase.Snapshot { Self.snapshot(index: index, scrub: scrub, counts: counts) }
+    func snapshot() -> StateDatabase.Snapshot { Self.snapshot(index: index, scrub: scrub, counts: counts) }
 
     static func core(index: PartState<IndexState>, scrub: PartState<ScrubState>, counts: PartState<CounterState>) -> StateDatabase.Core {
         index.read { i in
@@ -46,7 +46,7 @@ public final class StateSaver: Sendable {
         return StateDatabase.Snapshot(core: core(index: index, scrub: scrub, counts: counts), records: records, recentEvictions: evictions)
     }
 
-    public func persist(force: Bool) {
+    func persist(force: Bool) {
         let now = clock.now()
         let due = lastCore.withLock { last -> Bool in
             if force || now - last >= 2 { last = now; return true }
