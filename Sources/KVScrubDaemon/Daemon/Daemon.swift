@@ -1,16 +1,9 @@
-import CLinux
-import Foundation
-import KVCFormat
 import KVScrubControl
 import KVScrubSystemd
 import Logging
 import NIOPosix
 import ServiceLifecycle
-import Synchronization
 import UnixSignals
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The composition root: builds the parts and runs them, as services of one
 /// swift-service-lifecycle `ServiceGroup`, until SIGTERM or SIGINT. Each part
@@ -55,22 +48,8 @@ public final class Daemon: Sendable {
         let settings = DaemonSettings(config: config, clock: clock)
         let index = PartState(IndexState()), scrub = PartState(ScrubState()), counts = PartState(CounterState())
         let events = EventRecorder(counts: counts, clock: clock, logger: logger)
-        let database = StateDatabase(
-            directory: config.stateDir, clock: clock, faults: faults, historyDays: { settings.config.historyDays },
-            snapshot: { StateSaver.snapshot(index: index, scrub: scrub, counts: counts) },
-            report: { what, error in
-                events.record(DaemonEvent(.stateSaveFailed, .error, "cannot save state", ["what": "\(what)", "error": "\(error)"],
-                                          counts: .error("\(what): \(error)")))
-            },
-            replaced: { to, error in
-                events.record(DaemonEvent(.stateDBDamaged, .error,
-                                          "the state database was damaged; moved aside and a new one started (recorded checksums are taken again)",
-                                          ["path": "\(config.stateDir)/state.sqlite", "moved_to": "\(to)", "error": "\(error)"],
-                                          counts: .error("state database damaged, moved to \(to): \(error)")))
-            },
-            recovered: { attempts in
-                events.record(DaemonEvent(.stateSaveRecovered, .notice, "the state database is written again", ["failed_attempts": "\(attempts)"]))
-            })
+        let database = StateDatabase(settings: settings, events: events, faults: faults,
+                                     snapshot: { StateSaver.snapshot(index: index, scrub: scrub, counts: counts) })
         let saver = StateSaver(database: database, index: index, scrub: scrub, counts: counts, clock: clock)
         let scrubber = Scrubber(state: scrub, index: index, settings: settings, events: events, database: database, saver: saver,
                                 faults: faults, stopping: scrubStopping, logger: logger)
@@ -128,29 +107,11 @@ public final class Daemon: Sendable {
         }
         let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { loop.shutdownGracefully { _ in } }
-        let handling = self.control
-        let privileged: @Sendable (AccessPolicy.Peer) -> Bool = { peer in handling.isPrivileged(peer) }
-        let handler: ControlServer.Handler = { request, peer in handling.handle(request, peer: peer) }
-        let logger = self.logger
         // Readiness (READY=1) waits for every server to listen.
         let serversBound = StartLatch(count: config.metricsListen == nil ? 1 : 2)
-        let controlSocket = ListeningService(description: "control socket", start: {
-            let server: ControlServer
-            if let fd = SocketActivation.listeningUnixSocket() {
-                server = try await ControlServer.adopt(descriptor: fd, path: config.socketPath, on: loop, privileged: privileged, handler: handler)
-                logger.info("serving the socket systemd passed", metadata: ["fd": "\(fd)"])
-            } else {
-                server = try await ControlServer.start(path: config.socketPath, mode: config.socketMode, group: config.socketGroup,
-                                                       on: loop, privileged: privileged, handler: handler)
-            }
-            return { await server.stop() }
-        }, bound: serversBound)
-        let metricsListener = config.metricsListen.map { listen in
-            ListeningService(description: "metrics listener", start: {
-                let server = try await MetricsHTTPServer.start(listen: listen, on: loop, logger: logger) { handling.reports.renderMetrics() }
-                logger.info("serving /metrics over HTTP", metadata: ["listen": "\(listen)"])
-                return { await server.stop() }
-            }, bound: serversBound)
+        let controlSocket = ListeningService.controlSocket(config, on: loop, handler: control, logger: logger, bound: serversBound)
+        let metricsListener = config.metricsListen.map { [control, logger] listen in
+            ListeningService.metricsListener(listen, on: loop, logger: logger, bound: serversBound) { control.reports.renderMetrics() }
         }
 
         // The parts as services. Started in this order; on SIGTERM or SIGINT shut down in the reverse
@@ -159,6 +120,7 @@ public final class Daemon: Sendable {
         // The servers bind in their own `run`: one that cannot fails the group, and every part stops.
         let servers = [ServiceGroupConfiguration.ServiceConfiguration(service: controlSocket)]
             + (metricsListener.map { [.init(service: $0)] } ?? [])
+        let logger = self.logger
         let parts: [ServiceGroupConfiguration.ServiceConfiguration] = [
             Self.onShutdown("state") { [self] in await saveAndCloseState() },
             // The scrub below the engine's CPU priority (besides the idle I/O class), but not so far that a busy
@@ -218,24 +180,10 @@ public final class Daemon: Sendable {
     }
 
     /// Opens the state database (migrating state.json, replacing a damaged
-    /// database) and puts what it holds back in memory. Returns the files whose
-    /// second look a restart interrupted.
+    /// database, saying what it did) and gives each part back what it owns.
+    /// Returns the files whose second look a restart interrupted.
     func restoreState() -> [String] {
-        let opening = database.open()
-        if let why = opening.unavailable {
-            events.record(DaemonEvent(.stateDBUnavailable, .error, "cannot open the state database; running without it, and trying again at every save",
-                                      ["path": "\(database.path)", "error": "\(why)"], counts: .error("open state database \(database.path): \(why)")))
-        }
-        if let from = opening.migratedFrom {
-            events.record(DaemonEvent(.stateMigrated, .notice, "migrated the state file into the state database",
-                                      ["from": "\(from)", "to": "\(database.path)"]))
-        }
-        if let why = opening.legacyUnreadable {
-            logger.warning("state file unreadable; starting with fresh counters (kept as state.json.unreadable)",
-                           metadata: ["path": "\(settings.config.stateDir)/state.json", "error": "\(why)"])
-        }
-        let snap = opening.snapshot
-        // Each part takes back what it owns.
+        let snap = database.open().reported(to: events, logger: logger, database: database, stateDir: settings.config.stateDir)
         maintainer.state.change { s in
             s.ledger.restore(recent: snap.recentEvictions, regrets: snap.core?.regretLog ?? [])
             s.index.loadRecords(snap.records)
@@ -244,14 +192,6 @@ public final class Daemon: Sendable {
             scrubber.restore(progress: core.scrub, brake: core.brake)
             events.restore(core.counters)
         }
-        if let scrub = snap.core?.scrub, scrub.passStartedAt != nil {
-            logger.info("resuming the scrub pass", metadata: ["after": "\(scrub.cursor ?? "(start)")", "files_done": "\(scrub.filesDone)"])
-        }
         return snap.core?.pendingRemovals ?? []
-    }
-
-    /// Names the calling thread as `ps -L`, `top -H` and /proc show it (at most 15 bytes).
-    static func nameThread(_ name: String) {
-        _ = kvs_set_thread_name(name)
     }
 }

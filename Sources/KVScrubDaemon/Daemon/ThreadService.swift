@@ -32,7 +32,7 @@ struct ThreadService: Service, CustomStringConvertible {
             await withGracefulShutdownHandler {
                 await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                     let thread = Thread {
-                        Daemon.nameThread(name)
+                        _ = kvs_set_thread_name(name) // as `ps -L`, `top -H` and /proc show it (at most 15 bytes)
                         let rc = kvs_set_thread_nice(nice)
                         if rc != 0 { logger.warning("cannot lower the thread's CPU priority", metadata: ["thread": "\(name)", "errno": "\(-rc)"]) }
                         body()
