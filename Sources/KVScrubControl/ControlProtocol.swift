@@ -136,19 +136,48 @@ public struct FileVerdict: Codable, Sendable {
         }
     }
 
+    /// What became of the file.
+    public enum Disposition: String, Codable, Sendable, CaseIterable {
+        /// Left where it is: sound, or not proven corrupt, or held back (dry run, the brake, a failed removal).
+        case kept
+        /// Proven corrupt and unlinked.
+        case removed
+        /// Proven corrupt and moved to the quarantine directory.
+        case quarantined
+        /// Corrupt at a first look; the second look is still to come.
+        case pending
+        /// Nothing was done: no such file, not a checkpoint, or it went meanwhile.
+        case none
+    }
+
+    /// What the daemon did, and the sentence that says so.
+    public struct Action: Sendable, Equatable, CustomStringConvertible {
+        public var disposition: Disposition
+        /// For the operator: "kept", "removed", "quarantined to /path", "kept (dry run)", ...
+        public var description: String
+
+        public init(_ disposition: Disposition, _ description: String? = nil) {
+            self.disposition = disposition
+            self.description = description ?? disposition.rawValue
+        }
+    }
+
     public var file: String
     public var verdict: Outcome
     public var checksums: String?
     public var problems: [String]
-    /// What the daemon did: kept, removed, quarantined, kept (dry run), kept (not corrupt under lock), ...
+    /// What the daemon did, in a sentence: kept, removed, quarantined to ..., kept (dry run), ...
     public var action: String
+    /// What the daemon did (nil from a daemon before this field: the sentence alone says it).
+    public var disposition: Disposition?
 
-    public init(file: String, verdict: Outcome, checksums: String? = nil, problems: [String], action: String) {
+    public init(file: String, verdict: Outcome, checksums: String? = nil, problems: [String], action: Action) {
         self.file = file
         self.verdict = verdict
         self.checksums = checksums
         self.problems = problems
-        self.action = action
+        self.action = action.description
+        disposition = action.disposition
     }
 }
 

@@ -106,11 +106,12 @@ struct ScrubCommand: ParsableCommand {
             if options.json {
                 options.printJSON(["files": verdicts])
             } else {
-                print(Output.pad("VERDICT", 13) + Output.pad("ACTION", 10) + "FILE")
+                print(Output.pad("VERDICT", 13) + Output.pad("ACTION", 12) + "FILE")
                 for v in verdicts {
-                    print(Output.pad(v.verdict.rawValue, 13) + Output.pad(v.action.split(separator: " ").first.map(String.init) ?? v.action, 10) + v.file)
+                    let did = v.disposition?.rawValue ?? v.action.split(separator: " ").first.map(String.init) ?? v.action
+                    print(Output.pad(v.verdict.rawValue, 13) + Output.pad(did, 12) + v.file)
                     for p in v.problems { print("    " + p) }
-                    if v.action.contains(" ") { print("    action: " + v.action) }
+                    if v.action != did { print("    action: " + v.action) }
                 }
             }
             if verdicts.contains(where: { $0.verdict == .corrupt }) { throw ExitCode(1) }

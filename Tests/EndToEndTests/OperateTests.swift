@@ -117,7 +117,7 @@ import Glibc
         let bad = try await Tool.run("kvscrubd", ["scrub", "now", "--json"] + sock + [cache + "/" + names[1]])
         #expect(bad.status == 1)
         let v = try #require((Self.json(bad)["files"] as? [[String: Any]])?.first)
-        #expect(v["verdict"] as? String == "corrupt" && v["action"] as? String == "removed", "\(v)")
+        #expect(v["verdict"] as? String == "corrupt" && v["action"] as? String == "removed" && v["disposition"] as? String == "removed", "\(v)")
         #expect(!FileManager.default.fileExists(atPath: cache + "/" + names[1]))
         #expect(FileManager.default.fileExists(atPath: cache + "/" + names[0]))
         // Missing, and a path outside the cache directory: reported, nothing touched.
@@ -127,6 +127,7 @@ import Glibc
         #expect(odd.status == 2)
         let verdicts = (Self.json(odd)["files"] as? [[String: Any]] ?? []).compactMap { $0["verdict"] as? String }
         #expect(verdicts == ["missing", "ignored"])
+        #expect((Self.json(odd)["files"] as? [[String: Any]] ?? []).compactMap { $0["disposition"] as? String } == ["none", "none"])
         #expect(FileManager.default.fileExists(atPath: outside))
         #expect(try d.status().counters.corruptRemoved == 1)
         await d.stop()

@@ -136,7 +136,7 @@ extension Scrubber {
     /// is reported, not touched.
     func verifyNow(_ files: [String]) -> [FileVerdict] {
         guard let dir = directory.withLock({ $0 }) else {
-            return files.map { FileVerdict(file: $0, verdict: .missing, checksums: nil, problems: ["the cache directory is not available"], action: "none") }
+            return files.map { FileVerdict(file: $0, verdict: .missing, checksums: nil, problems: ["the cache directory is not available"], action: .init(.none)) }
         }
         let cacheDir = settings.config.cacheDir
         return files.map { arg -> FileVerdict in
@@ -144,13 +144,13 @@ extension Scrubber {
             if arg.contains("/") {
                 let parent = (arg as NSString).deletingLastPathComponent
                 guard (parent as NSString).standardizingPath == (cacheDir as NSString).standardizingPath else {
-                    return FileVerdict(file: arg, verdict: .ignored, checksums: nil, problems: ["not in the cache directory \(cacheDir)"], action: "none")
+                    return FileVerdict(file: arg, verdict: .ignored, checksums: nil, problems: ["not in the cache directory \(cacheDir)"], action: .init(.none))
                 }
                 name = (arg as NSString).lastPathComponent
             }
             if !name.hasSuffix(".kv") { name += ".kv" }
             guard CheckpointName.isCheckpoint(name) else {
-                return FileVerdict(file: arg, verdict: .ignored, checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: "none")
+                return FileVerdict(file: arg, verdict: .ignored, checksums: nil, problems: ["not a checkpoint name (<40 hex digits>.kv)"], action: .init(.none))
             }
             // One rule for hex case, as the engine's: a name in either case finds the file the index knows.
             if !FileManager.default.fileExists(atPath: dir.pathOf(name)), let sha = CheckpointName.sha(of: name),
@@ -164,14 +164,14 @@ extension Scrubber {
                 recordIfNew(report, now: now)
                 index.change { $0.index.setVerdict(name, report.verdict) }
                 state.change { $0.brake.noteVerified(now: now) }
-                var action = "kept"
+                var action = FileVerdict.Action(.kept)
                 if report.verdict == .corrupt { action = removeNow(report, in: dir) }
                 return FileVerdict(file: name, verdict: FileVerdict.Outcome(report.verdict), checksums: report.checksums.rawValue,
                                    problems: report.problems.map { "\($0)" }, action: action)
             } catch let e as KVCError where e.errno == .noSuchFileOrDirectory {
-                return FileVerdict(file: name, verdict: .missing, checksums: nil, problems: ["no such file in the cache directory"], action: "none")
+                return FileVerdict(file: name, verdict: .missing, checksums: nil, problems: ["no such file in the cache directory"], action: .init(.none))
             } catch {
-                return FileVerdict(file: name, verdict: .unreadable, checksums: nil, problems: ["\(error)"], action: "none")
+                return FileVerdict(file: name, verdict: .unreadable, checksums: nil, problems: ["\(error)"], action: .init(.none))
             }
         }
     }

@@ -20,8 +20,8 @@ import Logging
 /// is when that fails. Every outcome is logged; the ones that remove or hold back a file
 /// carry a MESSAGE_ID.
 extension Scrubber {
-    /// What became of a first corrupt verdict (`foundCorrupt`); its description is the action `scrub now` reports.
-    enum FirstVerdictOutcome: Equatable, CustomStringConvertible {
+    /// What became of a first corrupt verdict (`foundCorrupt`); `action` is what `scrub now` reports.
+    enum FirstVerdictOutcome: Equatable {
         /// dry_run: logged and counted, nothing else.
         case keptDryRun
         /// The file changed while it was read: the verdict proves nothing; it is verified again soon.
@@ -29,11 +29,11 @@ extension Scrubber {
         /// Queued for the second look, once the file has been left alone for `settle` seconds.
         case awaitingSecondLook(settle: Double)
 
-        var description: String {
+        var action: FileVerdict.Action {
             switch self {
-            case .keptDryRun: "kept (dry run)"
-            case .checkedAgain: "kept (the file changed while it was read; it is checked again)"
-            case .awaitingSecondLook(let settle): "pending: verified again once unchanged for \(DurationText.short(settle))"
+            case .keptDryRun: .init(.kept, "kept (dry run)")
+            case .checkedAgain: .init(.kept, "kept (the file changed while it was read; it is checked again)")
+            case .awaitingSecondLook(let settle): .init(.pending, "pending: verified again once unchanged for \(DurationText.short(settle))")
             }
         }
     }
@@ -72,8 +72,8 @@ extension Scrubber {
 
     /// The removal rule's second look and take-away, for a file queued by `foundCorrupt`. Returns what was done.
     @discardableResult
-    func confirmRemoval(_ name: String, in dir: CacheDirectory, observer: (any ReadObserver)?) -> String {
-        guard let first = firstVerdicts.withLock({ $0.removeValue(forKey: name) }) else { return "none (nothing pending)" }
+    func confirmRemoval(_ name: String, in dir: CacheDirectory, observer: (any ReadObserver)?) -> FileVerdict.Action {
+        guard let first = firstVerdicts.withLock({ $0.removeValue(forKey: name) }) else { return .init(.none, "none (nothing pending)") }
         state.change { $0.abort = false }
         do {
             let outcome = try secondLook(name, first: first, in: dir, observer: observer)
@@ -81,7 +81,7 @@ extension Scrubber {
                 firstVerdicts.withLock { $0[name] = first }
                 let due = clock.now() + wait
                 state.change { $0.pendingRemoval[name] = due }
-                return "pending: the file changed less than the settle time ago"
+                return .init(.pending, "pending: the file changed less than the settle time ago")
             }
             return settle(outcome, first: first)
         } catch is ScrubThrottle.ScrubStopped {
@@ -89,16 +89,16 @@ extension Scrubber {
             firstVerdicts.withLock { $0[name] = first }
             let due = clock.now() + 1
             state.change { $0.pendingRemoval[name] = due }
-            return "pending: interrupted"
+            return .init(.pending, "pending: interrupted")
         } catch {
             return cannotRemove(first, error)
         }
     }
 
     /// `scrub now`: the whole rule at once for a file just found corrupt, waiting out the settle time here.
-    func removeNow(_ first: VerifyReport, in dir: CacheDirectory) -> String {
+    func removeNow(_ first: VerifyReport, in dir: CacheDirectory) -> FileVerdict.Action {
         let queued = foundCorrupt(first, partOfPass: false)
-        guard case .awaitingSecondLook = queued else { return queued.description }
+        guard case .awaitingSecondLook = queued else { return queued.action }
         // Taken off the scrub thread's queue: this caller does the second look itself.
         state.change { _ = $0.pendingRemoval.removeValue(forKey: first.name) }
         _ = firstVerdicts.withLock { $0.removeValue(forKey: first.name) }
@@ -111,20 +111,20 @@ extension Scrubber {
                 }
                 return settle(outcome, first: first)
             }
-            return "kept (the file kept changing; the scrub checks it again)"
+            return .init(.kept, "kept (the file kept changing; the scrub checks it again)")
         } catch {
             return cannotRemove(first, error)
         }
     }
 
     /// A removal that failed (the second look or the take-away could not be done): logged, counted, kept.
-    private func cannotRemove(_ first: VerifyReport, _ error: any Error) -> String {
+    private func cannotRemove(_ first: VerifyReport, _ error: any Error) -> FileVerdict.Action {
         events.record(DaemonEvent(.removeFailed, .error, "cannot remove corrupt file", Self.metadata(first).merging(["error": "\(error)"]) { $1 },
                                   counts: .error("remove corrupt \(first.name): \(error)")), changing: state) { s in
             // No further look comes: for the pass that found it, the file stays, suspect.
             s.secondLookSettled(first.name, confirmed: true, removed: false)
         }
-        return "kept (cannot remove: \(error))"
+        return .init(.kept, "kept (cannot remove: \(error))")
     }
 
     private func secondLook(_ name: String, first: VerifyReport, in dir: CacheDirectory,
@@ -167,24 +167,24 @@ extension Scrubber {
     }
 
     /// Counts, logs and reports one outcome of the second look.
-    private func settle(_ outcome: CacheDirectory.SafeRemovalOutcome, first: VerifyReport) -> String {
+    private func settle(_ outcome: CacheDirectory.SafeRemovalOutcome, first: VerifyReport) -> FileVerdict.Action {
         let name = first.name
         switch outcome {
         case .removed(let r), .quarantined(let r, _), .keptInPlace(let r, _):
             var m = Self.metadata(r)
             let region = r.corruptProblems.first?.region
             var removed = true
-            var action = "removed"
+            var action = FileVerdict.Action(.removed)
             var event = DaemonEvent.Kind.corruptRemoved
             var message = "corrupt file removed"
             if case .quarantined(_, let to) = outcome {
                 m["quarantined_to"] = "\(to)"
-                action = "quarantined to \(to)"
+                action = .init(.quarantined, "quarantined to \(to)")
                 message = "corrupt file moved to quarantine"
             } else if case .keptInPlace(_, let why) = outcome {
                 removed = false
                 m["why"] = "\(why)"
-                action = "kept in place (\(why))"
+                action = .init(.kept, "kept in place (\(why))")
                 event = .corruptKept
                 message = "corrupt file kept in place"
             }
@@ -216,20 +216,20 @@ extension Scrubber {
                 i.index.setVerdict(name, r.verdict)
                 state.change { $0.secondLookSettled(name, confirmed: false, removed: false) }
             }
-            return "kept (not corrupt on a second look: \(r.verdict.rawValue))"
+            return .init(.kept, "kept (not corrupt on a second look: \(r.verdict.rawValue))")
         case .changed:
             events.record(DaemonEvent(.corruptUnconfirmed, .info, "the file changed since its corrupt verdict; checking it again",
                                       ["file": "\(name)"], counts: .corruptUnconfirmed), changing: state) { s in
                 s.secondLookSettled(name, confirmed: false, removed: false)
             }
             fileArrived(name)
-            return "kept (the file changed since the verdict; it is checked again)"
+            return .init(.kept, "kept (the file changed since the verdict; it is checked again)")
         case .notSettled:
-            return "pending"
+            return .init(.pending)
         case .replaced, .vanished:
             state.change { $0.secondLookSettled(name, confirmed: false, removed: false) }
             logger.info("corrupt file was replaced or removed meanwhile", metadata: ["file": "\(name)"])
-            return "none (replaced or removed meanwhile)"
+            return .init(.none, "none (replaced or removed meanwhile)")
         }
     }
 
