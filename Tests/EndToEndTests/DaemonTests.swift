@@ -430,9 +430,10 @@ final class RawClient {
         d = nil
         // Restarted with a short settle time and no pass due for a day: only the saved pending name brings it back.
         d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--removal-settle-seconds", "1"], cacheDir: cache)
-        try await waitUntil("the file removed after the restart", timeout: 30) { !FileManager.default.fileExists(atPath: bad) }
+        // Waits for the count, which comes after the unlink: the name is gone as soon as the file is taken away.
+        try await waitUntil("the file removed after the restart", timeout: 30, daemon: d!) { try d!.status().counters.corruptRemoved == 1 }
         let s = try d!.status()
-        #expect(s.counters.corruptRemoved == 1)
+        #expect(!FileManager.default.fileExists(atPath: bad))
         #expect(!s.scrub.active && s.counters.passesCompleted == passes, "a pass, not the saved second look, found it")
         #expect(FileManager.default.fileExists(atPath: good))
         #expect(d!.events("corrupt-removed").first?["file"] == (bad as NSString).lastPathComponent)

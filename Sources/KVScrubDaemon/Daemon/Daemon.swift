@@ -91,8 +91,12 @@ public final class Daemon: Sendable {
         defer { hangWatch?.cancel() }
         let config = settings.config
         StateStore(directory: config.stateDir).removeStaleTemporaries()
-        let pendingAtStart = restoreState()
-        try maintainer.openDirectory(config.cacheDir, create: true)
+        // The state database opens beside the scan (SQLite may wait on the disk while the scan reads
+        // headers); each part takes back what it owns before the scan goes into the index.
+        async let opened = OffLoop.run { [database] in database.open() }
+        let scanned = try maintainer.scanDirectory(config.cacheDir, create: true)
+        let pendingAtStart = restoreState(await opened)
+        maintainer.use(scanned)
         // Files whose removal a restart interrupted before the second look: looked at afresh.
         for name in pendingAtStart where maintainer.state.read({ $0.index[name] != nil }) {
             scrubber.fileArrived(name)
@@ -179,11 +183,11 @@ public final class Daemon: Sendable {
         settings.enter(.stopping)
     }
 
-    /// Opens the state database (migrating state.json, replacing a damaged
-    /// database, saying what it did) and gives each part back what it owns.
-    /// Returns the files whose second look a restart interrupted.
-    func restoreState() -> [String] {
-        let snap = database.open().reported(to: events, logger: logger, database: database, stateDir: settings.config.stateDir)
+    /// Says what opening the state database did (migrating state.json, replacing a damaged
+    /// database) and gives each part back what it owns. Returns the files whose second look a
+    /// restart interrupted.
+    func restoreState(_ opening: StateDatabase.Opening) -> [String] {
+        let snap = opening.reported(to: events, logger: logger, database: database, stateDir: settings.config.stateDir)
         maintainer.state.change { s in
             s.ledger.restore(recent: snap.recentEvictions, regrets: snap.core?.regretLog ?? [])
             s.index.loadRecords(snap.records)

@@ -88,9 +88,22 @@ final class IndexMaintainer: Sendable {
         watcher.wake()
     }
 
-    /// Opens (and watches, then scans) the cache directory. Watch first: an
-    /// event during the scan is then seen twice rather than not at all.
+    /// A scan of the cache directory, not yet in the index (`use`).
+    struct Scanned: Sendable {
+        let directory: CacheDirectory
+        let scan: CacheDirectory.Scan
+        let seconds: Duration
+    }
+
+    /// Opens (and watches, then scans) the cache directory, and puts what it holds in the index.
     func openDirectory(_ path: String, create: Bool) throws {
+        use(try scanDirectory(path, create: create))
+    }
+
+    /// Opens (and watches, then scans) the cache directory. Watch first: an
+    /// event during the scan is then seen twice rather than not at all. Changes
+    /// no state: at start-up it runs beside the state database's opening.
+    func scanDirectory(_ path: String, create: Bool) throws -> Scanned {
         if create && !FileManager.default.fileExists(atPath: path) {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o750])
@@ -101,6 +114,13 @@ final class IndexMaintainer: Sendable {
         let clock = ContinuousClock()
         let t0 = clock.now
         let scan = try dir.scan(engineABI: settings.config.engine)
+        return Scanned(directory: dir, scan: scan, seconds: clock.now - t0)
+    }
+
+    /// Puts a scan in the index (the records of the files it holds kept, those of files gone dropped),
+    /// settles the removals a crash interrupted, and watches the directory from now on.
+    func use(_ scanned: Scanned) {
+        let (dir, scan) = (scanned.directory, scanned.scan)
         // Records of files a crash left under a private name: the index drops them, the recovery needs them.
         let leftoverRecords = state.change { s in
             let left = s.index.records.filter { r in scan.takenAway.contains { CheckpointName.originalName(ofTakenAway: $0) == r.key } }
@@ -117,7 +137,7 @@ final class IndexMaintainer: Sendable {
         state.change { $0.watching = true }
         scrubber.use(directory: dir)
         logger.info("indexed the cache directory", metadata: ["files": "\(scan.entries.count)", "ignored": "\(scan.ignored.count)",
-                                                            "seconds": "\(clock.now - t0)"])
+                                                            "seconds": "\(scanned.seconds)"])
     }
 
     /// v1 files seen at start-up without a record that matches them (a new
