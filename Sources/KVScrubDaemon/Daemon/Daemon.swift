@@ -188,10 +188,7 @@ public final class Daemon: Sendable {
     /// restart interrupted.
     func restoreState(_ opening: StateDatabase.Opening) -> [String] {
         let snap = opening.reported(to: events, logger: logger, database: database, stateDir: settings.config.stateDir)
-        maintainer.state.change { s in
-            s.ledger.restore(recent: snap.recentEvictions, regrets: snap.core?.regretLog ?? [])
-            s.index.loadRecords(snap.records)
-        }
+        maintainer.restore(records: snap.records, recentEvictions: snap.recentEvictions, regrets: snap.core?.regretLog ?? [])
         if let core = snap.core {
             scrubber.restore(progress: core.scrub, brake: core.brake)
             events.restore(core.counters)

@@ -29,7 +29,7 @@ final class DaemonSettings: Sendable {
     var phase: Phase { current.withLock { $0.phase } }
 
     /// Settings a reload took (the lifecycle's; tests set a scene with it).
-    package func use(_ config: DaemonConfig) { current.withLock { $0.config = config } }
+    func use(_ config: DaemonConfig) { current.withLock { $0.config = config } }
 
     func enter(_ phase: Phase) { current.withLock { $0.phase = phase } }
 }

@@ -26,15 +26,15 @@ import Glibc
 ///   watchdog), for the watchdog tests. Trapped only under KVSCRUBD_TEST_FAULTS=1
 ///   (`Daemon.run`); the control protocol has no test command.
 ///
-/// `package`: kvscrubd's own modules and tests see it; the daemon library's API does not.
-package final class TestFaults: Sendable {
-    package let enabled: Bool
+/// Internal: the daemon's parts and the tests (`@testable`) see it; the library's API does not.
+final class TestFaults: Sendable {
+    let enabled: Bool
     let killAt: String?
     /// `KVSCRUBD_TEST_DB_CHECK_SECONDS`: how often the state database checks itself (default 60 s).
     let databaseCheckSeconds: Double?
     private let stateEIO: Mutex<Int>
 
-    package init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+    init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
         killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
         databaseCheckSeconds = enabled ? Double(environment["KVSCRUBD_TEST_DB_CHECK_SECONDS"] ?? "") : nil

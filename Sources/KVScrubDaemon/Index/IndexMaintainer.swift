@@ -88,6 +88,14 @@ final class IndexMaintainer: Sendable {
         watcher.wake()
     }
 
+    /// The recorded checksums and the eviction ledger the state database kept (start-up, before `use`).
+    func restore(records: [String: RecordedChecksum], recentEvictions: [String: EvictionLedger.Eviction], regrets: [EvictionLedger.Regret]) {
+        state.change { s in
+            s.ledger.restore(recent: recentEvictions, regrets: regrets)
+            s.index.loadRecords(records)
+        }
+    }
+
     /// A scan of the cache directory, not yet in the index (`use`).
     struct Scanned: Sendable {
         let directory: CacheDirectory

@@ -46,7 +46,7 @@ final class Scrubber: Sendable {
     let firstVerdicts = Mutex<[String: VerifyReport]>([:])
     let directory = Mutex<CacheDirectory?>(nil)
 
-    package init(state: PartState<ScrubState>, index: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder,
+    init(state: PartState<ScrubState>, index: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder,
                  database: StateDatabase, saver: StateSaver, faults: TestFaults, stopping: StopFlag, logger: Logger) {
         self.state = state
         self.index = index

@@ -21,5 +21,5 @@ final class PartState<Value: Sendable>: Sendable {
     func read<T>(_ body: (Value) -> T) -> T { value.withLock { body($0) } }
 
     /// Changes the state under its lock: for the part that owns it (and for tests that set a scene).
-    package func change<T>(_ body: (inout Value) -> T) -> T { value.withLock { body(&$0) } }
+    func change<T>(_ body: (inout Value) -> T) -> T { value.withLock { body(&$0) } }
 }
