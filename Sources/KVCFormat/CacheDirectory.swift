@@ -1,3 +1,5 @@
+import Foundation
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -68,8 +70,40 @@ public final class CacheDirectory: Sendable {
     /// `readdir` says is a regular file is opened without an `fstatat` first (the
     /// open's own `fstat` confirms it), and the names are not sorted.
     public func scan(engineABI: GenerationSetting = .auto) throws -> Scan {
+        let listed = try listing()
+        // A large directory is read by a few threads at once, each over its share of the names: the
+        // reads are of headers in the page cache (or on an SSD's queue), so two cores read them in
+        // about half the time (100,000 files: 1.13 s on one thread, the C header-read loop 0.57 s).
+        let workers = listed.count >= Self.parallelScanFiles ? max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)) : 1
         var s = Scan()
-        for (name, type) in try listing() {
+        if workers == 1 {
+            s = try scan(listed[...])
+        } else {
+            let share = (listed.count + workers - 1) / workers
+            let parts = Mutex<[Int: Result<Scan, any Error>]>([:])
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                let part = Result { try scan(listed[min(listed.count, w * share)..<min(listed.count, (w + 1) * share)]) }
+                parts.withLock { $0[w] = part }
+            }
+            for part in try parts.withLock({ $0 }).sorted(by: { $0.key < $1.key }).map({ try $0.value.get() }) {
+                s.entries += part.entries
+                s.ignored += part.ignored
+                s.errors += part.errors
+                s.takenAway += part.takenAway
+            }
+        }
+        s.engineABI = engineABI.resolve(entries: s.entries)
+        for i in s.entries.indices { s.entries[i] = s.entries[i].judged(engine: s.engineABI.generation) }
+        return s
+    }
+
+    /// Directories with at least this many names are scanned by more than one thread.
+    static let parallelScanFiles = 4096
+
+    /// The entries of some of the directory's names, not yet judged against an engine.
+    private func scan(_ listed: ArraySlice<(name: String, type: UInt8)>) throws -> Scan {
+        var s = Scan()
+        for (name, type) in listed {
             if CheckpointName.isTakenAway(name) { s.takenAway.append(name); continue }
             do {
                 if let entry = try entry(named: name, engine: nil, listedAs: type) { s.entries.append(entry) } else {
@@ -85,8 +119,6 @@ public final class CacheDirectory: Sendable {
                 }
             }
         }
-        s.engineABI = engineABI.resolve(entries: s.entries)
-        for i in s.entries.indices { s.entries[i] = s.entries[i].judged(engine: s.engineABI.generation) }
         return s
     }
 

@@ -22,3 +22,32 @@ import KVCSimulation
         }
     }
 }
+
+/// A large directory is scanned by several threads (`CacheDirectory.parallelScanFiles`): every name is
+/// seen exactly once, sorted into entries, ignored names and private names as a one-thread scan would.
+@Suite struct ParallelScanTests {
+    @Test func aLargeDirectory_scannedByThreads_seesEveryNameOnce() throws {
+        let dir = TempDir()
+        let one = try Fixture.store(in: dir.path, version: 2, seed: 9)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: one))
+        try FileManager.default.removeItem(atPath: one)
+        var checkpoints = Set<String>()
+        for i in 0..<(CacheDirectory.parallelScanFiles + 1000) {
+            let name = String(format: "%040x.kv", i)
+            try bytes.write(to: URL(fileURLWithPath: dir.file(name)))
+            checkpoints.insert(name)
+        }
+        let others = (0..<7).map { "notes-\($0).txt" }
+        for n in others { try Data("x".utf8).write(to: URL(fileURLWithPath: dir.file(n))) }
+        let taken = (0..<3).map { CheckpointName.takenAwayName(for: String(format: "%040x.kv", 900_000 + $0), inode: UInt64(10 + $0)) }
+        for n in taken { try bytes.write(to: URL(fileURLWithPath: dir.file(n))) }
+
+        let scan = try CacheDirectory(path: dir.path).scan()
+        #expect(scan.entries.count == checkpoints.count && Set(scan.entries.map(\.fileName)) == checkpoints, "each checkpoint once")
+        #expect(Set(scan.ignored.map(\.name)) == Set(others) && scan.ignored.count == others.count)
+        #expect(Set(scan.takenAway) == Set(taken) && scan.takenAway.count == taken.count)
+        #expect(scan.errors.isEmpty)
+        #expect(scan.entries.allSatisfy { $0.header?.version == 2 && $0.fileSize == UInt64(bytes.count) })
+        #expect(scan.engineABI.generation != nil, "resolved from the entries")
+    }
+}

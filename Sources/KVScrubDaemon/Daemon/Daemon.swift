@@ -90,18 +90,7 @@ public final class Daemon: Sendable {
         let hangWatch = hangSignals.map { signals in Task { [maintainer] in for await _ in signals { maintainer.hang() } } }
         defer { hangWatch?.cancel() }
         let config = settings.config
-        StateStore(directory: config.stateDir).removeStaleTemporaries()
-        // The state database opens beside the scan (SQLite may wait on the disk while the scan reads
-        // headers); each part takes back what it owns before the scan goes into the index.
-        async let opened = OffLoop.run { [database] in database.open() }
-        let scanned = try maintainer.scanDirectory(config.cacheDir, create: true)
-        let pendingAtStart = restoreState(await opened)
-        maintainer.use(scanned)
-        // Files whose removal a restart interrupted before the second look: looked at afresh.
-        for name in pendingAtStart where maintainer.state.read({ $0.index[name] != nil }) {
-            scrubber.fileArrived(name)
-        }
-        maintainer.recordOnFirstSight()
+        try await openStateAndDirectory()
 
         await OffLoop.run { [control] in control.refreshAdminMembers() }
         if stopAsked.isSet {
@@ -181,6 +170,24 @@ public final class Daemon: Sendable {
         events.record(DaemonEvent(.stopping, .notice, "stopping"))
         notifier.stopping()
         settings.enter(.stopping)
+    }
+
+    /// Opens the state database beside the scan of the cache directory (SQLite may wait on the disk
+    /// while the scan reads headers), gives each part back what it owns, then puts the scan in the
+    /// index and looks again at what a restart interrupted. (A function of its own: the scan's
+    /// entries are let go once they are in the index.)
+    private func openStateAndDirectory() async throws {
+        let config = settings.config
+        StateStore(directory: config.stateDir).removeStaleTemporaries()
+        async let opened = OffLoop.run { [database] in database.open() }
+        let scanned = try maintainer.scanDirectory(config.cacheDir, create: true)
+        let pendingAtStart = restoreState(await opened)
+        maintainer.use(scanned)
+        // Files whose removal a restart interrupted before the second look: looked at afresh.
+        for name in pendingAtStart where maintainer.state.read({ $0.index[name] != nil }) {
+            scrubber.fileArrived(name)
+        }
+        maintainer.recordOnFirstSight()
     }
 
     /// Says what opening the state database did (migrating state.json, replacing a damaged
