@@ -80,12 +80,14 @@ public final class CacheDirectory: Sendable {
             s = try scan(listed[...])
         } else {
             let share = (listed.count + workers - 1) / workers
-            let parts = Mutex<[Int: Result<Scan, any Error>]>([:])
+            // Each worker fills a slot of its own, read once `concurrentPerform` has returned (all done):
+            // no two threads ever share a slot, so ThreadSanitizer follows it through the join alone.
+            let slots = (0..<workers).map { _ in ScanSlot() }
             DispatchQueue.concurrentPerform(iterations: workers) { w in
                 let part = Result { try scan(listed[min(listed.count, w * share)..<min(listed.count, (w + 1) * share)]) }
-                parts.withLock { $0[w] = part }
+                slots[w].part.withLock { $0 = part }
             }
-            for part in try parts.withLock({ $0 }).sorted(by: { $0.key < $1.key }).map({ try $0.value.get() }) {
+            for part in try slots.map({ slot in try slot.part.withLock { $0 }!.get() }) {
                 s.entries += part.entries
                 s.ignored += part.ignored
                 s.errors += part.errors
@@ -95,6 +97,11 @@ public final class CacheDirectory: Sendable {
         s.engineABI = engineABI.resolve(entries: s.entries)
         for i in s.entries.indices { s.entries[i] = s.entries[i].judged(engine: s.engineABI.generation) }
         return s
+    }
+
+    /// One worker's part of a parallel scan, written by that worker alone.
+    private final class ScanSlot: Sendable {
+        let part = Mutex<Result<Scan, any Error>?>(nil)
     }
 
     /// Directories with at least this many names are scanned by more than one thread.

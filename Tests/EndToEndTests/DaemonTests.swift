@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import KVCFormat
 import KVCSimulation
+import KVScrubControl
 @testable import KVScrubDaemon
 #if canImport(Glibc)
 import Glibc
@@ -438,5 +439,43 @@ final class RawClient {
         #expect(FileManager.default.fileExists(atPath: good))
         #expect(d!.events("corrupt-removed").first?["file"] == (bad as NSString).lastPathComponent)
         _ = await d!.stop()
+    }
+}
+
+/// #21: a stopping daemon drains its control connections: a request in flight is answered before the
+/// connection closes, and nothing more is read.
+@Suite struct ControlDrainTests {
+    @Test func aStoppingDaemon_answersTheRequestInFlight_thenClosesTheConnection() async throws {
+        let root = TempDir()
+        let d = try await DaemonProcess(root: root, extra: ["--budget-mb", "0", "--scrub-new-file-delay", "3600", "--removal-settle-seconds", "2"])
+        let path = try Damage.store(d.cache, version: 2, seed: 5)
+        Damage.edit(path) { $0[$0.count / 2] ^= 1 }
+        let c = try RawClient(path: d.socket)
+        c.send("{\"cmd\":\"scrub-now\",\"files\":[\"\((path as NSString).lastPathComponent)\"]}\n")
+        // The first look found it corrupt; the reply now waits out the settle time before the second.
+        try await waitUntil("scrub now in flight", timeout: 10, daemon: d) { !d.events("corrupt-suspected").isEmpty }
+        d.signal(SIGTERM)
+        // Everything the daemon sends until it closes the connection (the socket's 5 s receive timeout bounds it).
+        let fd = c.fd
+        let received = await withCheckedContinuation { (k: CheckedContinuation<[UInt8], Never>) in
+            DispatchQueue.global().async {
+                var all: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = read(fd, &chunk, chunk.count)
+                    guard n > 0 else { break }
+                    all += chunk[0..<n]
+                }
+                k.resume(returning: all)
+            }
+        }
+        withExtendedLifetime(c) {}
+        let lines = String(decoding: received, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        let reply = String(lines.first ?? "")
+        let response = try? JSONDecoder().decode(ControlResponse.self, from: Data(reply.utf8))
+        #expect(response?.ok == true && response?.verdicts?.first?.disposition == .removed, "the reply in flight: '\(reply)'")
+        #expect(lines.count == 2 && lines[1].isEmpty, "one reply, then the connection closes: \(lines.count) lines")
+        await d.process.exited()
+        #expect(d.process.terminationStatus == 0)
+        #expect(!FileManager.default.fileExists(atPath: path))
     }
 }

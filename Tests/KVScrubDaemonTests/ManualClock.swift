@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 @testable import KVScrubDaemon
 
 /// A `DaemonClock` a test moves by hand: the parts see hours go by in a
@@ -7,9 +7,9 @@ import Synchronization
 /// test writes (the removal rule compares their ctime with the clock) are in
 /// its past, as they would be.
 final class ManualClock: DaemonClock {
-    private let time: Mutex<Double>
-    init(at start: Double = Date().timeIntervalSince1970) { time = Mutex(start) }
-    func now() -> Double { time.withLock { $0 } }
-    func advance(by seconds: Double) { time.withLock { $0 += seconds } }
-    func set(_ t: Double) { time.withLock { $0 = t } }
+    private let time: NIOLockedValueBox<Double>
+    init(at start: Double = Date().timeIntervalSince1970) { time = NIOLockedValueBox(start) }
+    func now() -> Double { time.withLockedValue { $0 } }
+    func advance(by seconds: Double) { time.withLockedValue { $0 += seconds } }
+    func set(_ t: Double) { time.withLockedValue { $0 = t } }
 }

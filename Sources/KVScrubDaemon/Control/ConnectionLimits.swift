@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Who may hold the control socket's connections, so that nobody can keep the
 /// others out.
@@ -24,7 +24,7 @@ final class ConnectionLimits: Sendable {
         var byUID: [UInt32: Int] = [:]
         var byPID: [Int32: Int] = [:]
     }
-    private let counts = Mutex(Counts())
+    private let counts = NIOLockedValueBox(Counts())
 
     init(total: Int = 256, reserved: Int = 16, perUID: Int = 32, perProcess: Int? = nil) {
         self.total = total
@@ -40,7 +40,7 @@ final class ConnectionLimits: Sendable {
 
     /// Counts a new connection when there is room for this peer; nothing is counted when it is refused.
     func admit(uid: UInt32?, pid: Int32? = nil, privileged: Bool) -> Admission {
-        counts.withLock { c in
+        counts.withLockedValue { c in
             guard c.all < total else { return .refused("too many connections (\(total)); try again") }
             if let pid, c.byPID[pid, default: 0] >= perProcess {
                 return .refused("too many connections from process \(pid) (at most \(perProcess) per process); close some and try again")
@@ -64,7 +64,7 @@ final class ConnectionLimits: Sendable {
 
     /// Gives back what `admit` counted for this peer.
     func leave(uid: UInt32?, pid: Int32? = nil, privileged: Bool) {
-        counts.withLock { c in
+        counts.withLockedValue { c in
             c.all -= 1
             if let pid {
                 let n = c.byPID[pid, default: 1] - 1
@@ -79,5 +79,5 @@ final class ConnectionLimits: Sendable {
     }
 
     /// Open connections: all, and unprivileged.
-    var open: (all: Int, unprivileged: Int) { counts.withLock { ($0.all, $0.unprivileged) } }
+    var open: (all: Int, unprivileged: Int) { counts.withLockedValue { ($0.all, $0.unprivileged) } }
 }

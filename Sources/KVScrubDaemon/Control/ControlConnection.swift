@@ -47,6 +47,8 @@ final class ControlConnection: ChannelInboundHandler {
     /// The last reply left the channel unwritable: the client is not reading fast enough.
     private var writeBlocked = false
     private var closing = false
+    /// The server is stopping (`Drain`): what was asked is answered, nothing more is read, then the connection closes.
+    private var draining = false
     private var admitted: (uid: UInt32?, pid: Int32?, privileged: Bool)?
     private var peer: AccessPolicy.Peer?
     /// Closes the connection when the channel stays unwritable for `writeStall`.
@@ -118,6 +120,7 @@ final class ControlConnection: ChannelInboundHandler {
     private func next(context: ChannelHandlerContext) {
         while !answering, !writeBlocked, admitted != nil {
             guard let item = waiting.popFirst() else {
+                if draining { return finish(context: context) }
                 // Nothing waiting: ask for the next bytes now, even while a reply is still going out, so
                 // the channel stays registered for reads instead of NIO dropping and re-adding its epoll
                 // interest around every request (two epoll_ctl calls each).
@@ -196,8 +199,25 @@ final class ControlConnection: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    /// Sent by the server when it stops: answer the requests already read (the one being worked out
+    /// included), read nothing more, and close once the replies are out.
+    struct Drain: Sendable {}
+
+    /// Closes once every reply written so far is out (an empty write completes after them).
+    private func finish(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { [channel = context.channel] _ in
+            channel.close(promise: nil)
+        }
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
+        if event is Drain {
+            draining = true
+            guard admitted != nil else { return context.close(promise: nil) }
+            next(context: context)
+        } else if event is IdleStateHandler.IdleStateEvent {
             // Idle means the client has gone quiet, not that a long `scrub now` is still being answered.
             if !answering && !writeBlocked && waiting.isEmpty { context.close(promise: nil) }
         } else {

@@ -4,7 +4,7 @@ import KVCFormat
 import KVScrubControl
 import KVScrubSystemd
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,10 +34,10 @@ final class ControlHandler: Sendable {
     /// as a leak (fuzz-control, `{"cmd":"status"}`, once in some twenty CI runs), most likely because
     /// Data's enum packs its case into spare bits of the storage pointer, which LeakSanitizer does
     /// not recognise as a pointer; an Array's buffer reference is a plain one.
-    let statusCache = Mutex<(at: ContinuousClock.Instant, generation: UInt64, line: [UInt8])?>(nil)
+    let statusCache = NIOLockedValueBox<(at: ContinuousClock.Instant, generation: UInt64, line: [UInt8])?>(nil)
     static let statusCacheTime = Duration.milliseconds(50)
     /// The admin group's members, for the connections kept for privileged peers; refreshed off the loop.
-    let adminMembers = Mutex<AdminGroupMembers?>(nil)
+    let adminMembers = NIOLockedValueBox<AdminGroupMembers?>(nil)
     /// The daemon's own user, asked once: `getuid` is a system call, and every request's access check needs it.
     let daemonUID = getuid()
 
@@ -59,14 +59,14 @@ final class ControlHandler: Sendable {
 
     /// Whether `peer` is served from the connections kept for privileged peers.
     func isPrivileged(_ peer: AccessPolicy.Peer) -> Bool {
-        AccessPolicy(daemonUID: daemonUID, adminGroup: nil).isPrivileged(peer) || (adminMembers.withLock { $0 }?.contains(peer) ?? false)
+        AccessPolicy(daemonUID: daemonUID, adminGroup: nil).isPrivileged(peer) || (adminMembers.withLockedValue { $0 }?.contains(peer) ?? false)
     }
 
     /// A reload is done (SIGHUP or `reload`, taken or not): the admin group is read again, the next
     /// `status` is made afresh, and systemd is told the daemon is ready again. Blocks (the group database).
     func settingsReloaded() {
         refreshAdminMembers()
-        statusCache.withLock { $0 = nil }
+        statusCache.withLockedValue { $0 = nil }
         notifier.ready(status: reports.statusLine())
     }
 
@@ -94,7 +94,7 @@ final class ControlHandler: Sendable {
 
     /// A command's reply, once it has done its work: whatever a changing command did shows in the very next status.
     private func answered(_ cmd: ControlCommand, _ reply: ControlResponse) -> ControlResponse {
-        if cmd.access == .change { statusCache.withLock { $0 = nil } }
+        if cmd.access == .change { statusCache.withLockedValue { $0 = nil } }
         return reply
     }
 
@@ -105,9 +105,9 @@ final class ControlHandler: Sendable {
     func statusReply() -> Data {
         let now = ContinuousClock.now
         let generation = index.read { $0.index.generation }
-        if let c = statusCache.withLock({ $0 }), c.generation == generation, now - c.at < Self.statusCacheTime { return Data(c.line) }
+        if let c = statusCache.withLockedValue({ $0 }), c.generation == generation, now - c.at < Self.statusCacheTime { return Data(c.line) }
         let line = ControlResponse(ok: true, status: reports.status()).line
-        statusCache.withLock { $0 = (now, generation, [UInt8](line)) }
+        statusCache.withLockedValue { $0 = (now, generation, [UInt8](line)) }
         return line
     }
 
@@ -155,7 +155,7 @@ final class ControlHandler: Sendable {
     /// Reads the admin group's members again, from the group database (which may block: call it off every loop).
     func refreshAdminMembers() {
         let members = settings.config.adminGroup.flatMap(AdminGroupMembers.resolve)
-        adminMembers.withLock { $0 = members }
+        adminMembers.withLockedValue { $0 = members }
     }
 
     /// A scrub control command's sentence, with the scrub it left behind.

@@ -3,7 +3,7 @@ import KVScrubControl
 import Logging
 import NIOCore
 import NIOPosix
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,25 +28,44 @@ final class ControlServer: Sendable {
     /// reading (NIO's high-water mark), and the level under which it starts again.
     static let replyBacklog = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
 
+    /// How long a stopping server waits for its connections to answer what they were asked.
+    static let drainTime = Duration.seconds(10)
+
     let channel: any Channel
     let path: String
     /// A socket systemd passed us is systemd's to remove, not ours.
     let ownsPath: Bool
+    /// The connections open now, by channel: told to drain when the server stops.
+    let connections: Connections
 
-    private init(channel: any Channel, path: String, ownsPath: Bool) {
+    /// The open connections.
+    final class Connections: Sendable {
+        private let open = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+
+        func add(_ channel: any Channel) {
+            open.withLockedValue { $0[ObjectIdentifier(channel)] = channel }
+            channel.closeFuture.whenComplete { [self] _ in _ = open.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(channel)) } }
+        }
+
+        var all: [any Channel] { open.withLockedValue { Array($0.values) } }
+    }
+
+    private init(channel: any Channel, path: String, ownsPath: Bool, connections: Connections) {
         self.channel = channel
         self.path = path
         self.ownsPath = ownsPath
+        self.connections = connections
     }
 
     /// Every accepted connection a `ControlConnection`, reading only when it asks to (flow control).
-    private static func bootstrap(_ loop: any EventLoopGroup, limits: ConnectionLimits,
+    private static func bootstrap(_ loop: any EventLoopGroup, limits: ConnectionLimits, connections: Connections,
                                   privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool, handler: @escaping Handler) -> ServerBootstrap {
         ServerBootstrap(group: loop)
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.writeBufferWaterMark, value: replyBacklog)
             .childChannelInitializer { ch in
-                ch.eventLoop.makeCompletedFuture {
+                connections.add(ch)
+                return ch.eventLoop.makeCompletedFuture {
                     try ControlConnection.install(on: ch, handler: handler, limits: limits, privileged: privileged)
                 }
             }
@@ -59,10 +78,11 @@ final class ControlServer: Sendable {
     static func adopt(descriptor: Int32, path: String, on loop: any EventLoopGroup, limits: ConnectionLimits = ConnectionLimits(),
                              privileged: @escaping @Sendable (AccessPolicy.Peer) -> Bool,
                              handler: @escaping Handler) async throws -> ControlServer {
-        let channel = try await bootstrap(loop, limits: limits, privileged: privileged, handler: handler)
+        let connections = Connections()
+        let channel = try await bootstrap(loop, limits: limits, connections: connections, privileged: privileged, handler: handler)
             .withBoundSocket(descriptor)
             .get()
-        return ControlServer(channel: channel, path: path, ownsPath: false)
+        return ControlServer(channel: channel, path: path, ownsPath: false, connections: connections)
     }
 
     /// Binds `path` (replacing a stale socket left by a crash, never any other
@@ -76,7 +96,8 @@ final class ControlServer: Sendable {
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
             throw ControlServerError(path: path, detail: "exists and is not a socket; refusing to replace it")
         }
-        let channel = try await bootstrap(loop, limits: limits, privileged: privileged, handler: handler)
+        let connections = Connections()
+        let channel = try await bootstrap(loop, limits: limits, connections: connections, privileged: privileged, handler: handler)
             .serverChannelOption(.backlog, value: 128)
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
             .get()
@@ -94,13 +115,27 @@ final class ControlServer: Sendable {
                 throw ControlServerError(path: path, detail: "cannot give the socket to group \(group): \(String(cString: strerror(errno)))")
             }
         }
-        return ControlServer(channel: channel, path: path, ownsPath: true)
+        return ControlServer(channel: channel, path: path, ownsPath: true, connections: connections)
     }
 
-    /// Stops listening and removes the socket file (unless systemd owns it).
-    func stop() async {
+    /// Stops listening, removes the socket file (unless systemd owns it), and drains the connections:
+    /// each answers what it was asked (the reply being worked out included), reads nothing more and
+    /// closes; what is still open after `drainTime` is closed.
+    func stop(drainFor limit: Duration = ControlServer.drainTime) async {
         try? await channel.close()
         if ownsPath { unlink(path) }
+        let open = connections.all
+        guard !open.isEmpty else { return }
+        for ch in open { ch.pipeline.fireUserInboundEventTriggered(ControlConnection.Drain()) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for ch in open { try? await ch.closeFuture.get() } }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                for ch in open { ch.close(promise: nil) } // past the limit (or every one closed already: harmless)
+            }
+            await group.next()
+            group.cancelAll()
+        }
     }
 }
 

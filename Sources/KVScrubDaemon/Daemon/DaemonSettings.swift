@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Synchronization
 
 /// The settings in force and where the daemon is in its life, owned by the
@@ -17,21 +18,21 @@ final class DaemonSettings: Sendable {
     let clock: any DaemonClock
     /// When this daemon started, by `clock`.
     let startedAt: Double
-    private let current: Mutex<(config: DaemonConfig, phase: Phase)>
+    private let current: NIOLockedValueBox<(config: DaemonConfig, phase: Phase)>
 
     init(config: DaemonConfig, clock: any DaemonClock = SystemClock()) {
         self.clock = clock
         startedAt = clock.now()
-        current = Mutex((config, .starting))
+        current = NIOLockedValueBox((config, .starting))
     }
 
-    var config: DaemonConfig { current.withLock { $0.config } }
-    var phase: Phase { current.withLock { $0.phase } }
+    var config: DaemonConfig { current.withLockedValue { $0.config } }
+    var phase: Phase { current.withLockedValue { $0.phase } }
 
     /// Settings a reload took (the lifecycle's; tests set a scene with it).
-    func use(_ config: DaemonConfig) { current.withLock { $0.config = config } }
+    func use(_ config: DaemonConfig) { current.withLockedValue { $0.config = config } }
 
-    func enter(_ phase: Phase) { current.withLock { $0.phase = phase } }
+    func enter(_ phase: Phase) { current.withLockedValue { $0.phase = phase } }
 }
 
 /// Set once, when the daemon is asked to stop; read by every loop.

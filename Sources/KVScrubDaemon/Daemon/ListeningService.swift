@@ -1,5 +1,5 @@
 import ServiceLifecycle
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A server (the control socket, the metrics listener) as a service of the
 /// daemon's group. It binds in `run`, so a server that cannot bind fails the
@@ -23,12 +23,12 @@ struct ListeningService: Service, CustomStringConvertible {
 /// Counts parts that have started (the servers, once bound) down to zero; a
 /// waiter is let through then, or when its task is cancelled.
 final class StartLatch: Sendable {
-    private let state: Mutex<(left: Int, waiters: [CheckedContinuation<Void, Never>])>
+    private let state: NIOLockedValueBox<(left: Int, waiters: [CheckedContinuation<Void, Never>])>
 
-    init(count: Int) { state = Mutex((count, [])) }
+    init(count: Int) { state = NIOLockedValueBox((count, [])) }
 
     func arrive() {
-        let released = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let released = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
             s.left -= 1
             guard s.left <= 0 else { return [] }
             defer { s.waiters = [] }
@@ -41,7 +41,7 @@ final class StartLatch: Sendable {
     func wait() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { s -> Bool in
+                let now = state.withLockedValue { s -> Bool in
                     if s.left <= 0 || Task.isCancelled { return true }
                     s.waiters.append(c)
                     return false
@@ -49,7 +49,7 @@ final class StartLatch: Sendable {
                 if now { c.resume() }
             }
         } onCancel: {
-            let released = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            let released = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
                 defer { s.waiters = [] }
                 return s.waiters
             }

@@ -1,16 +1,16 @@
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The daemon's log level, changeable while it runs (`log_level` on reload).
 /// swift-log asks a handler for its level on every call, so a handler that
 /// reads this switch (`SwitchedLogHandler`) follows a change at once.
 public final class LogLevelSwitch: Sendable {
-    private let level: Mutex<Logger.Level>
-    public init(_ level: Logger.Level) { self.level = Mutex(level) }
+    private let level: NIOLockedValueBox<Logger.Level>
+    public init(_ level: Logger.Level) { self.level = NIOLockedValueBox(level) }
     public var current: Logger.Level {
-        get { level.withLock { $0 } }
+        get { level.withLockedValue { $0 } }
     }
-    public func set(_ new: Logger.Level) { level.withLock { $0 = new } }
+    public func set(_ new: Logger.Level) { level.withLockedValue { $0 = new } }
 }
 
 /// Wraps any handler (journald's, stderr's) so its level is the switch's.

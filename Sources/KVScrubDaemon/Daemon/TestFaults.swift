@@ -1,6 +1,6 @@
 import Foundation
 import KVCFormat
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,13 +32,13 @@ final class TestFaults: Sendable {
     let killAt: String?
     /// `KVSCRUBD_TEST_DB_CHECK_SECONDS`: how often the state database checks itself (default 60 s).
     let databaseCheckSeconds: Double?
-    private let stateEIO: Mutex<Int>
+    private let stateEIO: NIOLockedValueBox<Int>
 
     init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         enabled = environment["KVSCRUBD_TEST_FAULTS"] == "1"
         killAt = enabled ? environment["KVSCRUBD_TEST_KILL_AT"] : nil
         databaseCheckSeconds = enabled ? Double(environment["KVSCRUBD_TEST_DB_CHECK_SECONDS"] ?? "") : nil
-        stateEIO = Mutex(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
+        stateEIO = NIOLockedValueBox(enabled ? Int(environment["KVSCRUBD_TEST_STATE_EIO"] ?? "") ?? 0 : 0)
     }
 
     /// A point a crash test may kill the daemon at (`KVSCRUBD_TEST_KILL_AT` names it).
@@ -68,7 +68,7 @@ final class TestFaults: Sendable {
 
     /// True when this state save must fail as a disk returning EIO would make it.
     func stateWriteFails() -> Bool {
-        stateEIO.withLock { n in
+        stateEIO.withLockedValue { n in
             guard n > 0 else { return false }
             n -= 1
             return true

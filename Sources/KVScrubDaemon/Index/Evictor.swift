@@ -2,7 +2,7 @@ import Foundation
 import KVCFormat
 import KVScrubControl
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -39,9 +39,9 @@ final class Evictor: Sendable {
     /// Where each eviction goes into the history (`kvscrubd history`).
     let history: @Sendable (HistoryEvent) -> Void
     /// Holds `culling` (free-space hysteresis) between passes.
-    private let culling = Mutex(false)
+    private let culling = NIOLockedValueBox(false)
     /// Single evictions log at info; this says at notice, every `summarySeconds`, what went.
-    private let summary: Mutex<EvictionSummary>
+    private let summary: NIOLockedValueBox<EvictionSummary>
     /// How often the notice-level summary of evictions is logged (when there were any). Tests see
     /// the ten minutes go by on a `ManualClock` (`EvictionSummaryTests`).
     static let summarySeconds = 600.0
@@ -53,7 +53,7 @@ final class Evictor: Sendable {
         self.logger = logger
         self.events = events
         self.history = history
-        summary = Mutex(EvictionSummary(interval: Self.summarySeconds, now: settings.clock.now()))
+        summary = NIOLockedValueBox(EvictionSummary(interval: Self.summarySeconds, now: settings.clock.now()))
     }
 
     var clock: any DaemonClock { settings.clock }
@@ -61,13 +61,13 @@ final class Evictor: Sendable {
     /// Seconds until the eviction summary is due (the maintenance loop wakes for it); nil: nothing to summarize.
     func summaryDueIn() -> Double? {
         let now = clock.now()
-        return summary.withLock { $0.dueIn(now: now) }
+        return summary.withLockedValue { $0.dueIn(now: now) }
     }
 
     /// Logs the summary of the evictions of the last window when it is over (the maintenance loop asks).
     func summarizeIfDue() {
         let now = clock.now()
-        guard let event = summary.withLock({ $0.due(now: now) }) else { return }
+        guard let event = summary.withLockedValue({ $0.due(now: now) }) else { return }
         events.record(event)
     }
 
@@ -131,7 +131,7 @@ final class Evictor: Sendable {
            let (free, size) = Evictor.freeSpace(directory: directory), size > 0 {
             state.change { $0.freeBytes = free; $0.fsBytes = size }
             let pct = Double(free) * 100 / Double(size)
-            let active = culling.withLock { c -> Bool in
+            let active = culling.withLockedValue { c -> Bool in
                 if pct < start { c = true } else if pct >= stop { c = false }
                 return c
             }
@@ -153,7 +153,7 @@ final class Evictor: Sendable {
                                        now: now, incoming: incoming)
         var freed: UInt64 = 0
         // Once the stop threshold is reached, culling is over until free space falls below the start again.
-        defer { if needSpace > 0 && freed >= needSpace { culling.withLock { $0 = false } } }
+        defer { if needSpace > 0 && freed >= needSpace { culling.withLockedValue { $0 = false } } }
         for v in order {
             guard freed < max(needBudget, needSpace) else { break }
             let e = v.entry
@@ -164,7 +164,7 @@ final class Evictor: Sendable {
             ]
             if config.dryRun {
                 events.record(DaemonEvent(.wouldEvict, .info, "would evict (dry run)", meta))
-                summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: true) }
+                summary.withLockedValue { $0.add(cause, bytes: e.fileSize, dryRun: true) }
                 freed += e.fileSize
                 continue
             }
@@ -178,7 +178,7 @@ final class Evictor: Sendable {
                             s.ledger.noteEviction(e.fileName, bytes: e.fileSize, now: Double(now), window: config.regretWindowHours * 3600)
                         }
                     }
-                    summary.withLock { $0.add(cause, bytes: e.fileSize, dryRun: false) }
+                    summary.withLockedValue { $0.add(cause, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: Double(now), action: .evicted, file: e.fileName, bytes: e.fileSize, cause: cause.history,
                                          detail: e.unusable ?? String(format: "score %.6g", v.score)))
                 case .vanished:
@@ -221,7 +221,7 @@ final class Evictor: Sendable {
                     reclaimed += 1
                     events.record(DaemonEvent(.supersededReclaimed, .notice, "reclaimed a file of a superseded engine generation", meta,
                                               counts: .evicted(.superseded, bytes: e.fileSize)), changing: state) { s in s.index.remove(e.fileName) }
-                    summary.withLock { $0.add(.superseded, bytes: e.fileSize, dryRun: false) }
+                    summary.withLockedValue { $0.add(.superseded, bytes: e.fileSize, dryRun: false) }
                     history(HistoryEvent(at: now, action: .evicted, file: e.fileName, bytes: e.fileSize, cause: .superseded,
                                          detail: "generation \(g) superseded"))
                 case .vanished:

@@ -1,7 +1,6 @@
 import Foundation
 import KVCFormat
 import Logging
-import Synchronization
 
 /// The maintenance loop: inotify events into the index (`apply`), the timed
 /// work (`tick`: the evict timer, superseded generations, orphaned temporary
@@ -30,7 +29,7 @@ extension IndexMaintainer {
                 notifier.status(statusLine())
                 nextStatus = now + .seconds(2)
             }
-            guard let dir = directory.withLock({ $0 }) else { waitForDirectory(); continue }
+            guard let dir = directory.withLockedValue({ $0 }) else { waitForDirectory(); continue }
             let due = tick(in: dir, nextEvict: &nextEvict)
             var wait = Duration.milliseconds(Int64(min(due, 3600) * 1000) + 1)
             if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
@@ -51,13 +50,13 @@ extension IndexMaintainer {
         evictor.summarizeIfDue()
         // `evict-now` is answered once an evaluation that began after the request is done. A clock set back
         // by more than the interval does not hold the timer off.
-        let asked = evictAsked.withLock { $0 }
-        if now >= nextEvict || nextEvict - now > interval || asked != evictDone.withLock({ $0 }) {
+        let asked = evictAsked.withLockedValue { $0 }
+        if now >= nextEvict || nextEvict - now > interval || asked != evictDone.withLockedValue({ $0 }) {
             evictor.evaluate(directory: dir)
             evictor.reclaimSuperseded(directory: dir)
             sweepOrphans(dir)
             saver.persist(force: false)
-            evictDone.withLock { $0 = asked }
+            evictDone.withLockedValue { $0 = asked }
             nextEvict = now + interval
         }
         return min(nextEvict - now, evictor.summaryDueIn() ?? .infinity)
@@ -91,7 +90,7 @@ extension IndexMaintainer {
                 continue
             case .directoryGone:
                 events.record(DaemonEvent(.directoryGone, .warning, "the cache directory was removed or moved; waiting for it"))
-                directory.withLock { $0 = nil }
+                directory.withLockedValue { $0 = nil }
                 scrubber.use(directory: nil)
                 state.change { s in
                     s.index.replace(with: [])
@@ -99,7 +98,7 @@ extension IndexMaintainer {
                 }
             }
         }
-        guard directory.withLock({ $0 }) != nil else { return }
+        guard directory.withLockedValue({ $0 }) != nil else { return }
         for name in arrivals { evictor.evaluate(directory: dir, arrived: name) }
         // Records of files that went, evictions and regrets: to the state database (it batches).
         if !changes.isEmpty { saver.persist(force: false) }

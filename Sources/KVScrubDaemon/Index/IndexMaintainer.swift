@@ -3,7 +3,7 @@ import KVCFormat
 import KVScrubControl
 import KVScrubSystemd
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The index maintainer: keeps the in-memory index in step with the cache
 /// directory and the cache within its budget. It owns `IndexState` (the index,
@@ -34,9 +34,9 @@ final class IndexMaintainer: Sendable {
     /// Ends the maintenance loop (its service's graceful shutdown sets it).
     let stopping = StopFlag()
     /// `evict-now` requests: asked and answered counts, so a request waits for an evaluation that began after it.
-    let evictAsked = Mutex(0)
-    let evictDone = Mutex(0)
-    let directory = Mutex<CacheDirectory?>(nil)
+    let evictAsked = NIOLockedValueBox(0)
+    let evictDone = NIOLockedValueBox(0)
+    let directory = NIOLockedValueBox<CacheDirectory?>(nil)
     /// Test-only fault: when set, the maintenance loop hangs, so a test can see the watchdog fire.
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
     let hangMaintenance = StopFlag()
@@ -73,13 +73,13 @@ final class IndexMaintainer: Sendable {
 
     /// `evict-now`: waits (at most `timeout`) for an evaluation that began after the request.
     func evictNow(timeout: Duration) async -> Bool {
-        let ticket = evictAsked.withLock { $0 += 1; return $0 }
+        let ticket = evictAsked.withLockedValue { $0 += 1; return $0 }
         watcher.wake()
         let deadline = ContinuousClock.now + timeout
-        while evictDone.withLock({ $0 }) < ticket && ContinuousClock.now < deadline {
+        while evictDone.withLockedValue({ $0 }) < ticket && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
         }
-        return evictDone.withLock { $0 } >= ticket
+        return evictDone.withLockedValue { $0 } >= ticket
     }
 
     /// Test-only: the maintenance loop hangs from now on (SIGUSR2 under KVSCRUBD_TEST_FAULTS=1).
@@ -141,7 +141,7 @@ final class IndexMaintainer: Sendable {
                                       ["error": "\(e)"], counts: .error("\(e)")))
         }
         recoverTakenAway(scan.takenAway, in: dir, records: leftoverRecords)
-        directory.withLock { $0 = dir }
+        directory.withLockedValue { $0 = dir }
         state.change { $0.watching = true }
         scrubber.use(directory: dir)
         logger.info("indexed the cache directory", metadata: ["files": "\(scan.entries.count)", "ignored": "\(scan.ignored.count)",

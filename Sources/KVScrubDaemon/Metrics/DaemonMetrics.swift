@@ -2,7 +2,7 @@ import Foundation
 import KVCFormat
 import KVScrubControl
 import Prometheus
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The daemon's Prometheus metrics, on a swift-prometheus registry of our own.
 ///
@@ -20,9 +20,9 @@ import Synchronization
 final class DaemonMetrics: Sendable {
     private let registry = PrometheusCollectorRegistry()
     /// Each counter's value as last exported, keyed by name and labels.
-    private let exported = Mutex<[String: Int64]>([:])
-    private let counters = Mutex<[String: Prometheus.Counter]>([:])
-    private let gauges = Mutex<[String: Prometheus.Gauge]>([:])
+    private let exported = NIOLockedValueBox<[String: Int64]>([:])
+    private let counters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
+    private let gauges = NIOLockedValueBox<[String: Prometheus.Gauge]>([:])
     static let regions = Region.allCases.map(\.rawValue) + ["unknown"]
     static let causes = ["budget", "free-space", "incompatible"]
     static let abiSources = ["configured", "newest checkpoint", "latest arrival", "none yet"]
@@ -75,8 +75,8 @@ final class DaemonMetrics: Sendable {
     }
 
     /// The metric made once per name and labels.
-    private static func cached<M: Sendable>(_ table: borrowing Mutex<[String: M]>, _ k: String, make: () -> M) -> M {
-        table.withLock { m in
+    private static func cached<M: Sendable>(_ table: borrowing NIOLockedValueBox<[String: M]>, _ k: String, make: () -> M) -> M {
+        table.withLockedValue { m in
             if let existing = m[k] { return existing }
             let made = make()
             m[k] = made
@@ -94,7 +94,7 @@ final class DaemonMetrics: Sendable {
         let k = key(name, labels)
         let c = Self.cached(counters, k) { registry.makeCounter(descriptor: descriptor(name), labels: labels) }
         let target = Int64(clamping: value)
-        let delta = exported.withLock { e -> Int64 in
+        let delta = exported.withLockedValue { e -> Int64 in
             let d = target - (e[k] ?? 0)
             if d > 0 { e[k] = target }
             return d

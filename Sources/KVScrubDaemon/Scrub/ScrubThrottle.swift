@@ -1,7 +1,7 @@
 import CLinux
 import Foundation
 import KVCFormat
-import Synchronization
+import NIOConcurrencyHelpers
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -73,8 +73,8 @@ final class ScrubThrottle: ReadObserver {
     let settings: DaemonSettings
     let events: EventRecorder
     let stopping: StopFlag
-    private let pacing = Mutex(Pacing())
-    private let reading = Mutex<Reading?>(nil)
+    private let pacing = NIOLockedValueBox(Pacing())
+    private let reading = NIOLockedValueBox<Reading?>(nil)
     static let pageSize = UInt64(kvs_page_size())
 
     init(state: PartState<ScrubState>, settings: DaemonSettings, events: EventRecorder, stopping: StopFlag) {
@@ -95,18 +95,18 @@ final class ScrubThrottle: ReadObserver {
                 if stopping.isSet || state.read({ $0.abort }) { throw ScrubStopped() }
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            pacing.withLock { $0.rateWindowStart = .now; $0.rateWindowBytes = 0 }
+            pacing.withLockedValue { $0.rateWindowStart = .now; $0.rateWindowBytes = 0 }
         }
         var st = stat()
         guard fstat(fd.rawValue, &st) == 0, count > 0 else { return }
         let size = UInt64(max(0, st.st_size))
-        let same = reading.withLock { r in r.map { $0.fd == fd.rawValue && $0.device == UInt64(st.st_dev) && $0.inode == UInt64(st.st_ino) } ?? false }
+        let same = reading.withLockedValue { r in r.map { $0.fd == fd.rawValue && $0.device == UInt64(st.st_dev) && $0.inode == UInt64(st.st_ino) } ?? false }
         if !same {
             // No readahead on the scrub's own reads: it would turn each paced chunk into a burst of
             // read_ahead_kb (8 MiB on the test VM's disk), which the engine's reads queue behind; and it
             // lets the residency below say exactly which pages the read brings in.
             _ = posix_fadvise(fd.rawValue, 0, 0, POSIX_FADV_RANDOM)
-            reading.withLock { $0 = Reading(fd: fd.rawValue, device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: size) }
+            reading.withLockedValue { $0 = Reading(fd: fd.rawValue, device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: size) }
         }
         guard offset < size else { return }
         let length = min(UInt64(count), size - offset)
@@ -118,7 +118,7 @@ final class ScrubThrottle: ReadObserver {
         // If mincore cannot tell, assume cached: never drop a page we are not sure we brought in.
         guard n == pages else { return }
         // In place (through `r!`): a copy taken out and stored back would copy the array at every append.
-        reading.withLock { r in
+        reading.withLockedValue { r in
             guard r?.fd == fd.rawValue else { return }
             for (i, bits) in map.enumerated() where bits & 1 == 0 {
                 let index = first + i
@@ -129,7 +129,7 @@ final class ScrubThrottle: ReadObserver {
     }
 
     func finished(fd: FileDescriptor) {
-        let ours = reading.withLock { r -> [Int] in
+        let ours = reading.withLockedValue { r -> [Int] in
             defer { r = nil }
             return r?.fd == fd.rawValue ? r!.ours : []
         }
@@ -151,7 +151,7 @@ final class ScrubThrottle: ReadObserver {
     func didRead(fd: FileDescriptor, offset: UInt64, count: Int) throws {
         // The scrub's pages wholly before this read's end (or all of them at the end of the file) go now;
         // a page shared with the next read stays until that read is done.
-        let passed = reading.withLock { r -> [Int] in
+        let passed = reading.withLockedValue { r -> [Int] in
             guard let size = r?.size, r?.fd == fd.rawValue else { return [] }
             let end = offset + UInt64(count)
             let limit = end >= size ? Int.max : Int(end / ScrubThrottle.pageSize)
@@ -163,7 +163,7 @@ final class ScrubThrottle: ReadObserver {
         drop(fd: fd, pages: passed)
         let rateMBps = settings.config.scrubRateMBps
         let now = ContinuousClock.now
-        let sleepFor: Duration = pacing.withLock { p in
+        let sleepFor: Duration = pacing.withLockedValue { p in
             p.rateWindowBytes += UInt64(count)
             if now - p.rateWindowStart >= .seconds(2) {
                 let rate = Double(p.rateWindowBytes) / ((now - p.rateWindowStart) / .seconds(1))
@@ -181,7 +181,7 @@ final class ScrubThrottle: ReadObserver {
             Thread.sleep(forTimeInterval: slice / .seconds(1))
             remaining -= slice
         }
-        pacing.withLock { $0.schedule.resumed(at: .now) }
+        pacing.withLockedValue { $0.schedule.resumed(at: .now) }
     }
 }
 

@@ -18,7 +18,7 @@ extension Scrubber {
         let released = releaseBrake()
         let qpath = settings.config.brakeQuarantineDir
         guard FileManager.default.fileExists(atPath: qpath) else { return (released + "; the quarantine \(qpath) is empty", [], []) }
-        guard let dir = directory.withLock({ $0 }) else { return (released + "; the cache directory is not available, nothing restored", [], []) }
+        guard let dir = directory.withLockedValue({ $0 }) else { return (released + "; the cache directory is not available, nothing restored", [], []) }
         do {
             let outcomes = try dir.restoreFromQuarantine(try .open(creating: qpath))
             var restored: [String] = [], left: [String] = []
@@ -135,7 +135,7 @@ extension Scrubber {
     /// `<sha>.kv`, a bare sha, or a path in the cache directory; anything else
     /// is reported, not touched.
     func verifyNow(_ files: [String]) -> [FileVerdict] {
-        guard let dir = directory.withLock({ $0 }) else {
+        guard let dir = directory.withLockedValue({ $0 }) else {
             return files.map { FileVerdict(file: $0, verdict: .missing, checksums: nil, problems: ["the cache directory is not available"], action: .init(.none)) }
         }
         let cacheDir = settings.config.cacheDir

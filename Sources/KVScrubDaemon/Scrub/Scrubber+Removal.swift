@@ -58,7 +58,7 @@ extension Scrubber {
             return .checkedAgain
         }
         let due = after.lastChange + config.removalSettleSeconds
-        firstVerdicts.withLock { $0[report.name] = report }
+        firstVerdicts.withLockedValue { $0[report.name] = report }
         meta["settle_seconds"] = "\(config.removalSettleSeconds)"
         events.record(DaemonEvent(.corruptSuspected, .notice, "corrupt verdict; the file is verified again once left alone for the settle time", meta),
                       changing: state) {
@@ -73,12 +73,12 @@ extension Scrubber {
     /// The removal rule's second look and take-away, for a file queued by `foundCorrupt`. Returns what was done.
     @discardableResult
     func confirmRemoval(_ name: String, in dir: CacheDirectory, observer: (any ReadObserver)?) -> FileVerdict.Action {
-        guard let first = firstVerdicts.withLock({ $0.removeValue(forKey: name) }) else { return .init(.none, "none (nothing pending)") }
+        guard let first = firstVerdicts.withLockedValue({ $0.removeValue(forKey: name) }) else { return .init(.none, "none (nothing pending)") }
         state.change { $0.abort = false }
         do {
             let outcome = try secondLook(name, first: first, in: dir, observer: observer)
             if case .notSettled(let wait) = outcome {
-                firstVerdicts.withLock { $0[name] = first }
+                firstVerdicts.withLockedValue { $0[name] = first }
                 let due = clock.now() + wait
                 state.change { $0.pendingRemoval[name] = due }
                 return .init(.pending, "pending: the file changed less than the settle time ago")
@@ -86,7 +86,7 @@ extension Scrubber {
             return settle(outcome, first: first)
         } catch is ScrubThrottle.ScrubStopped {
             // Stopped, paused or cancelled mid-read: the second look is due again, nothing was decided.
-            firstVerdicts.withLock { $0[name] = first }
+            firstVerdicts.withLockedValue { $0[name] = first }
             let due = clock.now() + 1
             state.change { $0.pendingRemoval[name] = due }
             return .init(.pending, "pending: interrupted")
@@ -101,7 +101,7 @@ extension Scrubber {
         guard case .awaitingSecondLook = queued else { return queued.action }
         // Taken off the scrub thread's queue: this caller does the second look itself.
         state.change { _ = $0.pendingRemoval.removeValue(forKey: first.name) }
-        _ = firstVerdicts.withLock { $0.removeValue(forKey: first.name) }
+        _ = firstVerdicts.withLockedValue { $0.removeValue(forKey: first.name) }
         do {
             for _ in 0..<20 {
                 let outcome = try secondLook(first.name, first: first, in: dir, observer: nil)

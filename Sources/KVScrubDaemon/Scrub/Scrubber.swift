@@ -3,7 +3,7 @@ import Foundation
 import KVCFormat
 import KVScrubControl
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Re-verifies every checkpoint at least once per scrub interval, and every
 /// new one soon after it arrives, and removes the ones proven corrupt.
@@ -41,10 +41,10 @@ final class Scrubber: Sendable {
     let stopping: StopFlag
     let throttle: ScrubThrottle
     private let wakeup = DispatchSemaphore(value: 0)
-    private let newFiles = Mutex(DueQueue())
+    private let newFiles = NIOLockedValueBox(DueQueue())
     /// The first corrupt verdict of each file waiting for the removal rule's second look.
-    let firstVerdicts = Mutex<[String: VerifyReport]>([:])
-    let directory = Mutex<CacheDirectory?>(nil)
+    let firstVerdicts = NIOLockedValueBox<[String: VerifyReport]>([:])
+    let directory = NIOLockedValueBox<CacheDirectory?>(nil)
 
     init(state: PartState<ScrubState>, index: PartState<IndexState>, settings: DaemonSettings, events: EventRecorder,
                  database: StateDatabase, saver: StateSaver, faults: TestFaults, stopping: StopFlag, logger: Logger) {
@@ -75,14 +75,14 @@ final class Scrubber: Sendable {
 
     /// Points the scrubber at a (re)opened cache directory.
     func use(directory dir: CacheDirectory?) {
-        directory.withLock { $0 = dir }
+        directory.withLockedValue { $0 = dir }
         wake()
     }
 
     /// A checkpoint arrived or changed content: verify it soon.
     func fileArrived(_ name: String) {
         let due = clock.now() + settings.config.scrubNewFileDelaySeconds
-        newFiles.withLock { $0.schedule(name, at: due) }
+        newFiles.withLockedValue { $0.schedule(name, at: due) }
         wake()
     }
 
@@ -112,7 +112,7 @@ final class Scrubber: Sendable {
     /// clock of its own.
     func step() -> Step {
         let now = clock.now()
-        guard let dir = directory.withLock({ $0 }) else { return .idle(seconds: 1) }
+        guard let dir = directory.withLockedValue({ $0 }) else { return .idle(seconds: 1) }
         // Paused (`scrub pause`): no scrub I/O at all, new files included, until resumed.
         let paused = state.change { s -> Bool in
             guard s.progress.paused == true else { return false }
@@ -145,7 +145,7 @@ final class Scrubber: Sendable {
             startPass(now: now)
             return .worked
         }
-        let nextNew = newFiles.withLock { $0.earliest() }
+        let nextNew = newFiles.withLockedValue { $0.earliest() }
         let nextRemoval = state.change { s in
             s.rate = 0 // idle: nothing is being read
             return s.pendingRemoval.values.min()
@@ -163,7 +163,7 @@ final class Scrubber: Sendable {
     }
 
     private func nextDueNewFile(now: Double) -> String? {
-        newFiles.withLock { $0.takeDue(now: now) }
+        newFiles.withLockedValue { $0.takeDue(now: now) }
     }
 
     func startPass(now: Double) {

@@ -8,7 +8,7 @@ import SystemPackage
 /// another process (`verify --recorded`, tests).
 extension StateDatabase {
     func pool() throws -> DatabasePool {
-        guard let p = db.withLock({ $0?.pool }) else {
+        guard let p = db.withLockedValue({ $0?.pool }) else {
             throw Failure(step: "use", path: path, underlying: DatabaseError(resultCode: .SQLITE_MISUSE, message: "the database is not open"))
         }
         return p

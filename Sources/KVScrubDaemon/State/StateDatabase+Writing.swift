@@ -54,7 +54,7 @@ extension StateDatabase {
     /// Hands changes to the writer; returns at once.
     func enqueue(_ changes: [Change]) {
         guard !changes.isEmpty else { return }
-        let schedule = pending.withLock { p -> Bool in
+        let schedule = pending.withLockedValue { p -> Bool in
             for c in changes { p.merge(c, historyLimit: Self.maxPendingHistory) }
             guard !p.scheduled else { return false }
             p.scheduled = true
@@ -70,7 +70,7 @@ extension StateDatabase {
         await withCheckedContinuation { (k: CheckedContinuation<Void, Never>) in
             writer.async {
                 self.drain()
-                self.db.withLock { c in
+                self.db.withLockedValue { c in
                     if let p = c?.pool {
                         do {
                             _ = try p.writeWithoutTransaction { try $0.checkpoint(.truncate) }
@@ -86,7 +86,7 @@ extension StateDatabase {
 
     /// Writes the pending batch, on the writer queue.
     func drain() {
-        let batch = pending.withLock { p -> Pending in
+        let batch = pending.withLockedValue { p -> Pending in
             let b = p
             p = Pending()
             p.retryScheduled = b.retryScheduled
@@ -102,7 +102,7 @@ extension StateDatabase {
                 report("history: \(batch.droppedHistory) events dropped while the state database could not be written",
                        Failure(step: "keep history", path: path, underlying: Errno.noSpace))
             }
-            let failed = failures.withLock { f -> Int in
+            let failed = failures.withLockedValue { f -> Int in
                 defer { f = (0, 0) }
                 return f.count
             }
@@ -111,7 +111,7 @@ extension StateDatabase {
             let failure = error
             // The first failure of a run of them, then at most one a minute: a full disk must not flood the journal.
             let now = clock.now()
-            let (tell, count) = failures.withLock { f -> (Bool, Int) in
+            let (tell, count) = failures.withLockedValue { f -> (Bool, Int) in
                 f.count += 1
                 guard f.count == 1 || now - f.lastReport >= 60 else { return (false, f.count) }
                 f.lastReport = now
@@ -119,7 +119,7 @@ extension StateDatabase {
             }
             if tell { report("save state \(path)" + (count > 1 ? " (\(count) failed attempts so far)" : ""), failure) }
             if Self.isDamage(failure) && replaceDamaged(failure, with: batch) { return }
-            let retry = pending.withLock { p -> Bool in
+            let retry = pending.withLockedValue { p -> Bool in
                 p.mergeBack(batch, historyLimit: Self.maxPendingHistory)
                 guard !p.retryScheduled else { return false }
                 p.retryScheduled = true
@@ -127,7 +127,7 @@ extension StateDatabase {
             }
             if retry {
                 writer.asyncAfter(deadline: .now() + 5) {
-                    self.pending.withLock { $0.retryScheduled = false }
+                    self.pending.withLockedValue { $0.retryScheduled = false }
                     self.drain()
                 }
             }
@@ -140,7 +140,7 @@ extension StateDatabase {
         let to = moveAside()
         replaced(to, failure)
         do {
-            try db.withLock { $0 = try Self.connect(path) }
+            try db.withLockedValue { $0 = try Self.connect(path) }
             try write(fullBatch(plus: batch))
             return true
         } catch {
@@ -167,7 +167,7 @@ extension StateDatabase {
     func checkIfDue() throws {
         let now = clock.now()
         let every = faults.databaseCheckSeconds ?? 60
-        let due = lastCheck.withLock { last -> Bool in
+        let due = lastCheck.withLockedValue { last -> Bool in
             guard now - last >= every else { return false }
             last = now
             return true
@@ -183,7 +183,7 @@ extension StateDatabase {
 
     /// The database file still is the one open (not deleted or replaced); else a new one from memory.
     func ensureLive() throws {
-        let (open, inode) = db.withLock { ($0 != nil, $0?.inode ?? 0) }
+        let (open, inode) = db.withLockedValue { ($0 != nil, $0?.inode ?? 0) }
         var st = stat()
         if open && stat(path, &st) == 0 && UInt64(st.st_ino) == inode { return }
         // None open (it could not be opened before): just try again; a failure is reported by the caller.
@@ -192,7 +192,7 @@ extension StateDatabase {
                    Failure(step: "check", path: path, underlying: Errno.noSuchFileOrDirectory))
         }
         disconnect()
-        try db.withLock { $0 = try Self.connect(path) }
+        try db.withLockedValue { $0 = try Self.connect(path) }
         try write(fullBatch(plus: Pending()))
     }
 
@@ -216,7 +216,7 @@ extension StateDatabase {
     /// One transaction for a batch.
     func write(_ b: Pending) throws {
         let now = clock.now()
-        let prune: Bool = lastPrune.withLock { last in
+        let prune: Bool = lastPrune.withLockedValue { last in
             guard now - last >= 3600 else { return false }
             last = now
             return true

@@ -2,7 +2,7 @@ import Foundation
 import GRDB
 import KVCFormat
 import KVScrubControl
-import Synchronization
+import NIOConcurrencyHelpers
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -92,8 +92,8 @@ public final class StateDatabase: Sendable {
 
     let path: String
     /// The live database and the inode it was opened on (a replaced or deleted file is noticed).
-    let db: Mutex<(pool: DatabasePool, inode: UInt64)?>
-    let pending = Mutex(Pending())
+    let db: NIOLockedValueBox<(pool: DatabasePool, inode: UInt64)?>
+    let pending = NIOLockedValueBox(Pending())
     let writer = DispatchQueue(label: "kvscrubd-state-db")
     let snapshot: @Sendable () -> Snapshot
     let report: @Sendable (String, any Error) -> Void
@@ -102,13 +102,13 @@ public final class StateDatabase: Sendable {
     /// Told when writes succeed again after this many failed attempts.
     let recovered: @Sendable (Int) -> Void
     /// Failed write attempts in a row, and when the last was reported.
-    let failures = Mutex((count: 0, lastReport: 0.0))
+    let failures = NIOLockedValueBox((count: 0, lastReport: 0.0))
     let faults: TestFaults
     let historyDays: @Sendable () -> Double
-    let lastPrune = Mutex(0.0)
+    let lastPrune = NIOLockedValueBox(0.0)
     /// When the file was last checked (`PRAGMA quick_check`): damage under a live connection
     /// shows only when a page is read, and the daemon mostly writes.
-    let lastCheck: Mutex<Double>
+    let lastCheck: NIOLockedValueBox<Double>
     /// The daemon's clock: history timestamps, pruning and the check's schedule.
     let clock: any DaemonClock
     static let maxPendingHistory = 10_000
@@ -129,8 +129,8 @@ public final class StateDatabase: Sendable {
         self.report = report
         self.historyDays = historyDays
         self.clock = clock
-        lastCheck = Mutex(clock.now())
-        db = Mutex(nil)
+        lastCheck = NIOLockedValueBox(clock.now())
+        db = NIOLockedValueBox(nil)
     }
 
     /// Opens the database file and reads what it holds; a damaged one is moved aside and a
@@ -171,7 +171,7 @@ public final class StateDatabase: Sendable {
     }
 
     func connectAndLoad(reconnect: Bool = true) throws -> Snapshot {
-        if reconnect { try db.withLock { $0 = try Self.connect(path) } }
+        if reconnect { try db.withLockedValue { $0 = try Self.connect(path) } }
         return Snapshot(core: try loadCore(), records: try loadRecords(), recentEvictions: try loadRecentEvictions())
     }
 
@@ -239,7 +239,7 @@ public final class StateDatabase: Sendable {
 
     /// Closes the live connection, if any.
     func disconnect() {
-        db.withLock { current in
+        db.withLockedValue { current in
             if let c = current { try? c.pool.close() }
             current = nil
         }

@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Hands the parts' persisted state to the state database: the records and
 /// the evictions that changed (always), and the state row (the scrub's
@@ -13,7 +13,7 @@ final class StateSaver: Sendable {
     let scrub: PartState<ScrubState>
     let counts: PartState<CounterState>
     let clock: any DaemonClock
-    private let lastCore = Mutex(-Double.infinity)
+    private let lastCore = NIOLockedValueBox(-Double.infinity)
 
     init(database: StateDatabase, index: PartState<IndexState>, scrub: PartState<ScrubState>,
                 counts: PartState<CounterState>, clock: any DaemonClock) {
@@ -48,7 +48,7 @@ final class StateSaver: Sendable {
 
     func persist(force: Bool) {
         let now = clock.now()
-        let due = lastCore.withLock { last -> Bool in
+        let due = lastCore.withLockedValue { last -> Bool in
             if force || now - last >= 2 { last = now; return true }
             return false
         }
