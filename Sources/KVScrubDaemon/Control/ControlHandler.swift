@@ -77,7 +77,7 @@ final class ControlHandler: Sendable {
         guard let cmd = ControlCommand(rawValue: request.cmd) else {
             return .now(.failure("unknown command '\(request.cmd)'; known: \(ControlCommand.publicNames)"))
         }
-        let policy = AccessPolicy(daemonUID: daemonUID, adminGroup: settings.config.adminGroup)
+        let policy = AccessPolicy(daemonUID: daemonUID, adminGroup: settings.setting(\.adminGroup))
         guard let decision = policy.decideWithoutGroupLookup(cmd, peer: peer) else {
             // The admin group's membership is in the group database, which may block (NSS): off the loop.
             return .later { [self] in

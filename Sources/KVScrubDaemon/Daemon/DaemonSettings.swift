@@ -27,6 +27,10 @@ final class DaemonSettings: Sendable {
     }
 
     var config: DaemonConfig { current.withLockedValue { $0.config } }
+
+    /// One setting, without copying the whole configuration (for the hot paths: every request's access
+    /// check, every paced read of the scrub).
+    func setting<T>(_ key: KeyPath<DaemonConfig, T>) -> T { current.withLockedValue { $0.config[keyPath: key] } }
     var phase: Phase { current.withLockedValue { $0.phase } }
 
     /// Settings a reload took (the lifecycle's; tests set a scene with it).

@@ -161,7 +161,7 @@ final class ScrubThrottle: ReadObserver {
             return gone
         }
         drop(fd: fd, pages: passed)
-        let rateMBps = settings.config.scrubRateMBps
+        let rateMBps = settings.setting(\.scrubRateMBps)
         let now = ContinuousClock.now
         let sleepFor: Duration = pacing.withLockedValue { p in
             p.rateWindowBytes += UInt64(count)

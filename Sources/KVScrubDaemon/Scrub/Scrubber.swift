@@ -25,6 +25,11 @@ import NIOConcurrencyHelpers
 /// undisturbed read queues the file for a second look once it has been left
 /// alone for `removal_settle_seconds`; only if that look agrees is the file
 /// taken away, and past the removal brake's limit it is quarantined instead.
+///
+/// It owns `ScrubState` (the pass's progress, the read in progress and its
+/// rate, the files awaiting a second look, the brake) and the new-file queue;
+/// it changes the index only through `CacheIndex`'s narrow methods (a
+/// verdict, a record, a file it took away, the pass's walk).
 final class Scrubber: Sendable {
     /// What the scrubber owns (`ScrubState`): only it changes it.
     let state: PartState<ScrubState>
