@@ -62,7 +62,7 @@ final class PartsFixture: Sendable {
 
     deinit { try? FileManager.default.removeItem(atPath: root) }
 
-    var dir: CacheDirectory { maintainer.directory.withLockedValue { $0 }! }
+    var dir: CacheDirectory { maintainer.directory! }
 
     /// Writes a checkpoint (v2 unless told) with a payload of `bytes`.
     @discardableResult

@@ -29,7 +29,7 @@ extension IndexMaintainer {
                 notifier.status(statusLine())
                 nextStatus = now + .seconds(2)
             }
-            guard let dir = directory.withLockedValue({ $0 }) else { waitForDirectory(); continue }
+            guard let dir = directory else { waitForDirectory(); continue }
             let due = tick(in: dir, nextEvict: &nextEvict)
             var wait = Duration.milliseconds(Int64(min(due, 3600) * 1000) + 1)
             if watchdogEvery != nil { wait = min(wait, nextWatchdog - now) }
@@ -90,15 +90,14 @@ extension IndexMaintainer {
                 continue
             case .directoryGone:
                 events.record(DaemonEvent(.directoryGone, .warning, "the cache directory was removed or moved; waiting for it"))
-                directory.withLockedValue { $0 = nil }
-                scrubber.use(directory: nil)
                 state.change { s in
                     s.index.replace(with: [])
-                    s.watching = false
+                    s.directory = nil
                 }
+                scrubber.use(directory: nil)
             }
         }
-        guard directory.withLockedValue({ $0 }) != nil else { return }
+        guard directory != nil else { return }
         for name in arrivals { evictor.evaluate(directory: dir, arrived: name) }
         // Records of files that went, evictions and regrets: to the state database (it batches).
         if !changes.isEmpty { saver.persist(force: false) }

@@ -36,7 +36,6 @@ final class IndexMaintainer: Sendable {
     /// `evict-now` requests: asked and answered counts, so a request waits for an evaluation that began after it.
     let evictAsked = NIOLockedValueBox(0)
     let evictDone = NIOLockedValueBox(0)
-    let directory = NIOLockedValueBox<CacheDirectory?>(nil)
     /// Test-only fault: when set, the maintenance loop hangs, so a test can see the watchdog fire.
     /// Reachable only when the daemon runs with KVSCRUBD_TEST_FAULTS=1.
     let hangMaintenance = StopFlag()
@@ -58,6 +57,9 @@ final class IndexMaintainer: Sendable {
     }
 
     var clock: any DaemonClock { settings.clock }
+
+    /// The cache directory, when it is open and watched.
+    var directory: CacheDirectory? { state.read { $0.directory } }
 
     /// Wakes the maintenance loop (a reload, a request).
     func wake() { watcher.wake() }
@@ -141,8 +143,7 @@ final class IndexMaintainer: Sendable {
                                       ["error": "\(e)"], counts: .error("\(e)")))
         }
         recoverTakenAway(scan.takenAway, in: dir, records: leftoverRecords)
-        directory.withLockedValue { $0 = dir }
-        state.change { $0.watching = true }
+        state.change { $0.directory = dir }
         scrubber.use(directory: dir)
         logger.info("indexed the cache directory", metadata: ["files": "\(scan.entries.count)", "ignored": "\(scan.ignored.count)",
                                                             "seconds": "\(scanned.seconds)"])
