@@ -46,7 +46,7 @@ extension IndexMaintainer {
     @discardableResult
     func tick(in dir: CacheDirectory, nextEvict: inout Double) -> Double {
         let now = clock.now()
-        let interval = settings.config.evictIntervalSeconds
+        let interval = settings.setting(\.evictIntervalSeconds)
         evictor.summarizeIfDue()
         // `evict-now` is answered once an evaluation that began after the request is done. A clock set back
         // by more than the interval does not hold the timer off.
@@ -117,7 +117,7 @@ extension IndexMaintainer {
                 learnEngineABI(from: entry)
                 entry = entry.judged(engine: state.read { $0.index.engineABI.generation })
             }
-            let now = clock.now(), window = settings.config.regretWindowHours * 3600
+            let now = clock.now(), window = settings.setting(\.regretWindowHours) * 3600
             events.record(changing: state) { s in
                 s.index.insert(entry)
                 guard before == nil, let regret = s.ledger.noteArrival(name, bytes: entry.fileSize, now: now, window: window) else {

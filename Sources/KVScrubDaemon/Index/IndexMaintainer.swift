@@ -215,7 +215,7 @@ final class IndexMaintainer: Sendable {
     /// `engine_payload_abi` or `engine_payload_version` `auto`: a new checkpoint the engine just
     /// stored says which generation it is, when its header holds and its payload opens with DSV4.
     func learnEngineABI(from e: CacheEntry) {
-        let setting = settings.config.engine
+        let setting = settings.setting(\.engine)
         guard setting.abi == .auto || setting.payloadVersion == nil, e.payloadTag.dsv4Version != nil else { return }
         var r = setting.resolve(entries: [e])
         guard r.generation != nil, r.file != nil else { return }

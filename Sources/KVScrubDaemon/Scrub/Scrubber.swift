@@ -86,7 +86,7 @@ final class Scrubber: Sendable {
 
     /// A checkpoint arrived or changed content: verify it soon.
     func fileArrived(_ name: String) {
-        let due = clock.now() + settings.config.scrubNewFileDelaySeconds
+        let due = clock.now() + settings.setting(\.scrubNewFileDelaySeconds)
         newFiles.withLockedValue { $0.schedule(name, at: due) }
         wake()
     }
@@ -144,7 +144,7 @@ final class Scrubber: Sendable {
             }
             return .worked
         }
-        let interval = settings.config.scrubIntervalHours * 3600
+        let interval = settings.setting(\.scrubIntervalHours) * 3600
         let nextStart = lastStart + interval
         if now >= nextStart {
             startPass(now: now)
